@@ -1,0 +1,265 @@
+"""Phantom BraTS cases on real anatomy, for demos, tests and benchmarks (no patient data here).
+
+Anatomy: the MNI ICBM152 2009a template that nilearn ships (grey- and white-matter probability
+maps and the brain mask; CSF is the rest of the mask), given a random affine jitter per case
+(scale 0.92-1.06, rotation up to 6 degrees about each axis, shift up to 4 mm) and placed in the
+BraTS grid: 240x240x155 at 1 mm (``full``) or 120x120x78 at 2 mm (``small``), skull-stripped
+(zero outside the brain), stored on disk in the BraTS 2021 LPS orientation as scaled int16.
+
+Contrast model: each voxel is a partial-volume mix of CSF, GM and WM with the relative
+intensities below (T1: WM > GM > CSF; T2: CSF > GM > WM; FLAIR: CSF suppressed), then tumour
+tissue is blended in with soft masks:
+
+    modality  CSF   GM    WM    NCR   edema  ET
+    T1        0.25  0.55  0.80  0.30  0.45   0.55
+    T1ce      0.25  0.55  0.75  0.30  0.45   1.10
+    T2        1.00  0.60  0.45  0.95  0.85   0.65
+    FLAIR     0.10  0.55  0.45  0.60  0.90   0.75
+
+The glioma is an irregular ellipsoid (radius 15-32 mm, boundary perturbed by smooth noise)
+seeded in white matter: edema outside, a tumour core of 45-70 % of its size inside, whose
+outer shell (20-40 % thick) enhances (ET, label 4) around necrosis (NCR, label 1).
+
+``difficulty`` (0 easy .. 1 hard) moves everything that makes real cases hard:
+  - contrast: tumour intensities are pulled towards the normal tissue they replace,
+    keeping ``1 - 0.7 d`` of the difference;
+  - texture: multiplicative smooth noise inside the tumour, amplitude ``0.03 + 0.22 d``;
+  - patchy enhancement: up to ``60 d`` % of the enhancing rim does not enhance (labelled NCR);
+  - several foci: up to ``1 + round(2 d)`` lesions, satellites smaller;
+  - bias field: smooth multiplicative field of amplitude ``0.05 + 0.35 d`` per modality;
+  - noise: Rician, sigma ``0.01 + 0.06 d`` of the WM intensity.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from runtime.errors import InputError
+
+LEVELS = {"easy": 0.0, "medium": 0.5, "hard": 1.0}
+SIZES = {"full": ((240, 240, 155), 1.0), "small": ((120, 120, 78), 2.0)}
+MODALITY_KEYS = ("t1", "t1ce", "t2", "flair")
+
+# rows: modality; columns: CSF, GM, WM, NCR, edema, ET (see the module docstring)
+_CONTRAST = np.array([
+    [0.25, 0.55, 0.80, 0.30, 0.45, 0.55],
+    [0.25, 0.55, 0.75, 0.30, 0.45, 1.10],
+    [1.00, 0.60, 0.45, 0.95, 0.85, 0.65],
+    [0.10, 0.55, 0.45, 0.60, 0.90, 0.75],
+], dtype=np.float32)
+_INT16_SCALE = 1000.0
+
+
+def parse_difficulty(value: str | float) -> float:
+    if isinstance(value, str) and value in LEVELS:
+        return LEVELS[value]
+    try:
+        d = float(value)
+    except ValueError:
+        raise InputError(None, f"difficulty {value!r}: use easy, medium, hard or a number 0..1")
+    if not 0.0 <= d <= 1.0:
+        raise InputError(None, f"difficulty {d} outside 0..1")
+    return d
+
+
+@functools.lru_cache(maxsize=1)
+def _template() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """GM, WM, brain mask (float32, 1 mm) and the template affine, read once per process."""
+    try:
+        from nilearn import datasets
+    except ImportError as exc:
+        raise InputError(None, "phantoms need nilearn (pip install 'spikeseg[train]')") from exc
+    gm = datasets.load_mni152_gm_template(resolution=1)
+    wm = datasets.load_mni152_wm_template(resolution=1)
+    mask = datasets.load_mni152_brain_mask(resolution=1)
+    return (gm.get_fdata(dtype=np.float32), wm.get_fdata(dtype=np.float32),
+            mask.get_fdata(dtype=np.float32), gm.affine)
+
+
+def _rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
+    ax, ay, az = np.deg2rad(rng.uniform(-max_deg, max_deg, 3))
+    rx = np.array([[1, 0, 0], [0, math.cos(ax), -math.sin(ax)], [0, math.sin(ax), math.cos(ax)]])
+    ry = np.array([[math.cos(ay), 0, math.sin(ay)], [0, 1, 0], [-math.sin(ay), 0, math.cos(ay)]])
+    rz = np.array([[math.cos(az), -math.sin(az), 0], [math.sin(az), math.cos(az), 0], [0, 0, 1]])
+    return rx @ ry @ rz
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma_vox: float) -> np.ndarray:
+    """Zero-mean, unit-SD smooth random field: texture, boundary irregularity, bias."""
+    field = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma_vox)
+    sd = float(field.std())
+    return field / sd if sd > 0 else field
+
+
+def _anatomy(rng: np.random.Generator, shape: tuple[int, ...], spacing: float) -> tuple[np.ndarray, ...]:
+    """CSF, GM, WM partial-volume maps on the output RAS grid, template jittered per case."""
+    gm, wm, mask, t_aff = _template()
+    brain = np.argwhere(mask > 0.5)
+    centre_vox = (brain.min(0) + brain.max(0)) / 2.0
+    centre_mm = t_aff[:3, :3] @ centre_vox + t_aff[:3, 3]
+    # output voxel -> output mm (grid centred on the brain) -> jitter -> template voxel
+    out_centre = (np.array(shape) - 1) / 2.0
+    jitter = _rotation(rng, 6.0) @ np.diag(1.0 / rng.uniform(0.92, 1.06, 3))
+    shift = rng.uniform(-4, 4, 3)
+    t_inv = np.linalg.inv(t_aff)
+    matrix = t_inv[:3, :3] @ jitter * spacing
+    offset = t_inv[:3, :3] @ (jitter @ (-out_centre * spacing) + centre_mm + shift) + t_inv[:3, 3]
+    warp = functools.partial(ndimage.affine_transform, matrix=matrix, offset=offset,
+                             output_shape=shape, order=1, mode="constant", cval=0.0)
+    m = warp(mask) > 0.5
+    g = np.clip(warp(gm), 0, 1) * m
+    w = np.clip(warp(wm), 0, 1) * m
+    total = g + w
+    over = total > 1
+    g[over] /= total[over]
+    w[over] /= total[over]
+    csf = np.clip(1.0 - g - w, 0, 1) * m
+    return csf, g, w, m
+
+
+@dataclass(frozen=True)
+class Lesion:
+    centre: np.ndarray  # voxel
+    radius_mm: float
+    core_fraction: float
+    rim_fraction: float
+
+
+def _lesion_masks(rng: np.random.Generator, shape: tuple[int, ...], spacing: float,
+                  lesion: Lesion, necrotic: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Boolean WT, TC and ET masks of one lesion, computed in its bounding box."""
+    reach = int(math.ceil(lesion.radius_mm * 1.6 / spacing))
+    lo = np.maximum(lesion.centre.astype(int) - reach, 0)
+    hi = np.minimum(lesion.centre.astype(int) + reach + 1, shape)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    grid = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij"), -1)
+    rel = (grid - lesion.centre) * spacing
+    axes = lesion.radius_mm * rng.uniform(0.75, 1.25, 3)
+    local = rel @ _rotation(rng, 90.0) / axes
+    r = np.sqrt(np.sum(local**2, -1))
+    bshape = r.shape
+    wt = r < 1.0 + 0.25 * _smooth_noise(rng, bshape, 4.0 / spacing)
+    rc = r / lesion.core_fraction
+    tc = rc < 1.0 + 0.15 * _smooth_noise(rng, bshape, 3.0 / spacing)
+    tc &= wt
+    inner = rc < (1.0 - lesion.rim_fraction) + 0.1 * _smooth_noise(rng, bshape, 3.0 / spacing)
+    et = tc & ~inner if necrotic else tc.copy()
+    out = []
+    for sub in (wt, tc, et):
+        full = np.zeros(shape, dtype=bool)
+        full[box] = sub
+        out.append(full)
+    return tuple(out)
+
+
+def make_case(seed: int, size: str = "small", difficulty: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One phantom in RAS: image (4, X, Y, Z) float32, labels uint8 (0/1/2/4), RAS affine."""
+    shape, spacing = SIZES[size]
+    rng = np.random.default_rng(np.random.SeedSequence([seed, int(difficulty * 1000)]))
+    csf, gm, wm, brain = _anatomy(rng, shape, spacing)
+    d = difficulty
+
+    # Lesions seeded in deep white matter, satellites near the main one.
+    deep_wm = np.argwhere(ndimage.binary_erosion(wm > 0.6, iterations=int(12 / spacing)))
+    if deep_wm.size == 0:
+        deep_wm = np.argwhere(wm > 0.5)
+    main = deep_wm[rng.integers(len(deep_wm))].astype(float)
+    n_foci = 1 + int(rng.integers(0, 1 + round(2 * d)))
+    wt = np.zeros(shape, bool)
+    tc = np.zeros(shape, bool)
+    et = np.zeros(shape, bool)
+    for k in range(n_foci):
+        if k == 0:
+            centre, radius = main, rng.uniform(15, 32)
+        else:
+            centre = main + rng.normal(0, 25 / spacing, 3)
+            centre = np.clip(centre, 0, np.array(shape) - 1)
+            radius = rng.uniform(7, 14)
+        les = Lesion(centre, radius, rng.uniform(0.45, 0.7), rng.uniform(0.2, 0.4))
+        w, t, e = _lesion_masks(rng, shape, spacing, les, necrotic=radius > 12)
+        wt |= w
+        tc |= t
+        et |= e
+    wt &= brain
+    tc &= wt
+    et &= tc
+    if d > 0:  # patchy enhancement: part of the rim does not enhance
+        patch = _smooth_noise(rng, shape, 4.0 / spacing)
+        et &= patch > np.quantile(patch[et], 0.6 * d) if et.any() else et
+    ncr = tc & ~et
+    edema = wt & ~tc
+
+    # Partial-volume tissue mix, then tumour blended in with slightly soft masks.
+    fractions = [csf, gm, wm]
+    soft = [ndimage.gaussian_filter(m.astype(np.float32), 0.6) for m in (ncr, edema, et)]
+    tumour_total = np.clip(sum(soft), 0, 1)
+    keep = 1.0 - 0.7 * d
+    image = np.empty((4,) + shape, dtype=np.float32)
+    texture_amp = 0.03 + 0.22 * d
+    texture = 1.0 + texture_amp * _smooth_noise(rng, shape, 1.5 / spacing)
+    noise_sd = (0.01 + 0.06 * d) * _CONTRAST[:, 2].mean()
+    for c in range(4):
+        normal = sum(f * _CONTRAST[c, i] for i, f in enumerate(fractions))
+        tumour = sum(s * (normal + keep * (_CONTRAST[c, 3 + i] - normal)) for i, s in enumerate(soft))
+        vol = normal * (1 - tumour_total) + tumour * texture
+        bias = np.exp((0.05 + 0.35 * d) * _smooth_noise(rng, shape, 40.0 / spacing) / 2)
+        vol = vol * bias
+        n1 = rng.standard_normal(shape).astype(np.float32) * noise_sd
+        n2 = rng.standard_normal(shape).astype(np.float32) * noise_sd
+        vol = np.sqrt((vol + n1) ** 2 + n2**2)
+        image[c] = np.where(brain, vol, 0.0)
+
+    labels = np.zeros(shape, np.uint8)
+    labels[edema] = 2
+    labels[ncr] = 1
+    labels[et] = 4
+    affine = np.diag([spacing, spacing, spacing, 1.0])
+    affine[:3, 3] = -(np.array(shape) - 1) / 2.0 * spacing
+    return image, labels, affine
+
+
+def write_case(out_dir: Path, case_id: str, image: np.ndarray, labels: np.ndarray,
+               affine_ras: np.ndarray) -> Path:
+    """Write one case in the BraTS 2021 layout and LPS orientation, int16 scaled like BraTS."""
+    from runtime.atomic import atomic_path
+
+    folder = Path(out_dir) / case_id
+    folder.mkdir(parents=True, exist_ok=True)
+    to_lps = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"),
+                                             nib.orientations.axcodes2ornt("LPS"))
+    volumes = {k: np.round(image[i] * _INT16_SCALE).astype(np.int16) for i, k in enumerate(MODALITY_KEYS)}
+    volumes["seg"] = labels
+    for key, vol in volumes.items():
+        img = nib.Nifti1Image(vol, affine_ras).as_reoriented(to_lps)
+        img.header.set_xyzt_units("mm", "sec")
+        img.set_qform(img.affine, code=1)
+        img.set_sform(img.affine, code=1)
+        dest = folder / f"{case_id}_{key}.nii.gz"
+        with atomic_path(dest, suffix=".nii.gz") as tmp:
+            nib.save(img, str(tmp))
+    return folder
+
+
+def generate(out_dir: str | Path, cases: int, seed: int, size: str = "small",
+             difficulty: float = 0.5, overwrite: bool = False, progress: bool = True) -> list[Path]:
+    """Write ``cases`` phantom case folders ``BraTS2021_<seed*1000+i>`` into ``out_dir``."""
+    from tqdm import tqdm
+
+    if size not in SIZES:
+        raise InputError(None, f"size {size!r}: choose from {list(SIZES)}")
+    out_dir = Path(out_dir)
+    written = []
+    for i in tqdm(range(cases), desc="phantoms", unit="case", disable=not progress):
+        case_id = f"BraTS2021_{seed * 1000 + i:05d}"
+        if (out_dir / case_id).exists() and not overwrite:
+            raise InputError(out_dir / case_id, "exists; pass --overwrite to replace it")
+        image, labels, affine = make_case(seed * 1000 + i, size, difficulty)
+        written.append(write_case(out_dir, case_id, image, labels, affine))
+    return written

@@ -1,0 +1,186 @@
+"""Preprocessing as data in, data out, driven by one JSON-serialisable record.
+
+Training saves a :class:`PreprocessParams` with every model and the runtime reads it back, so
+both sides crop, resample and normalise identically (the nnU-Net "plans" idea). All arrays
+here are in RAS with the spatial axes last: ``(C, X, Y, Z)``.
+
+The paper crops the central 160x192x152 mm box of the 240x240x155 BraTS volume and min-max
+scales each modality to [0, 1] over the whole volume. Models may run at a coarser spacing
+than the input (2 mm for the CPU presets); :func:`to_model_space` and :func:`to_native_space`
+are exact inverses in geometry, so outputs land on the input grid voxel for voxel.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from runtime.errors import InputError
+
+VIEWS: dict[str, int] = {"sagittal": 0, "coronal": 1, "axial": 2}
+NORMALISATIONS = ("minmax", "zscore")
+PARAMS_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PreprocessParams:
+    """How a model sees a case. Saved beside every model; change it and retrain."""
+
+    crop_mm: tuple[float, float, float] = (160.0, 192.0, 152.0)
+    spacing_mm: tuple[float, float, float] = (2.0, 2.0, 2.0)
+    normalisation: str = "minmax"
+    modalities: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
+    version: int = PARAMS_VERSION
+
+    def __post_init__(self) -> None:
+        if self.normalisation not in NORMALISATIONS:
+            raise ValueError(f"normalisation must be one of {NORMALISATIONS}")
+
+    @property
+    def model_shape(self) -> tuple[int, int, int]:
+        """Voxel grid the model sees, e.g. (80, 96, 76) for the paper's box at 2 mm."""
+        return tuple(int(round(c / s)) for c, s in zip(self.crop_mm, self.spacing_mm))
+
+    def slice_shape(self, view: str) -> tuple[int, int]:
+        shape = list(self.model_shape)
+        shape.pop(VIEWS[view])
+        return tuple(shape)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str | Path | None = None) -> "PreprocessParams":
+        if d.get("version") != PARAMS_VERSION:
+            raise InputError(source, f"preprocessing record version {d.get('version')!r}; "
+                                     f"this spikeseg reads version {PARAMS_VERSION}")
+        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**kw)
+
+    def save(self, path: str | Path) -> None:
+        from runtime.atomic import write_json
+        write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "PreprocessParams":
+        return cls.from_dict(json.loads(Path(path).read_text()), path)
+
+
+@dataclass(frozen=True)
+class SpaceMap:
+    """Where the model grid sits in one case's native RAS grid (for the way back)."""
+
+    native_shape: tuple[int, int, int]
+    start: tuple[int, int, int]
+    size: tuple[int, int, int]
+    model_shape: tuple[int, int, int] = field(default=(0, 0, 0))
+
+
+def crop_box(native_shape: tuple[int, ...], spacing: tuple[float, ...],
+             crop_mm: tuple[float, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Start and size (native voxels) of the central box; starts may be negative (padding)."""
+    size = tuple(int(round(c / s)) for c, s in zip(crop_mm, spacing))
+    start = tuple((n - k) // 2 for n, k in zip(native_shape, size))
+    return start, size
+
+
+def crop(volume: np.ndarray, start: tuple[int, ...], size: tuple[int, ...]) -> np.ndarray:
+    """Cut the box out of the last three axes, zero-padding where it leaves the volume."""
+    lead = volume.shape[:-3]
+    out = np.zeros(lead + tuple(size), dtype=volume.dtype)
+    src, dst = [], []
+    for n, s, k in zip(volume.shape[-3:], start, size):
+        lo, hi = max(s, 0), min(s + k, n)
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - s, hi - s))
+    out[(...,) + tuple(dst)] = volume[(...,) + tuple(src)]
+    return out
+
+
+def uncrop(box: np.ndarray, start: tuple[int, ...], native_shape: tuple[int, ...],
+           fill: float = 0.0) -> np.ndarray:
+    """Paste a box back into a volume of ``native_shape``: the exact inverse of :func:`crop`."""
+    lead = box.shape[:-3]
+    out = np.full(lead + tuple(native_shape), fill, dtype=box.dtype)
+    src, dst = [], []
+    for n, s, k in zip(native_shape, start, box.shape[-3:]):
+        lo, hi = max(s, 0), min(s + k, n)
+        dst.append(slice(lo, hi))
+        src.append(slice(lo - s, hi - s))
+    out[(...,) + tuple(dst)] = box[(...,) + tuple(src)]
+    return out
+
+
+def resample(volume: np.ndarray, shape: tuple[int, ...], order: int = 1) -> np.ndarray:
+    """Resample the last three axes to ``shape`` with voxel centres aligned (grid mode).
+
+    At an integer factor 2 going down, linear interpolation at grid-mode points is the mean of
+    each 2x2x2 block, so it does not alias.
+    """
+    if tuple(volume.shape[-3:]) == tuple(shape):
+        return volume
+    zoom = [t / s for t, s in zip(shape, volume.shape[-3:])]
+    if volume.ndim == 3:
+        return ndimage.zoom(volume, zoom, order=order, mode="nearest", grid_mode=True)
+    return np.stack([resample(v, shape, order) for v in volume])
+
+
+def normalise(image: np.ndarray, method: str) -> np.ndarray:
+    """Per modality: min-max to [0, 1] over the volume (paper) or z-score over brain voxels."""
+    out = np.empty_like(image, dtype=np.float32)
+    for c, vol in enumerate(image):
+        if method == "minmax":
+            lo, hi = float(vol.min()), float(vol.max())
+            out[c] = (vol - lo) / (hi - lo) if hi > lo else 0.0
+        else:
+            brain = vol != 0
+            vals = vol[brain]
+            mu, sd = (float(vals.mean()), float(vals.std())) if vals.size else (0.0, 1.0)
+            out[c] = np.where(brain, (vol - mu) / (sd if sd > 0 else 1.0), 0.0)
+    return out
+
+
+def to_model_space(image: np.ndarray, spacing: tuple[float, ...],
+                   params: PreprocessParams) -> tuple[np.ndarray, SpaceMap]:
+    """(4, X, Y, Z) native RAS image to the normalised model grid, and the map for the way back."""
+    native_shape = tuple(image.shape[-3:])
+    start, size = crop_box(native_shape, spacing, params.crop_mm)
+    boxed = crop(normalise(image, params.normalisation), start, size)
+    model = resample(boxed, params.model_shape, order=1).astype(np.float32, copy=False)
+    return model, SpaceMap(native_shape, start, size, params.model_shape)
+
+
+def regions_to_model_space(regions: np.ndarray, space: SpaceMap) -> np.ndarray:
+    """Region masks to the model grid (majority of each resampled voxel), for training targets."""
+    boxed = crop(regions.astype(np.float32), space.start, space.size)
+    return resample(boxed, space.model_shape, order=1) >= 0.5
+
+
+def to_native_space(maps: np.ndarray, space: SpaceMap, order: int = 1) -> np.ndarray:
+    """(C, x, y, z) model-grid maps (probabilities) back onto the native RAS grid, zero outside."""
+    boxed = resample(maps, space.size, order=order).astype(maps.dtype, copy=False)
+    return uncrop(boxed, space.start, space.native_shape)
+
+
+def to_view(volume: np.ndarray, view: str) -> np.ndarray:
+    """(C, X, Y, Z) to a slice sequence (T, C, H, W) along the view's axis."""
+    return np.moveaxis(volume, 1 + VIEWS[view], 0)
+
+
+def from_view(sequence: np.ndarray, view: str) -> np.ndarray:
+    """(T, C, H, W) per-slice outputs back to (C, X, Y, Z): the exact inverse of :func:`to_view`."""
+    return np.moveaxis(sequence, 0, 1 + VIEWS[view])
+
+
+def parse_views(spec: str) -> list[str]:
+    """``all`` or a comma list to view names, checked."""
+    views = list(VIEWS) if spec == "all" else [v.strip() for v in spec.split(",") if v.strip()]
+    bad = [v for v in views if v not in VIEWS]
+    if bad or not views:
+        raise InputError(None, f"unknown view {bad or spec!r}; choose from {list(VIEWS)} or 'all'")
+    return views

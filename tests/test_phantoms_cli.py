@@ -1,0 +1,80 @@
+"""Phantom generation and the torch-free commands, run as a user runs them."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from runtime.phantoms import make_case
+from tests.helpers import run_cli
+
+
+def test_phantoms_are_deterministic_and_labelled() -> None:
+    a_img, a_lab, _ = make_case(5, "small", 0.5)
+    b_img, b_lab, _ = make_case(5, "small", 0.5)
+    np.testing.assert_array_equal(a_img, b_img)
+    np.testing.assert_array_equal(a_lab, b_lab)
+    assert set(np.unique(a_lab)) <= {0, 1, 2, 4} and {2, 4} <= set(np.unique(a_lab))
+    c_img, _, _ = make_case(6, "small", 0.5)
+    assert not np.array_equal(a_img, c_img)
+
+
+def test_difficulty_reduces_tumour_contrast() -> None:
+    """Hard phantoms put the tumour closer to normal tissue: FLAIR edema vs WM contrast shrinks."""
+    contrasts = []
+    for d in (0.0, 1.0):
+        img, lab, _ = make_case(8, "small", d)
+        flair = img[3]
+        wm_like = flair[(lab == 0) & (flair > 0)]
+        contrasts.append((np.median(flair[lab == 2]) - np.median(wm_like)) / np.std(wm_like))
+    assert contrasts[1] < 0.6 * contrasts[0]
+
+
+def test_phantoms_command_writes_readable_cases_without_torch(tmp_path: Path) -> None:
+    out = tmp_path / "p"
+    r = run_cli("phantoms", out, "--cases", "2", "--seed", "1", "--quiet", block_torch=True)
+    assert r.returncode == 0, r.stderr
+    cases = sorted(out.iterdir())
+    assert [c.name for c in cases] == ["BraTS2021_01000", "BraTS2021_01001"]
+    for c in cases:
+        for key in ("t1", "t1ce", "t2", "flair", "seg"):
+            img = nib.load(str(c / f"{c.name}_{key}.nii.gz"))
+            assert img.shape == (120, 120, 78)
+            assert nib.aff2axcodes(img.affine) == ("L", "P", "S")
+    again = run_cli("phantoms", out, "--cases", "2", "--seed", "1", "--quiet")
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+
+
+def test_evaluate_a_case_against_itself_without_torch(phantom_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m.csv"
+    r = run_cli("evaluate", phantom_root, phantom_root, "--out", out, block_torch=True)
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert [row["case"] for row in rows][-3:] == ["mean", "median", "n_undefined"]
+    for row in rows[:3]:
+        for region in ("ET", "TC", "WT"):
+            assert float(row[f"{region}_dice"]) == 1.0
+            assert float(row[f"{region}_hd95"]) == 0.0
+    r2 = run_cli("evaluate", phantom_root, phantom_root, "--out", out)
+    assert r2.returncode == 2 and str(out) in r2.stderr and "exists" in r2.stderr
+
+
+def test_evaluate_reports_a_bad_case_and_goes_on(phantom_root: Path, tmp_path: Path) -> None:
+    import shutil
+    pred = tmp_path / "pred"
+    shutil.copytree(phantom_root, pred)
+    victim = sorted(pred.iterdir())[1]
+    (victim / f"{victim.name}_seg.nii.gz").write_bytes(b"not a nifti")
+    r = run_cli("evaluate", pred, phantom_root)
+    assert r.returncode == 1
+    assert f"FAILED {victim.name}" in r.stderr and "cannot read NIfTI" in r.stderr
+    assert r.stdout.count("BraTS2021_") == 2
+
+
+def test_help_and_import_without_torch() -> None:
+    r = run_cli("--help", block_torch=True)
+    assert r.returncode == 0 and "phantoms" in r.stdout and "evaluate" in r.stdout

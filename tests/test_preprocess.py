@@ -1,0 +1,94 @@
+"""Preprocessing: exact inverses (crop, views, space maps), resampling, the parameters record."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime.case_io import load_case
+from runtime.errors import InputError
+from runtime.preprocess import (PreprocessParams, crop, crop_box, from_view, normalise, parse_views,
+                                regions_to_model_space, resample, to_model_space, to_native_space,
+                                to_view, uncrop)
+
+
+def test_paper_crop_box_on_brats_grid() -> None:
+    start, size = crop_box((240, 240, 155), (1.0, 1.0, 1.0), (160, 192, 152))
+    assert size == (160, 192, 152) and start == (40, 24, 1)
+    assert PreprocessParams().model_shape == (80, 96, 76)
+    assert PreprocessParams(spacing_mm=(1.0, 1.0, 1.0)).model_shape == (160, 192, 152)
+
+
+def test_crop_uncrop_inverse_including_padding() -> None:
+    vol = np.random.default_rng(0).random((2, 10, 12, 7)).astype(np.float32)
+    for start, size in [((2, 3, 1), (6, 6, 5)), ((-2, -1, -3), (14, 14, 13))]:
+        box = crop(vol, start, size)
+        assert box.shape == (2,) + size
+        back = uncrop(box, start, vol.shape[1:])
+        inside = uncrop(crop(np.ones_like(vol), start, size), start, vol.shape[1:]) > 0
+        np.testing.assert_array_equal(back[inside], vol[inside])
+        assert not back[~inside].any()
+
+
+@pytest.mark.parametrize("view,axis", [("sagittal", 0), ("coronal", 1), ("axial", 2)])
+def test_views_slice_along_the_right_axis_and_reassemble(view: str, axis: int) -> None:
+    vol = np.random.default_rng(1).random((4, 5, 6, 7))
+    seq = to_view(vol, view)
+    assert seq.shape[0] == vol.shape[1 + axis] and seq.shape[1] == 4
+    np.testing.assert_array_equal(seq[2], np.take(vol, 2, axis=1 + axis))
+    np.testing.assert_array_equal(from_view(seq, view), vol)
+
+
+def test_resample_factor_two_is_block_mean() -> None:
+    vol = np.random.default_rng(2).random((8, 6, 4))
+    down = resample(vol, (4, 3, 2))
+    expect = vol.reshape(4, 2, 3, 2, 2, 2).mean(axis=(1, 3, 5))
+    np.testing.assert_allclose(down, expect, atol=1e-12)
+
+
+def test_normalisation_minmax_and_zscore() -> None:
+    vol = np.zeros((1, 6, 6, 6), np.float32)
+    vol[0, 1:5, 1:5, 1:5] = np.random.default_rng(3).uniform(100, 200, (4, 4, 4))
+    mm = normalise(vol, "minmax")
+    assert mm.min() == 0.0 and mm.max() == pytest.approx(1.0)
+    z = normalise(vol, "zscore")
+    brain = vol[0] != 0
+    assert z[0][brain].mean() == pytest.approx(0.0, abs=1e-5)
+    assert z[0][brain].std() == pytest.approx(1.0, abs=1e-4)
+    assert not z[0][~brain].any()
+
+
+def test_params_record_round_trip_and_version_check(tmp_path: Path) -> None:
+    p = PreprocessParams(spacing_mm=(1.0, 1.0, 1.0), normalisation="zscore")
+    p.save(tmp_path / "pre.json")
+    assert PreprocessParams.load(tmp_path / "pre.json") == p
+    d = p.to_dict()
+    d["version"] = 99
+    with pytest.raises(InputError, match="version 99"):
+        PreprocessParams.from_dict(d, "x.json")
+
+
+def test_model_space_round_trip_on_a_1mm_like_case(phantom_root: Path) -> None:
+    """A 2 mm model on a case: region maps go there and back onto the native grid."""
+    case = load_case(sorted(phantom_root.iterdir())[0])
+    params = PreprocessParams(spacing_mm=(4.0, 4.0, 4.0))  # coarser than the 2 mm phantom
+    model, space = to_model_space(case.image, case.spacing, params)
+    assert model.shape == (4,) + params.model_shape
+    assert 0.0 <= model.min() and model.max() <= 1.0
+    from runtime.labels import labels_to_regions
+    regions = labels_to_regions(case.label, case.files.convention)
+    target = regions_to_model_space(regions, space)
+    back = to_native_space(target.astype(np.float32), space) >= 0.5
+    assert back.shape == regions.shape
+    wt, wt_back = regions[2], back[2]
+    overlap = 2 * (wt & wt_back).sum() / (wt.sum() + wt_back.sum())
+    assert overlap > 0.8  # what 2x coarser resampling of a blob costs, no more
+
+
+def test_parse_views() -> None:
+    assert parse_views("all") == ["sagittal", "coronal", "axial"]
+    assert parse_views("axial, coronal") == ["axial", "coronal"]
+    with pytest.raises(InputError, match="unknown view"):
+        parse_views("transverse")
