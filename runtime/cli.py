@@ -52,6 +52,20 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+@_command("train")
+def _train(args: argparse.Namespace) -> int:
+    from training.trainer import TrainConfig, train
+
+    cfg = TrainConfig(data=str(args.data), out=str(args.out), arch=args.arch, view=args.view,
+                      trainer=args.trainer, preset=args.preset, fold=args.fold, folds=args.folds,
+                      epochs=args.epochs, batch_size=args.batch_size, window=args.window, alpha=args.alpha,
+                      lr=args.lr, seed=args.seed, device=args.device, amp=not args.no_amp,
+                      spacing_mm=args.spacing, eval_average=args.eval_average, state_reset=args.state_reset,
+                      tau_min=args.tau_min, max_minutes=args.max_minutes, progress=not args.quiet)
+    train(cfg, resume=args.resume, overwrite=args.overwrite)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="spikeseg",
@@ -82,6 +96,42 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("ref", type=Path, help="reference: a case folder or a folder of case folders")
     ev.add_argument("--out", type=Path, help="write the table as CSV here")
     ev.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+
+    tr = sub.add_parser("train", help="train a view model (Spiking U-Seg-Net or a twin)",
+                        description="Train one model per view on a folder of BraTS cases. FPTT "
+                                    "updates every --window slices with the membrane state detached "
+                                    "between windows, so memory does not grow with the slice count. "
+                                    "Uses CUDA when present (mixed precision); run under torchrun for "
+                                    "several GPUs (DistributedDataParallel).")
+    tr.add_argument("--data", type=Path, required=True, help="folder of labelled case folders")
+    tr.add_argument("--out", type=Path, required=True, help="run folder (RUN/<view>/ with --view all)")
+    tr.add_argument("--arch", choices=["spiking-useg", "useg", "useg-clstm"], default="spiking-useg")
+    tr.add_argument("--view", default="axial", help="sagittal, coronal, axial or all (default axial)")
+    tr.add_argument("--trainer", choices=["fptt", "tbptt", "bptt", "standard"],
+                    help="default: fptt for spiking-useg, standard for useg, tbptt for useg-clstm")
+    tr.add_argument("--preset", choices=["tiny", "small", "paper"], default="tiny",
+                    help="model size: tiny (CPU tests, demo), small, paper (the paper's scale, for a GPU)")
+    tr.add_argument("--fold", type=int, default=0, help="validation fold of --folds (default 0 of 5)")
+    tr.add_argument("--folds", type=int, default=5)
+    tr.add_argument("--epochs", type=int, default=30)
+    tr.add_argument("--batch-size", type=int, default=4, help="sequences (volumes) per batch")
+    tr.add_argument("--window", type=int, default=4, help="slices per update K (fptt, tbptt; default 4)")
+    tr.add_argument("--alpha", type=float, default=0.1, help="FPTT regularisation strength (default 0.1)")
+    tr.add_argument("--lr", type=float, default=1e-3)
+    tr.add_argument("--spacing", type=float, default=2.0,
+                    help="model voxel spacing in mm (default 2: 80x96x76 grid; the paper used 1)")
+    tr.add_argument("--tau-min", type=float, default=1.0, help="floor under PLIF tau (default 1: none)")
+    tr.add_argument("--eval-average", action="store_true",
+                    help="validate and keep best weights using FPTT's running mean wbar")
+    tr.add_argument("--state-reset", action="store_true",
+                    help="ablation: reset the state every slice (no inter-slice context)")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    tr.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    tr.add_argument("--max-minutes", type=float, help="stop after the epoch that passes this budget")
+    tr.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.pt")
+    tr.add_argument("--overwrite", action="store_true", help="start again in an existing run folder")
+    tr.add_argument("--quiet", action="store_true")
     return p
 
 

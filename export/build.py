@@ -1,0 +1,183 @@
+"""``spikeseg export``: trained runs -> a checksummed deployment bundle.
+
+For each view model: ONNX FP32 step graph, OpenVINO IR FP32, and with ``--int8`` an NNCF INT8
+IR and an ONNX Runtime QDQ INT8 graph, calibrated on real slices of ``--calib`` cases. INT8 is
+then compared with FP32 on held-out cases (the runs' validation cases when their data folder
+is reachable, else the calibration cases, and the manifest says which). When the WT Dice
+drop passes the budget, the first conv and the readout are kept in float and quantisation is
+retried; a bundle still over budget is refused unless ``--allow-accuracy-drop``.
+
+The bundle is assembled in a temporary folder beside ``--out`` and renamed into place at the
+end: a failed export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime import __version__
+from runtime.atomic import write_json
+from runtime.bundle import MANIFEST, SCHEMA_VERSION, file_entry
+from runtime.case_io import find_cases, load_case
+from runtime.errors import InputError
+from runtime.inference import OrtEngine, OvEngine, run_view
+from runtime.labels import REGIONS, labels_to_regions
+from runtime.metrics import dice
+from runtime.preprocess import VIEWS, PreprocessParams, regions_to_model_space, to_model_space
+from export.graphs import export_onnx, layer_table, onnx_to_openvino
+from export.quantize import calibration_feeds, quantize_onnxruntime, quantize_openvino
+
+RETRY_FLOAT_LAYERS = ["down0.conv", "readout"]
+
+
+def _load_model_space(case_dirs: list[Path], params: PreprocessParams) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
+    out = []
+    for d in case_dirs:
+        case = load_case(d)
+        image, space = to_model_space(case.image, case.spacing, params)
+        target = None
+        if case.label is not None:
+            target = regions_to_model_space(labels_to_regions(case.label, case.files.convention), space)
+        out.append((case.case_id, image, target))
+    return out
+
+
+def _holdout_dirs(info: dict[str, Any]) -> list[Path]:
+    split = Path(info["out"]) / "splits.json"
+    data = Path(info["data"])
+    if not data.is_dir():
+        return []
+    ids = set(json.loads(split.read_text())["validation"]) if split.is_file() else set()
+    return [d for d in find_cases(data) if d.name in ids]
+
+
+def _dice_table(engine, spec: dict, holdout, view: str) -> dict[str, float]:
+    scores = {r: [] for r in REGIONS}
+    for _, image, target in holdout:
+        prob = run_view(engine, spec, image, view).prob
+        for i, r in enumerate(REGIONS):
+            d = dice(prob[i] >= 0.5, target[i])
+            scores[r].append(1.0 if math.isnan(d) else d)
+    return {r: float(np.mean(v)) for r, v in scores.items()}
+
+
+def _quantise_view(tmp: Path, view: str, spec: dict, feeds, holdout, budget: float, allow_drop: bool,
+                   threads: int, log) -> tuple[list[dict], dict[str, Any]]:
+    """INT8 for both backends, with the accuracy check and one retry; returns model entries."""
+    entries, report = [], {}
+    backends = [("openvino", f"{view}_fp32.xml", f"{view}_int8.xml", quantize_openvino, OvEngine),
+                ("onnxruntime", f"{view}_fp32.onnx", f"{view}_int8.onnx", quantize_onnxruntime, OrtEngine)]
+    for backend, fp32_name, int8_name, quantise, engine_cls in backends:
+        base = _dice_table(engine_cls(str(tmp / fp32_name), "fp32", threads), spec, holdout, view)
+        attempts = []
+        for ignored in (None, RETRY_FLOAT_LAYERS):
+            how = quantise(tmp / fp32_name, tmp / int8_name, feeds, ignored)
+            q = _dice_table(engine_cls(str(tmp / int8_name), "int8", threads), spec, holdout, view)
+            change = {r: q[r] - base[r] for r in REGIONS}
+            attempts.append({"quantisation": how, "dice_fp32": base, "dice_int8": q, "dice_change": change})
+            log(f"  {view} {backend} INT8 Dice change ET/TC/WT "
+                + "/".join(f"{100 * change[r]:+.2f}" for r in REGIONS) + " points"
+                + (" (first conv and readout kept float)" if ignored else ""))
+            if -change["WT"] <= budget:
+                break
+        final = attempts[-1]
+        final["within_budget"] = -final["dice_change"]["WT"] <= budget
+        if not final["within_budget"] and not allow_drop:
+            raise InputError(None, f"{view} {backend} INT8 loses {-100 * final['dice_change']['WT']:.2f} WT Dice "
+                                   f"points, over the {100 * budget:.2f}-point budget even with the first conv and "
+                                   f"readout in float; pass --allow-accuracy-drop to write it anyway")
+        report[backend] = {"attempts": attempts, **final}
+        if backend == "openvino":
+            entries.append({**file_entry(tmp, tmp / int8_name), "format": "openvino", "precision": "int8",
+                            "weights": file_entry(tmp, (tmp / int8_name).with_suffix(".bin"))})
+        else:
+            entries.append({**file_entry(tmp, tmp / int8_name), "format": "onnx", "precision": "int8"})
+    return entries, report
+
+
+def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | None = None,
+                 overwrite: bool = False, allow_accuracy_drop: bool = False, budget: float = 0.01,
+                 threads: int = 2, calib_items: int = 300, log=print) -> Path:
+    from training.trainer import load_run
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise InputError(out, "exists; pass --overwrite to replace it")
+    if int8 and calib is None:
+        raise InputError(None, "--int8 needs --calib CASES_DIR (real slices to calibrate on)")
+    loaded = [load_run(r) for r in runs]
+    archs = {info["arch"] for _, info, _ in loaded}
+    pres = {json.dumps(p.to_dict(), sort_keys=True) for _, _, p in loaded}
+    views = [info["view"] for _, info, _ in loaded]
+    if len(archs) != 1:
+        raise InputError(None, f"runs mix architectures {sorted(archs)}: one bundle holds one architecture")
+    if len(pres) != 1:
+        raise InputError(None, "runs were preprocessed differently: one bundle has one preprocessing record")
+    if len(set(views)) != len(views):
+        raise InputError(None, f"two runs for the same view: {views}")
+    params = loaded[0][2]
+    calib_images = _load_model_space(find_cases(calib), params) if int8 else []
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        manifest_views: dict[str, Any] = {}
+        for model, info, _ in sorted(loaded, key=lambda m: list(VIEWS).index(m[1]["view"])):
+            view = info["view"]
+            h, w = params.slice_shape(view)
+            log(f"exporting {view} ({info['arch']}, {h}x{w} slices)")
+            spec = export_onnx(model, h, w, tmp / f"{view}_fp32.onnx")
+            onnx_to_openvino(tmp / f"{view}_fp32.onnx", tmp / f"{view}_fp32.xml")
+            models = [{**file_entry(tmp, tmp / f"{view}_fp32.onnx"), "format": "onnx", "precision": "fp32"},
+                      {**file_entry(tmp, tmp / f"{view}_fp32.xml"), "format": "openvino", "precision": "fp32",
+                       "weights": file_entry(tmp, tmp / f"{view}_fp32.bin")}]
+            quant = None
+            if int8:
+                holdout_dirs = _holdout_dirs(info)
+                holdout = _load_model_space(holdout_dirs, params) if holdout_dirs else calib_images
+                holdout = [h for h in holdout if h[2] is not None]
+                if not holdout:
+                    raise InputError(calib, "no labelled cases to check INT8 accuracy against")
+                fp32_engine = OrtEngine(str(tmp / f"{view}_fp32.onnx"), "fp32", threads)
+                feeds = calibration_feeds(fp32_engine, spec, (img for _, img, _ in calib_images), view,
+                                          max_items=calib_items)
+                entries, quant = _quantise_view(tmp, view, spec, feeds, holdout, budget, allow_accuracy_drop,
+                                                threads, log)
+                models += entries
+                quant["holdout"] = {"source": "run validation split" if holdout_dirs else "calibration cases",
+                                    "cases": [c for c, _, _ in holdout]}
+                quant["calibration_cases"] = [c for c, _, _ in calib_images]
+            layers = layer_table(model, h, w)
+            manifest_views[view] = {
+                **spec, "slices_per_case": params.model_shape[VIEWS[view]], "slice_shape": [h, w],
+                "layers": layers, "dense_macs_per_slice": sum(l["dense_macs_per_slice"] for l in layers),
+                "parameters": int(sum(p.numel() for p in model.parameters())),
+                "models": models, "quantisation": quant,
+                "training": {"trainer": info["trainer"], "fold": info["fold"], "folds": info["folds"],
+                             "epochs": info["epochs"], "best": info["best"], "seed": info["seed"],
+                             "data_fingerprint": info["data_fingerprint"], "preset": info["preset"]}}
+        first = loaded[0][1]
+        manifest = {"schema_version": SCHEMA_VERSION, "spikeseg_version": __version__,
+                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "architecture": first["arch"], "stateful": first["arch"] != "useg",
+                    "model_config": first["model_config"], "views": manifest_views,
+                    "preprocess": params.to_dict(), "voxel_spacing_mm": list(params.spacing_mm),
+                    "regions": list(REGIONS), "output": "sigmoid probabilities of the nested regions ET, TC, WT",
+                    "label_convention": "written in the input case's convention (2021 names: ET=4; 2023+: ET=3)",
+                    "openvino_inference_precision": "f32 (INFERENCE_PRECISION_HINT set by the runtime)"}
+        write_json(tmp / MANIFEST, manifest)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out

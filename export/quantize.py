@@ -1,0 +1,96 @@
+"""INT8 post-training quantisation: NNCF on the OpenVINO model, static QDQ in ONNX Runtime.
+
+Calibration uses real slices: for the SNN, whole slice sequences run through the FP32 model
+with the membrane states fed back, so the quantiser sees the membrane values the network
+really meets (REFERENCE.md 4). Only convolutions and deconvolutions are quantised: the
+membrane arithmetic (leak, reset) and the operation counters stay in f32, which keeps the
+spike threshold test exact and the counts integral.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from runtime.inference import Engine
+from runtime.preprocess import to_view
+
+CONV_TYPES_ORT = ["Conv", "ConvTranspose"]
+
+
+def calibration_feeds(engine: Engine, info: dict[str, Any], images: Iterable[np.ndarray], view: str,
+                      max_items: int = 300, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """Per-step input dicts (slice + fed-back states) from real volumes, subsampled evenly."""
+    items: list[dict[str, np.ndarray]] = []
+    for image in images:
+        seq = to_view(image, view)
+        states = {s["input"]: np.zeros([1] + s["shape"], np.float32) for s in info["states"]}
+        for t in range(seq.shape[0]):
+            feeds = {"x": np.ascontiguousarray(seq[t:t + 1], dtype=np.float32), **states}
+            items.append(feeds)
+            if states:
+                out = engine(feeds)
+                states = {s["input"]: out[s["output"]] for s in info["states"]}
+    if len(items) > max_items:
+        keep = np.random.default_rng(seed).choice(len(items), max_items, replace=False)
+        items = [items[i] for i in sorted(keep)]
+    return items
+
+
+def quantize_openvino(fp32_xml: Path, out_xml: Path, feeds: list[dict[str, np.ndarray]],
+                      ignored_layers: list[str] | None = None) -> dict[str, Any]:
+    """NNCF PTQ on the OpenVINO IR; returns what was done (for the manifest)."""
+    import nncf
+    import openvino as ov
+
+    model = ov.Core().read_model(str(fp32_xml))
+    keep_float = ["Multiply", "Add", "Subtract", "ReduceSum", "MatMul"]
+    names = []
+    if ignored_layers:
+        names = [op.get_friendly_name() for op in model.get_ordered_ops()
+                 if op.get_type_name() in ("Convolution", "ConvolutionBackpropData")
+                 and any(f"/{layer.replace('.', '/')}/" in op.get_friendly_name() + "/" for layer in ignored_layers)]
+    scope = nncf.IgnoredScope(types=keep_float, names=names, validate=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = nncf.quantize(model, nncf.Dataset(feeds), subset_size=len(feeds), ignored_scope=scope,
+                          preset=nncf.QuantizationPreset.MIXED)
+    ov.save_model(q, str(out_xml), compress_to_fp16=False)
+    return {"tool": f"nncf {nncf.__version__}", "method": "post-training (min-max, mixed preset)",
+            "calibration_items": len(feeds), "kept_float_types": keep_float,
+            "kept_float_layers": ignored_layers or []}
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over prepared feeds."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+        self._it = iter(feeds)
+
+    def get_next(self):
+        return next(self._it, None)
+
+
+def quantize_onnxruntime(fp32_onnx: Path, out_onnx: Path, feeds: list[dict[str, np.ndarray]],
+                         ignored_layers: list[str] | None = None) -> dict[str, Any]:
+    """Static QDQ quantisation of the convs (per-channel int8 weights, uint8 activations)."""
+    import onnx
+    import onnxruntime
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    reader = type("Reader", (_Reader, CalibrationDataReader), {})(feeds)
+    exclude = []
+    if ignored_layers:
+        graph = onnx.load(str(fp32_onnx), load_external_data=False).graph
+        exclude = [n.name for n in graph.node if n.op_type in CONV_TYPES_ORT
+                   and any(n.name.startswith(f"/model/{layer.replace('.', '/')}/") for layer in ignored_layers)]
+    quantize_static(str(fp32_onnx), str(out_onnx), reader, quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=CONV_TYPES_ORT, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    nodes_to_exclude=exclude)
+    return {"tool": f"onnxruntime {onnxruntime.__version__}", "method": "static QDQ (min-max), per-channel",
+            "calibration_items": len(feeds), "quantised_op_types": CONV_TYPES_ORT,
+            "kept_float_layers": ignored_layers or []}

@@ -1,0 +1,133 @@
+"""Run one view model of a bundle over a volume, on ONNX Runtime or OpenVINO, without torch.
+
+The SNN runs slice by slice with every membrane potential fed back as an explicit input; the
+stateless twin runs slices in batches. Precision is always stated: OpenVINO compiles with
+``INFERENCE_PRECISION_HINT=f32`` (on this CPU it would otherwise silently use bf16; INT8
+models keep f32 for the layers left unquantised), and the report records it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from runtime.bundle import Bundle
+from runtime.errors import InputError
+from runtime.preprocess import from_view, to_view
+
+BACKENDS = ("openvino", "onnxruntime")
+PRECISIONS = ("fp32", "int8")
+STATELESS_BATCH = 16
+
+
+class Engine(Protocol):
+    backend: str
+    precision: str
+    compute_precision: str
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+class OrtEngine:
+    backend = "onnxruntime"
+
+    def __init__(self, path: str, precision: str, threads: int) -> None:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise InputError(path, f"ONNX Runtime cannot load the model: {exc}") from exc
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.precision = precision
+        self.compute_precision = "int8 (QDQ convs) + fp32" if precision == "int8" else "fp32"
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self.outputs, self.session.run(self.outputs, feeds)))
+
+
+class OvEngine:
+    backend = "openvino"
+
+    def __init__(self, path: str, precision: str, threads: int) -> None:
+        import openvino as ov
+
+        core = ov.Core()
+        config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32",
+                  "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+        try:
+            self.compiled = core.compile_model(path, "CPU", config)
+        except Exception as exc:
+            raise InputError(path, f"OpenVINO cannot load the model: {exc}") from exc
+        self.request = self.compiled.create_infer_request()
+        # a port may carry several tensor names (e.g. '/readout/Conv_output_0' and 'logits')
+        self.outputs = [(sorted(o.get_names()), o) for o in self.compiled.outputs]
+        hint = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        self.precision = precision
+        self.compute_precision = (f"int8 (FakeQuantize convs) + {hint}" if precision == "int8" else hint)
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.request.infer(feeds)
+        out: dict[str, np.ndarray] = {}
+        for names, port in self.outputs:
+            data = self.request.get_tensor(port).data.copy()
+            out.update(dict.fromkeys(names, data))
+        return out
+
+
+def open_engine(bundle: Bundle, view: str, backend: str, precision: str, threads: int) -> Engine:
+    if backend not in BACKENDS:
+        raise InputError(None, f"unknown backend {backend!r}; choose from {BACKENDS}")
+    if precision not in PRECISIONS:
+        raise InputError(None, f"unknown precision {precision!r}; choose from {PRECISIONS}")
+    if backend == "onnxruntime":
+        return OrtEngine(str(bundle.model_file(view, "onnx", precision).path), precision, threads)
+    return OvEngine(str(bundle.model_file(view, "openvino", precision).path), precision, threads)
+
+
+@dataclass
+class ViewResult:
+    view: str
+    prob: np.ndarray                      # (3, X, Y, Z) in model space
+    seconds: float
+    slices: int
+    ops: dict[str, float] = field(default_factory=dict)   # effective synaptic ops per layer, whole case
+    acts: dict[str, float] = field(default_factory=dict)  # nonzero activations per layer, whole case
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
+
+
+def run_view(engine: Engine, info: dict, image: np.ndarray, view: str) -> ViewResult:
+    """(4, X, Y, Z) model-space image to (3, X, Y, Z) probabilities and operation counts."""
+    seq = to_view(image, view)  # a view of the array: slices are copied one batch at a time
+    t_total = seq.shape[0]
+    logits = np.empty((t_total, 3) + seq.shape[2:], dtype=np.float32)
+    ops_names, act_names = info["outputs"]["ops"], info["outputs"]["acts"]
+    ops = dict.fromkeys(ops_names, 0.0)
+    acts = dict.fromkeys(act_names, 0.0)
+    states = {s["input"]: np.zeros([1] + s["shape"], np.float32) for s in info["states"]}
+    batch = 1 if states else STATELESS_BATCH
+    start = time.perf_counter()
+    for k in range(0, t_total, batch):
+        feeds = {"x": np.ascontiguousarray(seq[k:k + batch], dtype=np.float32)}
+        feeds.update(states)
+        out = engine(feeds)
+        logits[k:k + batch] = out["logits"]
+        for s in info["states"]:
+            states[s["input"]] = out[s["output"]]
+        for n in ops_names:
+            ops[n] += float(out[f"ops.{n}"].sum())
+        for n in act_names:
+            acts[n] += float(out[f"act.{n}"].sum())
+    seconds = time.perf_counter() - start
+    return ViewResult(view, from_view(sigmoid(logits), view), seconds, t_total, ops, acts)

@@ -1,0 +1,74 @@
+"""A quick-look PNG (numpy + zlib only): three orthogonal slices through the tumour.
+
+Top row: FLAIR with the segmentation overlaid (edema green, NCR blue, ET red, as in the
+paper's Fig. 1); bottom row: FLAIR with the uncertainty map in orange. Radiological
+convention is not attempted: the images are RAS, patient left on the right of the sagittal.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from runtime.atomic import atomic_path
+
+_COLOURS = {"ed": (0, 200, 0), "ncr": (40, 90, 255), "et": (255, 30, 30)}
+
+
+def write_png(path: str | Path, rgb: np.ndarray) -> None:
+    """Write an (H, W, 3) uint8 image as PNG, atomically."""
+    h, w, _ = rgb.shape
+    raw = b"".join(b"\x00" + rgb[y].tobytes() for y in range(h))
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
+    with atomic_path(path, suffix=".png") as tmp:
+        tmp.write_bytes(png)
+
+
+def _grey(img: np.ndarray) -> np.ndarray:
+    lo, hi = np.percentile(img, [1, 99.5]) if img.any() else (0.0, 1.0)
+    g = np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1)
+    return np.repeat((g * 255).astype(np.uint8)[..., None], 3, axis=-1)
+
+
+def _overlay(base: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int], alpha: np.ndarray | float) -> np.ndarray:
+    out = base.astype(np.float32)
+    a = (np.asarray(alpha, dtype=np.float32) * mask)[..., None]
+    out = out * (1 - a) + np.array(colour, np.float32) * a
+    return out.astype(np.uint8)
+
+
+def _panel(flair: np.ndarray, labels: np.ndarray, unc: np.ndarray, conv) -> tuple[np.ndarray, np.ndarray]:
+    # slices are (first axis, second axis); show with the second axis pointing up
+    f, l, u = (np.flipud(a.T) for a in (flair, labels, unc))
+    seg = _grey(f)
+    for key, value in (("ed", conv.ed), ("ncr", conv.ncr), ("et", conv.et)):
+        seg = _overlay(seg, l == value, _COLOURS[key], 0.55)
+    unc_img = _overlay(_grey(f), np.ones_like(u, bool), (255, 140, 0), np.clip(u / 0.5, 0, 1) * 0.9)
+    return seg, unc_img
+
+
+def quicklook(path: str | Path, flair: np.ndarray, labels: np.ndarray, uncertainty: np.ndarray, conv) -> None:
+    """Three orthogonal slices through the tumour's centre (the volume centre if none)."""
+    fg = np.argwhere(labels > 0)
+    centre = fg.mean(0).astype(int) if fg.size else np.array(labels.shape) // 2
+    panels = []
+    for axis in range(3):
+        take = [slice(None)] * 3
+        take[axis] = centre[axis]
+        panels.append(_panel(flair[tuple(take)], labels[tuple(take)], uncertainty[tuple(take)], conv))
+    height = max(p[0].shape[0] for p in panels)
+
+    def pad(img: np.ndarray) -> np.ndarray:
+        return np.pad(img, ((0, height - img.shape[0]), (0, 4), (0, 0)))
+
+    top = np.concatenate([pad(p[0]) for p in panels], axis=1)
+    bottom = np.concatenate([pad(p[1]) for p in panels], axis=1)
+    write_png(path, np.concatenate([top, np.zeros((4, top.shape[1], 3), np.uint8), bottom], axis=0))

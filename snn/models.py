@@ -1,0 +1,310 @@
+"""Spiking U-Seg-Net and its two non-spiking twins, over one shared topology.
+
+Topology (paper section 3.1): a U-Net with ONE 3x3 conv per block, GroupNorm after each conv,
+dropout, then the activation; max-pooling down, 2x2 deconvolution up, skip connections by
+concatenation, and a 3x3 "readout integrator" conv giving ET/TC/WT logits per slice.
+
+- ``spiking-useg``: activations are PLIF neurons; the membranes carry context from slice to
+  slice (one slice = one time step). The deconvolution output also passes GroupNorm + PLIF,
+  so every conv after the first is fed by spikes (accumulates, not multiply-accumulates).
+- ``useg``: ReLU, no state: each slice on its own (the paper's U-Seg-Net baseline).
+- ``useg-clstm``: ReLU plus a ConvLSTM at the bottleneck carrying inter-slice context
+  (the paper's strongest baseline, U-Seg-Net+CLSTM).
+
+Every model has two entry points over the same weights: :meth:`SliceSegNet.forward` over a
+whole sequence (training) and :meth:`SliceSegNet.step` over one slice with the state as a flat
+list of tensors (export). With ``count_ops`` the step also returns, per conv layer, the
+effective synaptic operations counted the NeuroBench way: ``sum(binary_layer(x != 0))``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from snn.neurons import PLIF
+
+ARCHS = ("spiking-useg", "useg", "useg-clstm")
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {"widths": (8, 16, 32), "dropout": 0.1},
+    "small": {"widths": (16, 32, 64), "dropout": 0.1},
+    "paper": {"widths": (64, 128, 256, 512), "dropout": 0.2},
+}
+CONFIG_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str
+    widths: tuple[int, ...]
+    in_channels: int = 4
+    out_channels: int = 3
+    dropout: float = 0.1
+    norm_groups: int = 4
+    init_tau: float = 2.0
+    tau_min: float = 1.0
+    detach_reset: bool = False
+    version: int = CONFIG_VERSION
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown architecture {self.arch!r}; choose from {ARCHS}")
+
+    @classmethod
+    def preset(cls, arch: str, preset: str, **overrides: Any) -> "ModelConfig":
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose from {list(PRESETS)}")
+        return cls(arch=arch, **{**PRESETS[preset], **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["widths"] = list(self.widths)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        if d.get("version") != CONFIG_VERSION:
+            raise ValueError(f"model config version {d.get('version')!r}, expected {CONFIG_VERSION}")
+        return cls(**{**d, "widths": tuple(d["widths"])})
+
+
+def _groups(channels: int, wanted: int) -> int:
+    g = min(wanted, channels)
+    while channels % g:
+        g -= 1
+    return g
+
+
+def effective_ops(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Per-sample synaptic operations of ``layer`` on input ``x``, counted as NeuroBench does.
+
+    NeuroBench sums the output of a copy of the layer whose weights are all 1 applied to
+    ``x != 0``. For a stride-1 conv that is ``C_out * sum_{c,i,j} [x != 0] * taps(i, j)``, where
+    ``taps`` counts the kernel positions that land inside the output (fewer at the border);
+    for a kxk/stride-k deconvolution every input feeds k*k outputs per output channel.
+    """
+    nz = (x != 0).to(x.dtype).sum(dim=1)  # (B, H, W)
+    if isinstance(layer, nn.ConvTranspose2d):
+        k = layer.kernel_size[0] * layer.kernel_size[1]
+        return nz.sum(dim=(1, 2)) * float(layer.out_channels * k)
+    (kh, kw), (ph, pw) = layer.kernel_size, layer.padding
+    h, w = x.shape[-2:]
+
+    def taps(n: int, k: int, p: int) -> torch.Tensor:
+        out_n = n + 2 * p - k + 1
+        return torch.tensor([sum(1 for r in range(k) if 0 <= i + p - r < out_n) for i in range(n)],
+                            dtype=x.dtype, device=x.device)
+
+    tap_map = taps(h, kh, ph)[:, None] * taps(w, kw, pw)[None, :]
+    return (nz * tap_map).sum(dim=(1, 2)) * float(layer.out_channels)
+
+
+class ActivationTap(nn.Identity):
+    """Marks an activation output, so hooks (NeuroBench's, ours) can find exactly those."""
+
+
+def _nonzero(x: torch.Tensor) -> torch.Tensor:
+    return (x != 0).to(x.dtype).sum(dim=(1, 2, 3))
+
+
+class ConvBlock(nn.Module):
+    """conv3x3 -> GroupNorm -> dropout -> activation (PLIF or ReLU)."""
+
+    def __init__(self, cin: int, cout: int, cfg: ModelConfig, spiking: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, padding=1)
+        self.norm = nn.GroupNorm(_groups(cout, cfg.norm_groups), cout)
+        self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+        self.act = PLIF(cfg.init_tau, cfg.tau_min, detach_reset=cfg.detach_reset) if spiking else nn.ReLU()
+        self.tap = ActivationTap()
+
+    def forward(self, x: torch.Tensor, v: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        y = self.drop(self.norm(self.conv(x)))
+        out, v = self.act(y, v) if v is not None else (self.act(y), None)
+        return self.tap(out), v
+
+
+class UpBlock(nn.Module):
+    """deconv 2x2 -> GroupNorm -> activation, concatenated with the skip, then a ConvBlock."""
+
+    def __init__(self, cin: int, cout: int, cfg: ModelConfig, spiking: bool) -> None:
+        super().__init__()
+        self.up = nn.ConvTranspose2d(cin, cout, 2, stride=2)
+        self.norm = nn.GroupNorm(_groups(cout, cfg.norm_groups), cout)
+        self.act = PLIF(cfg.init_tau, cfg.tau_min, detach_reset=cfg.detach_reset) if spiking else nn.ReLU()
+        self.tap = ActivationTap()
+        self.block = ConvBlock(2 * cout, cout, cfg, spiking)
+
+    def activate(self, x: torch.Tensor, v: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        y = self.norm(self.up(x))
+        out, v = self.act(y, v) if v is not None else (self.act(y), None)
+        return self.tap(out), v
+
+
+class ConvLSTMCell(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.gates = nn.Conv2d(2 * channels, 4 * channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        i, f, g, o = self.gates(torch.cat([x, h], 1)).chunk(4, 1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        return h, c
+
+
+class SliceSegNet(nn.Module):
+    """The shared U topology; ``cfg.arch`` picks spiking, ReLU, or ReLU + ConvLSTM."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.spiking = cfg.arch == "spiking-useg"
+        w = cfg.widths
+        self.down = nn.ModuleList([ConvBlock(cfg.in_channels if i == 0 else w[i - 1], w[i], cfg, self.spiking)
+                                   for i in range(len(w))])
+        self.up = nn.ModuleList([UpBlock(w[i + 1], w[i], cfg, self.spiking) for i in reversed(range(len(w) - 1))])
+        self.clstm = ConvLSTMCell(w[-1]) if cfg.arch == "useg-clstm" else None
+        self.readout = nn.Conv2d(w[0], cfg.out_channels, 3, padding=1)
+        self.count_ops = False
+
+    # ---- shapes and state -------------------------------------------------------------------
+    @property
+    def multiple(self) -> int:
+        return 2 ** (len(self.cfg.widths) - 1)
+
+    def padded(self, h: int, w: int) -> tuple[int, int]:
+        m = self.multiple
+        return -(-h // m) * m, -(-w // m) * m
+
+    @property
+    def stateful(self) -> bool:
+        return self.spiking or self.clstm is not None
+
+    def activation_specs(self, h: int, w: int) -> list[tuple[str, tuple[int, int, int]]]:
+        """Names (:meth:`activation_names` order) and per-sample shapes of the activations."""
+        ph, pw = self.padded(h, w)
+        widths = self.cfg.widths
+        specs = [(f"down{i}", (c, ph // 2**i, pw // 2**i)) for i, c in enumerate(widths)]
+        for j, i in enumerate(reversed(range(len(widths) - 1))):
+            shape = (widths[i], ph // 2**i, pw // 2**i)
+            specs += [(f"up{j}.deconv", shape), (f"up{j}.conv", shape)]
+        return specs
+
+    def state_specs(self, h: int, w: int) -> list[tuple[str, tuple[int, int, int]]]:
+        """Names and per-sample shapes (C, H, W) of the state tensors for an h x w slice.
+
+        The SNN's state is one membrane per PLIF layer, shaped like that layer's activation."""
+        ph, pw = self.padded(h, w)
+        specs: list[tuple[str, tuple[int, int, int]]] = []
+        if self.spiking:
+            specs = [("v_" + name.replace(".", "_"), shape) for name, shape in self.activation_specs(h, w)]
+        if self.clstm is not None:
+            c, m = self.cfg.widths[-1], self.multiple
+            specs += [("clstm_h", (c, ph // m, pw // m)), ("clstm_c", (c, ph // m, pw // m))]
+        return specs
+
+    def init_state(self, batch: int, h: int, w: int, device=None, dtype=torch.float32) -> list[torch.Tensor]:
+        return [torch.zeros((batch,) + shape, device=device, dtype=dtype) for _, shape in self.state_specs(h, w)]
+
+    def connection_layers(self) -> list[tuple[str, nn.Module, bool]]:
+        """(name, layer, fed by spikes) for every conv/deconv, in execution order."""
+        out: list[tuple[str, nn.Module, bool]] = []
+        for i, blk in enumerate(self.down):
+            out.append((f"down{i}.conv", blk.conv, self.spiking and i > 0))
+        if self.clstm is not None:
+            out.append(("clstm.gates", self.clstm.gates, False))
+        for j, blk in enumerate(self.up):
+            out += [(f"up{j}.deconv", blk.up, self.spiking), (f"up{j}.conv", blk.block.conv, self.spiking)]
+        out.append(("readout", self.readout, self.spiking))
+        return out
+
+    # ---- one slice --------------------------------------------------------------------------
+    def activation_names(self) -> list[str]:
+        """Names of the activation outputs whose nonzero counts ``count_ops`` reports, in order."""
+        return [name for name, _ in self.activation_specs(1, 1)]
+
+    def step(self, x: torch.Tensor, state: list[torch.Tensor]):
+        """One slice: (logits, new state); with ``count_ops`` also the per-layer effective
+        synaptic operations (:meth:`connection_layers` order) and the per-layer counts of
+        nonzero activations (:meth:`activation_names` order), each shaped (B,)."""
+        h, w = x.shape[-2:]
+        ph, pw = self.padded(h, w)
+        if (ph, pw) != (h, w):
+            x = F.pad(x, (0, pw - w, 0, ph - h))
+        ops: list[torch.Tensor] = []
+        acts: list[torch.Tensor] = []
+        count = self.count_ops
+        new_state: list[torch.Tensor] = []
+        it = iter(state)
+        skips = []
+        for i, blk in enumerate(self.down):
+            if i > 0:
+                x = F.max_pool2d(x, 2)
+            if count:
+                ops.append(effective_ops(blk.conv, x))
+            x, v = blk(x, next(it) if self.spiking else None)
+            if v is not None:
+                new_state.append(v)
+            if count:
+                acts.append(_nonzero(x))
+            skips.append(x)
+        if self.clstm is not None:
+            hc, cc = next(it), next(it)
+            if count:
+                ops.append(effective_ops(self.clstm.gates, torch.cat([x, hc], 1)))
+            hc, cc = self.clstm(x, hc, cc)
+            x = hc
+            clstm_state = [hc, cc]
+        up_states = []
+        for j, blk in enumerate(self.up):
+            skip = skips[-2 - j]
+            if count:
+                ops.append(effective_ops(blk.up, x))
+            y, v1 = blk.activate(x, next(it) if self.spiking else None)
+            y = torch.cat([y, skip], 1)
+            if count:
+                acts.append(_nonzero(y[:, : blk.up.out_channels]))
+                ops.append(effective_ops(blk.block.conv, y))
+            x, v2 = blk.block(y, next(it) if self.spiking else None)
+            if count:
+                acts.append(_nonzero(x))
+            up_states += [v for v in (v1, v2) if v is not None]
+        if count:
+            ops.append(effective_ops(self.readout, x))
+        logits = self.readout(x)[..., :h, :w]
+        new_state += up_states
+        if self.clstm is not None:
+            new_state += clstm_state
+        return (logits, new_state, ops, acts) if count else (logits, new_state)
+
+    # ---- a whole sequence -------------------------------------------------------------------
+    def forward(self, seq: torch.Tensor, state: list[torch.Tensor] | None = None,
+                reset_every_step: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(B, T, C, H, W) -> logits (B, T, 3, H, W) and the final state.
+
+        ``reset_every_step`` zeroes the state before each slice: the state-ablation control
+        that shows whether the membrane's inter-slice context helps.
+        """
+        b, t, _, h, w = seq.shape
+        if state is None:
+            state = self.init_state(b, h, w, seq.device, seq.dtype)
+        outs = []
+        for k in range(t):
+            if reset_every_step and k > 0:
+                state = [torch.zeros_like(s) for s in state]
+            logits, state = self.step(seq[:, k], state)[:2]
+            outs.append(logits)
+        return torch.stack(outs, 1), state
+
+
+def build_model(cfg: ModelConfig) -> SliceSegNet:
+    return SliceSegNet(cfg)
+
+
+def plif_layers(model: nn.Module) -> list[PLIF]:
+    return [m for m in model.modules() if isinstance(m, PLIF)]

@@ -1,0 +1,63 @@
+"""PLIF step against spikingjelly's ParametricLIFNode with the ATan surrogate."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from snn.neurons import PLIF
+
+
+@pytest.mark.parametrize("detach_reset", [False, True])
+@pytest.mark.parametrize("init_tau", [2.0, 3.5])
+def test_plif_matches_spikingjelly_over_a_sequence(detach_reset: bool, init_tau: float) -> None:
+    from spikingjelly.activation_based import neuron, surrogate
+
+    torch.manual_seed(0)
+    T, shape = 12, (3, 5, 7)
+    x = (torch.randn(T, *shape) * 1.5 + 0.6).requires_grad_(True)
+    x_ref = x.detach().clone().requires_grad_(True)
+
+    ref = neuron.ParametricLIFNode(init_tau=init_tau, decay_input=True, v_threshold=1.0, v_reset=0.0,
+                                   surrogate_function=surrogate.ATan(), detach_reset=detach_reset,
+                                   step_mode="s")
+    ours = PLIF(init_tau=init_tau, detach_reset=detach_reset)
+    assert torch.allclose(ours.w, ref.w)
+
+    v = torch.zeros(shape)
+    spikes, vs, spikes_ref, vs_ref = [], [], [], []
+    for t in range(T):
+        s, v = ours(x[t], v)
+        spikes.append(s)
+        vs.append(v)
+        spikes_ref.append(ref(x_ref[t]))
+        vs_ref.append(ref.v)
+    s, s_ref = torch.stack(spikes), torch.stack(spikes_ref)
+    assert 0.05 < s.mean() < 0.95  # the test exercises both firing and silence
+    assert torch.equal(s, s_ref)
+    torch.testing.assert_close(torch.stack(vs), torch.stack(vs_ref), atol=1e-6, rtol=0)
+
+    g = torch.randn(T, *shape)
+    gv = torch.randn(T, *shape)
+    ((s * g).sum() + (torch.stack(vs) * gv).sum()).backward()
+    ((s_ref * g).sum() + (torch.stack(vs_ref) * gv).sum()).backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(ours.w.grad, ref.w.grad, atol=1e-6, rtol=1e-5)
+
+
+def test_tau_floor() -> None:
+    n = PLIF(init_tau=3.0, tau_min=1.5)
+    assert n.tau == pytest.approx(3.0)
+    with torch.no_grad():
+        n.w.fill_(50.0)
+    assert n.tau == pytest.approx(1.5, abs=1e-6)
+
+
+def test_surrogate_is_the_papers_arctan() -> None:
+    """d/dx [arctan(pi x)/pi + 1/2] = 1 / (1 + (pi x)^2)."""
+    from snn.neurons import ATanSpike
+    x = torch.linspace(-2, 2, 41, requires_grad=True)
+    ATanSpike.apply(x).sum().backward()
+    xs = x.detach().clone().requires_grad_(True)
+    (torch.atan(torch.pi * xs) / torch.pi + 0.5).sum().backward()
+    torch.testing.assert_close(x.grad, xs.grad)

@@ -1,0 +1,90 @@
+"""Training data: cases preprocessed once to disk (nnU-Net style), folds, and slice sequences.
+
+Each case is turned into the model grid by the same :mod:`runtime.preprocess` code the
+runtime uses, and stored as ``<case>_image.npy`` (4, X, Y, Z) float32 and
+``<case>_regions.npy`` (3, X, Y, Z) uint8 in a cache folder keyed by the preprocessing record,
+so the three view models of a run share one cache and memory stays flat (``mmap``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from runtime.atomic import atomic_path, write_json
+from runtime.case_io import find_cases, load_case
+from runtime.errors import InputError
+from runtime.labels import labels_to_regions
+from runtime.preprocess import PreprocessParams, regions_to_model_space, to_model_space, to_view
+
+
+@dataclass(frozen=True)
+class CachedCase:
+    case_id: str
+    image_path: Path
+    regions_path: Path
+
+    def load(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.load(self.image_path, mmap_mode="r"), np.load(self.regions_path, mmap_mode="r")
+
+
+def data_fingerprint(case_dirs: list[Path]) -> str:
+    """Hash of the case ids and file sizes: cheap, and changes when the data set does."""
+    h = hashlib.sha256()
+    for d in case_dirs:
+        for f in sorted(d.iterdir()):
+            h.update(f"{d.name}/{f.name}:{f.stat().st_size}".encode())
+    return h.hexdigest()[:16]
+
+
+def preprocess_dataset(data_dir: Path, cache_root: Path, params: PreprocessParams,
+                       progress: bool = True) -> list[CachedCase]:
+    """Preprocess every labelled case into ``cache_root/<params hash>/`` (skipping cached ones)."""
+    key = hashlib.sha256(json.dumps(params.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+    cache = cache_root / key
+    cache.mkdir(parents=True, exist_ok=True)
+    write_json(cache / "preprocess.json", params.to_dict())
+    out = []
+    for folder in tqdm(find_cases(data_dir), desc="preprocess", unit="case", disable=not progress):
+        case_id = folder.name
+        img_p, reg_p = cache / f"{case_id}_image.npy", cache / f"{case_id}_regions.npy"
+        if not (img_p.exists() and reg_p.exists()):
+            case = load_case(folder)
+            if case.label is None:
+                raise InputError(folder, "training needs a label map (<id>_seg)")
+            model_img, space = to_model_space(case.image, case.spacing, params)
+            regions = regions_to_model_space(labels_to_regions(case.label, case.files.convention), space)
+            for path, arr in ((reg_p, regions.astype(np.uint8)), (img_p, model_img)):
+                with atomic_path(path, suffix=".npy") as tmp:
+                    np.save(tmp, arr)
+        out.append(CachedCase(case_id, img_p, reg_p))
+    return out
+
+
+def kfold_split(case_ids: list[str], folds: int, fold: int, seed: int) -> tuple[list[str], list[str]]:
+    """Split by case (never by slice), seeded; returns (train, validation) ids."""
+    if not 0 <= fold < folds:
+        raise InputError(None, f"fold {fold} outside 0..{folds - 1}")
+    if len(case_ids) < folds:
+        raise InputError(None, f"{len(case_ids)} cases cannot make {folds} folds")
+    order = np.random.default_rng(seed).permutation(sorted(case_ids))
+    parts = np.array_split(order, folds)
+    val = sorted(parts[fold].tolist())
+    train = sorted(c for c in case_ids if c not in set(val))
+    return train, val
+
+
+def view_sequence(image: np.ndarray, regions: np.ndarray, view: str,
+                  flip_lr: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(4|3, X, Y, Z) volumes to (T, C, H, W) slice sequences along the view's axis."""
+    img = np.asarray(image)
+    reg = np.asarray(regions)
+    if flip_lr:  # left-right mirror: the brain's own symmetry, a free augmentation
+        img, reg = img[:, ::-1], reg[:, ::-1]
+    return (np.ascontiguousarray(to_view(img, view), dtype=np.float32),
+            np.ascontiguousarray(to_view(reg, view), dtype=np.float32))

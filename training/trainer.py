@@ -1,0 +1,436 @@
+"""``spikeseg train``: one model per view, FPTT / (truncated) BPTT / per-slice training.
+
+A run folder (one per view; ``--view all`` makes ``RUN/<view>/`` for each and shares the
+preprocessed cache in ``RUN/preprocessed``) holds:
+
+    config.json       what was asked for, the model config, the device and precision used
+    preprocess.json   the preprocessing record the runtime reads back
+    splits.json       training / validation case ids of this fold
+    metrics.csv       one row per epoch (rewritten from the checkpoint's history: never torn)
+    tb/               TensorBoard events
+    checkpoints/last.pt, best.pt   atomic writes; best by mean validation Dice
+
+Trainers (paper section 3.2; REFERENCE section 7 for the CPU pilot):
+- ``fptt``: an update every ``--window`` K slices (K=1 is the paper's per-slice update), the
+  state detached between windows, FPTT's regulariser and running mean (``training.fptt``).
+  Memory stays flat in the sequence length.
+- ``tbptt``: the same windows without FPTT's terms; ``bptt``: one update per whole sequence.
+- ``standard``: the stateless twin, shuffled slices, as many updates as ``fptt`` makes.
+
+Resumes after a kill from ``last.pt`` with nothing lost beyond it: every epoch's randomness is
+seeded from (seed, epoch), so a resumed run continues exactly as an uninterrupted one.
+On CUDA: automatic mixed precision (bf16 where supported, else fp16 with loss scaling) and
+DistributedDataParallel under ``torchrun`` (NCCL; gloo on CPU, which the tests use).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from runtime.atomic import atomic_path, write_json, write_text
+from runtime.case_io import find_cases
+from runtime.errors import InputError
+from runtime.labels import REGIONS
+from runtime.metrics import dice, nll
+from runtime.preprocess import VIEWS, PreprocessParams, parse_views
+from snn.models import ModelConfig, SliceSegNet, build_model
+from training.data import CachedCase, data_fingerprint, kfold_split, preprocess_dataset, view_sequence
+from training.fptt import FPTT
+from training.losses import bce_dice_loss
+from training.predict import predict_view
+
+TRAINERS = ("fptt", "tbptt", "bptt", "standard")
+DEFAULT_TRAINER = {"spiking-useg": "fptt", "useg": "standard", "useg-clstm": "tbptt"}
+RUN_VERSION = 1
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    arch: str = "spiking-useg"
+    view: str = "axial"
+    trainer: str | None = None
+    preset: str = "tiny"
+    fold: int = 0
+    folds: int = 5
+    epochs: int = 30
+    batch_size: int = 4
+    window: int = 4
+    alpha: float = 0.1
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    clip: float = 0.3
+    plateau_patience: int = 10
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    spacing_mm: float = 2.0
+    normalisation: str = "minmax"
+    eval_average: bool = False
+    state_reset: bool = False
+    tau_min: float = 1.0
+    max_minutes: float | None = None
+    progress: bool = True
+    version: int = RUN_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def resolved_trainer(self) -> str:
+        trainer = self.trainer or DEFAULT_TRAINER[self.arch]
+        if trainer not in TRAINERS:
+            raise InputError(None, f"unknown trainer {trainer!r}; choose from {TRAINERS}")
+        stateful = self.arch != "useg"
+        if stateful and trainer == "standard":
+            raise InputError(None, f"{self.arch} carries state across slices: use fptt, tbptt or bptt")
+        if not stateful and trainer != "standard":
+            raise InputError(None, "useg has no state across slices: use --trainer standard")
+        return trainer
+
+
+# ---- device, precision, processes ---------------------------------------------------------
+
+def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(None, "--device cuda but no CUDA device is visible")
+        return torch.device("cuda", local_rank)
+    return torch.device(spec)
+
+
+def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    """Mixed precision only on CUDA: bf16 where the GPU has it, else fp16 with a GradScaler."""
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def init_distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank); starts the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def seed_everything(seed: int) -> np.random.Generator:
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)
+
+
+def params_digest(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for t in model.state_dict().values():
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+# ---- checkpoints --------------------------------------------------------------------------
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Never executes code from a file: ``weights_only=True``."""
+    if not path.is_file():
+        raise InputError(path, "no checkpoint")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InputError(path, f"cannot read checkpoint: {exc}") from exc
+
+
+def history_csv(history: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(history[0]), lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    return buf.getvalue()
+
+
+# ---- the trainer --------------------------------------------------------------------------
+
+class ViewTrainer:
+    """Trains one view model; everything needed to resume is in :meth:`state`."""
+
+    def __init__(self, cfg: TrainConfig, run: Path, cases: list[CachedCase], train_ids: list[str],
+                 val_ids: list[str], rank: int = 0, world: int = 1, local_rank: int = 0) -> None:
+        self.cfg, self.run, self.rank, self.world = cfg, run, rank, world
+        self.trainer = cfg.resolved_trainer()
+        self.device = resolve_device(cfg.device, local_rank)
+        self.amp = amp_dtype(self.device, cfg.amp)
+        by_id = {c.case_id: c for c in cases}
+        self.train_cases = [by_id[i] for i in train_ids]
+        self.val_cases = [by_id[i] for i in val_ids]
+        seed_everything(cfg.seed)
+        self.model_cfg = ModelConfig.preset(cfg.arch, cfg.preset, tau_min=cfg.tau_min)
+        self.model: SliceSegNet = build_model(self.model_cfg).to(self.device)
+        self.net = self.model
+        if world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.fptt = FPTT(self.model.parameters(), self.opt, cfg.alpha) if self.trainer == "fptt" else None
+        self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(self.opt, mode="max", factor=0.5,
+                                                                patience=cfg.plateau_patience)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
+        self.epoch = 0
+        self.best_score = -math.inf
+        self.best_epoch = -1
+        self.history: list[dict[str, Any]] = []
+        self.writer = None
+        if rank == 0:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.writer = SummaryWriter(str(run / "tb"))
+            except Exception:  # TensorBoard is a convenience, never a reason to fail
+                self.writer = None
+
+    # -- state ------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "fptt": self.fptt.state_dict() if self.fptt else None,
+                "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
+                "epoch": self.epoch, "best_score": self.best_score, "best_epoch": self.best_epoch,
+                "history": self.history, "model_config": self.model_cfg.to_dict()}
+
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        if self.fptt and ckpt.get("fptt"):
+            self.fptt.load_state_dict(ckpt["fptt"])
+        self.sched.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.epoch = int(ckpt["epoch"])
+        self.best_score, self.best_epoch = float(ckpt["best_score"]), int(ckpt["best_epoch"])
+        self.history = list(ckpt["history"])
+
+    # -- one optimiser update ---------------------------------------------------------------
+    def _update(self, x: torch.Tensor, y: torch.Tensor, state: list[torch.Tensor] | None):
+        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+            logits, state = self.net(x, state, reset_every_step=self.cfg.state_reset)
+            loss = bce_dice_loss(logits, y)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.fptt is not None:
+            self.fptt.step(self.cfg.clip, self.scaler)
+        else:
+            self.scaler.unscale_(self.opt)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        return float(loss.detach()), state
+
+    def _batches(self, rng: np.random.Generator) -> list[list[CachedCase]]:
+        order = rng.permutation(len(self.train_cases))
+        bs = self.cfg.batch_size
+        batches = [[self.train_cases[i] for i in order[k:k + bs]] for k in range(0, len(order), bs)]
+        usable = len(batches) - len(batches) % self.world if len(batches) >= self.world else len(batches)
+        return batches[:usable][self.rank::self.world]  # equal step counts on every rank
+
+    def train_epoch(self) -> float:
+        rng = seed_everything(self.cfg.seed * 100003 + self.epoch + 1)
+        self.net.train()
+        losses = []
+        batches = self._batches(rng)
+        bar = tqdm(batches, desc=f"{self.cfg.view} epoch {self.epoch + 1}/{self.cfg.epochs}", unit="batch",
+                   leave=False, disable=not self.cfg.progress or self.rank != 0)
+        for batch in bar:
+            seqs = [view_sequence(*c.load(), self.cfg.view, flip_lr=bool(rng.random() < 0.5)) for c in batch]
+            x = torch.from_numpy(np.stack([s[0] for s in seqs])).to(self.device)
+            y = torch.from_numpy(np.stack([s[1] for s in seqs])).to(self.device)
+            if self.trainer == "standard":
+                b, t = x.shape[:2]
+                xs, ys = x.flatten(0, 1), y.flatten(0, 1)
+                perm = torch.from_numpy(rng.permutation(b * t)).to(self.device)
+                step = b * self.cfg.window
+                for k in range(0, b * t, step):
+                    idx = perm[k:k + step]
+                    loss, _ = self._update(xs[idx, None], ys[idx, None], None)
+                    losses.append(loss)
+            else:
+                t = x.shape[1]
+                window = t if self.trainer == "bptt" else self.cfg.window
+                state = None
+                for k in range(0, t, window):
+                    if state is not None:
+                        state = [s.detach() for s in state]
+                    loss, state = self._update(x[:, k:k + window], y[:, k:k + window], state)
+                    losses.append(loss)
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        return float(np.mean(losses)) if losses else math.nan
+
+    def validate(self) -> dict[str, float]:
+        scores = {r: [] for r in REGIONS}
+        nlls = []
+        ctx = self.fptt.averaged_weights() if (self.fptt and self.cfg.eval_average) else _null()
+        with ctx:
+            for case in self.val_cases:
+                image, regions = case.load()
+                prob = predict_view(self.model, np.asarray(image), self.cfg.view, self.device,
+                                    reset_every_step=self.cfg.state_reset)
+                target = np.asarray(regions).astype(bool)
+                for i, r in enumerate(REGIONS):
+                    d = dice(prob[i] >= 0.5, target[i])
+                    scores[r].append(1.0 if math.isnan(d) else d)  # both empty: correct
+                nlls.append(nll(prob, target))
+        out = {f"val_dice_{r}": float(np.mean(v)) for r, v in scores.items()}
+        out["val_dice_mean"] = float(np.mean([out[f"val_dice_{r}"] for r in REGIONS]))
+        out["val_nll"] = float(np.mean(nlls))
+        return out
+
+    def fit(self) -> dict[str, Any]:
+        started = time.time()
+        ckpts = self.run / "checkpoints"
+        while self.epoch < self.cfg.epochs:
+            t0 = time.time()
+            train_loss = self.train_epoch()
+            val = self.validate()
+            self.epoch += 1
+            self.sched.step(val["val_dice_mean"])
+            taus = [m.tau for m in self.model.modules() if hasattr(m, "tau_min")]
+            row = {"epoch": self.epoch, "train_loss": train_loss, **val, "lr": self.opt.param_groups[0]["lr"],
+                   "tau_mean": float(np.mean(taus)) if taus else math.nan, "seconds": time.time() - t0}
+            self.history.append(row)
+            improved = val["val_dice_mean"] > self.best_score
+            if improved:
+                self.best_score, self.best_epoch = val["val_dice_mean"], self.epoch
+            if self.rank == 0:
+                save_checkpoint(ckpts / "last.pt", self.state())
+                if improved:
+                    self._save_best(val)
+                write_text(self.run / "metrics.csv", history_csv(self.history))
+                if self.writer:
+                    for k, v in row.items():
+                        if k != "epoch":
+                            self.writer.add_scalar(k, v, self.epoch)
+                if self.cfg.progress:
+                    print(f"[{self.cfg.view}] epoch {self.epoch}/{self.cfg.epochs} loss {train_loss:.4f} "
+                          f"Dice ET/TC/WT {val['val_dice_ET']:.3f}/{val['val_dice_TC']:.3f}/"
+                          f"{val['val_dice_WT']:.3f} NLL {val['val_nll']:.4f} "
+                          f"lr {row['lr']:.1e} {row['seconds']:.1f}s", flush=True)
+            if self.cfg.max_minutes and (time.time() - started) / 60 > self.cfg.max_minutes:
+                if self.rank == 0 and self.cfg.progress:
+                    print(f"[{self.cfg.view}] time budget of {self.cfg.max_minutes} min reached", flush=True)
+                break
+        if self.writer:
+            self.writer.close()
+        return {"best_epoch": self.best_epoch, "best_val_dice_mean": self.best_score,
+                "epochs_run": self.epoch, "seconds": time.time() - started}
+
+    def _save_best(self, val: dict[str, float]) -> None:
+        ctx = self.fptt.averaged_weights() if (self.fptt and self.cfg.eval_average) else _null()
+        with ctx:
+            weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        save_checkpoint(self.run / "checkpoints" / "best.pt",
+                        {"model": weights, "model_config": self.model_cfg.to_dict(), "epoch": self.epoch,
+                         "val": val})
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+# ---- entry point --------------------------------------------------------------------------
+
+def prepare_run(run: Path, cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
+    if (run / "config.json").exists() and not (resume or overwrite):
+        raise InputError(run, "a run is already here; pass --resume to continue it or --overwrite")
+    if overwrite and not resume and (run / "checkpoints").exists():
+        for f in (run / "checkpoints").glob("*.pt"):
+            f.unlink()
+    run.mkdir(parents=True, exist_ok=True)
+
+
+def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Train every requested view; returns a summary per view."""
+    rank, world, local_rank = init_distributed()
+    out = Path(cfg.out)
+    views = parse_views(cfg.view)
+    params = PreprocessParams(spacing_mm=(cfg.spacing_mm,) * 3, normalisation=cfg.normalisation)
+    case_dirs = find_cases(cfg.data)
+    cache_root = out / "preprocessed"
+    if rank == 0:
+        cases = preprocess_dataset(Path(cfg.data), cache_root, params, progress=cfg.progress)
+    if world > 1:
+        dist.barrier()
+    if rank != 0:
+        cases = preprocess_dataset(Path(cfg.data), cache_root, params, progress=False)
+    train_ids, val_ids = kfold_split([c.case_id for c in cases], cfg.folds, cfg.fold, cfg.seed)
+    summary: dict[str, Any] = {}
+    for view in views:
+        vcfg = TrainConfig(**{**asdict(cfg), "view": view})
+        run = out / view if len(views) > 1 or cfg.view == "all" else out
+        if rank == 0:
+            prepare_run(run, vcfg, resume, overwrite)
+        if world > 1:
+            dist.barrier()
+        trainer = ViewTrainer(vcfg, run, cases, train_ids, val_ids, rank, world, local_rank)
+        last = run / "checkpoints" / "last.pt"
+        if resume and last.exists():
+            trainer.restore(load_checkpoint(last))
+            if rank == 0 and cfg.progress:
+                print(f"[{view}] resuming after epoch {trainer.epoch}", flush=True)
+        if rank == 0:
+            info = {**asdict(vcfg), "trainer": trainer.trainer, "model_config": trainer.model_cfg.to_dict(),
+                    "device": str(trainer.device), "amp_dtype": str(trainer.amp) if trainer.amp else "float32",
+                    "world_size": world, "data_fingerprint": data_fingerprint(case_dirs),
+                    "torch": torch.__version__}
+            write_json(run / "config.json", info)
+            params.save(run / "preprocess.json")
+            write_json(run / "splits.json", {"fold": cfg.fold, "folds": cfg.folds, "train": train_ids,
+                                             "validation": val_ids})
+        result = trainer.fit()
+        if world > 1:
+            digests: list[str | None] = [None] * world
+            dist.all_gather_object(digests, params_digest(trainer.model))
+            result["rank_param_digests"] = digests
+        if rank == 0:
+            write_json(run / "summary.json", result)
+        summary[view] = result
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return summary
+
+
+def load_run(run: str | Path) -> tuple[SliceSegNet, dict[str, Any], PreprocessParams]:
+    """A trained view model from a run folder (best checkpoint), its config and preprocessing."""
+    run = Path(run)
+    cfg_path = run / "config.json"
+    if not cfg_path.is_file():
+        raise InputError(run, "not a training run (no config.json)")
+    info = json.loads(cfg_path.read_text())
+    if info.get("version") != RUN_VERSION:
+        raise InputError(cfg_path, f"run version {info.get('version')!r}; this spikeseg reads {RUN_VERSION}")
+    ckpt = load_checkpoint(run / "checkpoints" / "best.pt")
+    model = build_model(ModelConfig.from_dict(ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    info["best"] = {"epoch": ckpt["epoch"], **ckpt["val"]}
+    return model, info, PreprocessParams.load(run / "preprocess.json")
