@@ -66,6 +66,26 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+@_command("export")
+def _export(args: argparse.Namespace) -> int:
+    from export.build import build_bundle
+
+    out = build_bundle(args.runs, args.out, int8=args.int8, calib=args.calib, overwrite=args.overwrite,
+                       allow_accuracy_drop=args.allow_accuracy_drop, budget=args.budget / 100.0,
+                       threads=args.threads, calib_items=args.calib_items)
+    print(f"bundle written to {out}")
+    return 0
+
+
+@_command("segment")
+def _segment(args: argparse.Namespace) -> int:
+    from runtime.segment import segment
+
+    return segment(args.bundle, args.input, args.out, backend=args.backend, precision=args.precision,
+                   views=args.views, threads=args.threads, png=args.png, save_prob=args.save_prob,
+                   overwrite=args.overwrite, et_min_voxels=args.et_min_voxels, progress=not args.quiet)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="spikeseg",
@@ -132,6 +152,40 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.pt")
     tr.add_argument("--overwrite", action="store_true", help="start again in an existing run folder")
     tr.add_argument("--quiet", action="store_true")
+
+    ex = sub.add_parser("export", help="trained runs -> ONNX / OpenVINO (FP32, INT8) bundle",
+                        description="Export view models to ONNX and OpenVINO IR (FP32; with --int8 also "
+                                    "NNCF INT8 IR and ONNX Runtime QDQ INT8) as a bundle folder with a "
+                                    "manifest.json holding every file's sha256.")
+    ex.add_argument("runs", type=Path, nargs="+", help="run folders (one per view), e.g. RUN/sagittal RUN/axial")
+    ex.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    ex.add_argument("--int8", action="store_true", help="also write INT8 models (needs --calib)")
+    ex.add_argument("--calib", type=Path, help="cases whose real slices calibrate INT8")
+    ex.add_argument("--calib-items", type=int, default=300, help="calibration steps kept (default 300)")
+    ex.add_argument("--budget", type=float, default=1.0,
+                    help="largest WT Dice drop of INT8 vs FP32 allowed, in points (default 1)")
+    ex.add_argument("--allow-accuracy-drop", action="store_true", help="write the bundle even over budget")
+    ex.add_argument("--threads", type=int, default=2)
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+
+    sg = sub.add_parser("segment", help="segment a case or a cohort on the CPU (no torch)",
+                        description="Segment BraTS case folders with a bundle: labels in the input's "
+                                    "exact geometry, a voxel-wise uncertainty map (spread across views), "
+                                    "and a JSON report (timings, peak memory, operations, spike rates).")
+    sg.add_argument("bundle", type=Path)
+    sg.add_argument("input", type=Path, help="a case folder or a folder of case folders")
+    sg.add_argument("out", type=Path, help="output folder (OUT/<case>/...)")
+    sg.add_argument("--backend", choices=["openvino", "onnxruntime"], default="openvino")
+    sg.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
+                    help="model weights/activations; OpenVINO computes the rest in f32 (stated in the report)")
+    sg.add_argument("--views", default="all", help="all, or a comma list such as axial,coronal")
+    sg.add_argument("--threads", type=int, default=2, help="inference threads for either backend")
+    sg.add_argument("--png", action="store_true", help="write a quick-look PNG per case")
+    sg.add_argument("--save-prob", action="store_true", help="also write the ET/TC/WT probabilities")
+    sg.add_argument("--et-min-voxels", type=int, default=0,
+                    help="post-processing: ET components smaller than this become NCR (default off)")
+    sg.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
+    sg.add_argument("--quiet", action="store_true")
     return p
 
 

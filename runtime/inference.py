@@ -70,7 +70,8 @@ class OvEngine:
         self.request = self.compiled.create_infer_request()
         # a port may carry several tensor names (e.g. '/readout/Conv_output_0' and 'logits')
         self.outputs = [(sorted(o.get_names()), o) for o in self.compiled.outputs]
-        hint = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        prop = self.compiled.get_property("INFERENCE_PRECISION_HINT")  # read back, not assumed
+        hint = prop.to_string() if hasattr(prop, "to_string") else str(prop)
         self.precision = precision
         self.compute_precision = (f"int8 (FakeQuantize convs) + {hint}" if precision == "int8" else hint)
 

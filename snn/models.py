@@ -19,6 +19,7 @@ effective synaptic operations counted the NeuroBench way: ``sum(binary_layer(x !
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -35,6 +36,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"widths": (64, 128, 256, 512), "dropout": 0.2},
 }
 CONFIG_VERSION = 1
+READOUT_PRIOR = 0.01
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,7 @@ def effective_ops(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         k = layer.kernel_size[0] * layer.kernel_size[1]
         return nz.sum(dim=(1, 2)) * float(layer.out_channels * k)
     (kh, kw), (ph, pw) = layer.kernel_size, layer.padding
-    h, w = x.shape[-2:]
+    h, w = int(x.shape[-2]), int(x.shape[-1])
 
     def taps(n: int, k: int, p: int) -> torch.Tensor:
         out_n = n + 2 * p - k + 1
@@ -170,6 +172,9 @@ class SliceSegNet(nn.Module):
         self.up = nn.ModuleList([UpBlock(w[i + 1], w[i], cfg, self.spiking) for i in reversed(range(len(w) - 1))])
         self.clstm = ConvLSTMCell(w[-1]) if cfg.arch == "useg-clstm" else None
         self.readout = nn.Conv2d(w[0], cfg.out_channels, 3, padding=1)
+        # Tumour is ~1 % of voxels: start the readout at that prior (RetinaNet's trick) so the
+        # first few hundred updates are not spent learning the background bias (measured: ~500).
+        nn.init.constant_(self.readout.bias, -math.log((1 - READOUT_PRIOR) / READOUT_PRIOR))
         self.count_ops = False
 
     # ---- shapes and state -------------------------------------------------------------------
@@ -232,7 +237,9 @@ class SliceSegNet(nn.Module):
         """One slice: (logits, new state); with ``count_ops`` also the per-layer effective
         synaptic operations (:meth:`connection_layers` order) and the per-layer counts of
         nonzero activations (:meth:`activation_names` order), each shaped (B,)."""
-        h, w = x.shape[-2:]
+        # plain ints: under ONNX tracing, shape values would otherwise become graph tensors and
+        # the padding a dynamic computation (OpenVINO 2026.4 mis-evaluates that subgraph)
+        h, w = int(x.shape[-2]), int(x.shape[-1])
         ph, pw = self.padded(h, w)
         if (ph, pw) != (h, w):
             x = F.pad(x, (0, pw - w, 0, ph - h))

@@ -27,3 +27,13 @@ def case_copy(phantom_root: Path, tmp_path: Path) -> Path:
     dst = tmp_path / src.name
     shutil.copytree(src, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def phantom5(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Five small labelled phantoms: enough for a 5-fold split (4 train, 1 validation)."""
+    root = tmp_path_factory.mktemp("phantom5")
+    for i in range(5):
+        image, labels, affine = make_case(200 + i, "small", 0.5)
+        write_case(root, f"BraTS2021_{200 + i:05d}", image, labels, affine)
+    return root

@@ -1,0 +1,229 @@
+"""``spikeseg segment``: a case folder (or a cohort) in; segmentation, uncertainty, report out.
+
+Per case, in ``OUT/<case>/`` (assembled in a hidden temporary folder and renamed into place,
+so a failed case leaves nothing behind):
+
+- ``<case>_seg.nii.gz``: uint8 labels in the input's convention and exact geometry;
+- ``<case>_uncertainty.nii.gz``: float32, per voxel the largest standard deviation across the
+  view models of the ET/TC/WT probabilities (0 = views agree; at most 0.5). Only with 2+ views;
+- ``<case>_prob.nii.gz`` (``--save-prob``): float32 ET/TC/WT fused probabilities, 4D;
+- ``<case>_report.json``: timings per stage, peak memory, operations, spike rates, volumes;
+- ``<case>_quicklook.png`` (``--png``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import platform
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime import __version__
+from runtime.atomic import write_json, write_text
+from runtime.bundle import Bundle, load_bundle
+from runtime.case_io import Case, find_cases, load_case, save_like
+from runtime.ensemble import fuse, uncertainty_map
+from runtime.errors import InputError
+from runtime.inference import open_engine, run_view
+from runtime.labels import REGIONS, labels_to_regions, regions_to_labels, relabel_small_et
+from runtime.preprocess import parse_views, to_model_space, to_native_space
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def reset_peak_rss() -> None:
+    """Linux: writing 5 to clear_refs resets VmHWM, so each case gets its own peak."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def view_operations(info: dict[str, Any], ops: dict[str, float], acts: dict[str, float],
+                    slices: int) -> dict[str, Any]:
+    """Per-view counts for one case: dense MACs, effective MACs (analog input), ACs (spikes)."""
+    layers = {l["name"]: l for l in info["layers"]}
+    eff_macs = sum(v for n, v in ops.items() if not layers[n]["spike_input"])
+    acs = sum(v for n, v in ops.items() if layers[n]["spike_input"])
+    numel = {n: float(np.prod(s)) * slices for n, s in info["activation_shapes"].items()}
+    rates = {n: acts[n] / numel[n] for n in acts}
+    total_act = sum(acts.values())
+    return {"slices": slices, "dense_macs": float(info["dense_macs_per_slice"] * slices),
+            "effective_macs": float(eff_macs), "effective_acs": float(acs),
+            "activation_rates": rates,
+            "activation_sparsity": 1.0 - total_act / sum(numel.values()) if numel else None,
+            "per_layer_ops": ops}
+
+
+class Segmenter:
+    """Engines compiled once, then any number of cases."""
+
+    def __init__(self, bundle: Bundle, backend: str, precision: str, views: list[str], threads: int,
+                 et_min_voxels: int = 0) -> None:
+        self.bundle, self.backend, self.precision, self.views = bundle, backend, precision, views
+        self.threads, self.et_min_voxels = threads, et_min_voxels
+        self.params = bundle.preprocess
+        t0 = time.perf_counter()
+        self.engines = {v: open_engine(bundle, v, backend, precision, threads) for v in views}
+        self.compile_seconds = time.perf_counter() - t0
+
+    def run(self, case_dir: Path, out_root: Path, overwrite: bool, png: bool, save_prob: bool) -> dict[str, Any]:
+        reset_peak_rss()
+        times: dict[str, float] = {}
+        t_all = time.perf_counter()
+        t = time.perf_counter()
+        case = load_case(case_dir, with_label=False)
+        times["load"] = time.perf_counter() - t
+        final = out_root / case.case_id
+        if final.exists() and not overwrite:
+            raise InputError(final, "output exists; pass --overwrite to replace it")
+        t = time.perf_counter()
+        image, space = to_model_space(case.image, case.spacing, self.params)
+        times["preprocess"] = time.perf_counter() - t
+        view_probs, operations = [], {}
+        for view in self.views:
+            res = run_view(self.engines[view], self.bundle.view_info(view), image, view)
+            times[f"view_{view}"] = res.seconds
+            view_probs.append(res.prob)
+            operations[view] = view_operations(self.bundle.view_info(view), res.ops, res.acts, res.slices)
+        t = time.perf_counter()
+        fused = fuse(view_probs)
+        prob = to_native_space(fused, space)
+        unc = to_native_space(uncertainty_map(view_probs)[None], space)[0] if len(view_probs) > 1 else None
+        conv = case.files.convention
+        labels = regions_to_labels(prob >= 0.5, conv)
+        relabelled = 0
+        if self.et_min_voxels:
+            labels, relabelled = relabel_small_et(labels, conv, self.et_min_voxels)
+        times["fuse"] = time.perf_counter() - t
+        t = time.perf_counter()
+        report = self._report(case, times, operations, labels, unc, relabelled)
+        self._write(case, final, labels, prob, unc, report, overwrite, png, save_prob)
+        times["write"] = time.perf_counter() - t
+        times["total"] = time.perf_counter() - t_all
+        report["peak_rss_mb"] = peak_rss_mb()
+        write_json(final / f"{case.case_id}_report.json", report)
+        return report
+
+    def _report(self, case: Case, times, operations, labels, unc, relabelled) -> dict[str, Any]:
+        conv = case.files.convention
+        voxel_ml = float(np.prod(case.spacing)) / 1000.0
+        regions = labels_to_regions(labels, conv)
+        volumes = {r: float(regions[i].sum()) * voxel_ml for i, r in enumerate(REGIONS)}
+        wt = regions[2]
+        engine = next(iter(self.engines.values()))
+        return {
+            "case": case.case_id, "spikeseg_version": __version__,
+            "bundle": {"path": str(self.bundle.root), "sha256": self.bundle.checksum,
+                       "architecture": self.bundle.architecture},
+            "backend": self.backend, "precision": self.precision,
+            "compute_precision": engine.compute_precision, "threads": self.threads,
+            "cpu": cpu_model(), "machine": platform.machine(),
+            "views": self.views,
+            "uncertainty": ("max over ET/TC/WT of the std across views" if unc is not None
+                            else "not available: a single view gives no ensemble spread"),
+            "mean_uncertainty_in_wt": float(unc[wt].mean()) if unc is not None and wt.any() else None,
+            "volumes_ml": volumes, "label_convention": conv.name,
+            "postprocessing": ({"et_min_voxels": self.et_min_voxels, "relabelled_voxels": relabelled}
+                               if self.et_min_voxels else None),
+            "seconds": times, "engine_compile_seconds": self.compile_seconds,
+            "operations": operations,
+        }
+
+    def _write(self, case: Case, final: Path, labels, prob, unc, report, overwrite, png, save_prob) -> None:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{case.case_id}.partial-", dir=final.parent))
+        try:
+            g = case.geometry
+            save_like(labels, g, tmp / case.files.output_name("seg"), np.uint8)
+            if unc is not None:
+                save_like(unc, g, tmp / f"{case.case_id}_uncertainty.nii.gz", np.float32)
+            if save_prob:
+                save_like(prob, g, tmp / f"{case.case_id}_prob.nii.gz", np.float32)
+            if png:
+                from runtime.quicklook import quicklook
+                quicklook(tmp / f"{case.case_id}_quicklook.png", case.image[3], labels,
+                          unc if unc is not None else np.zeros(labels.shape, np.float32), case.files.convention)
+            write_json(tmp / f"{case.case_id}_report.json", report)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+def summary_csv(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    cols = ["case", "status", "seconds", "peak_rss_mb", "ET_ml", "TC_ml", "WT_ml", "message"]
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{r[k]:.4g}" if isinstance(r.get(k), float) else r.get(k, "")) for k in cols})
+    return buf.getvalue()
+
+
+def segment(bundle_path: Path, input_path: Path, out: Path, backend: str = "openvino", precision: str = "fp32",
+            views: str = "all", threads: int = 2, png: bool = False, save_prob: bool = False,
+            overwrite: bool = False, et_min_voxels: int = 0, progress: bool = True) -> int:
+    """Segment one case or a cohort; returns the exit status (1 if any case failed)."""
+    from tqdm import tqdm
+
+    bundle = load_bundle(bundle_path)
+    chosen = bundle.views if views == "all" else parse_views(views)
+    cases = find_cases(input_path)
+    single = len(cases) == 1 and cases[0] == Path(input_path)
+    seg = Segmenter(bundle, backend, precision, chosen, threads, et_min_voxels)
+    rows: list[dict[str, Any]] = []
+    failed = 0
+    for case_dir in tqdm(cases, desc="segment", unit="case", disable=not progress or single):
+        if not single and not overwrite and (out / case_dir.name).exists():
+            rows.append({"case": case_dir.name, "status": "skipped", "message": "output exists"})
+            tqdm.write(f"{case_dir.name}: skipped (output exists; --overwrite to redo)")
+            continue
+        try:
+            rep = seg.run(case_dir, out, overwrite, png, save_prob)
+        except InputError as exc:
+            if single:
+                raise
+            failed += 1
+            rows.append({"case": case_dir.name, "status": "failed", "message": str(exc)})
+            tqdm.write(f"{case_dir.name}: FAILED: {exc}")
+            continue
+        v = rep["volumes_ml"]
+        rows.append({"case": rep["case"], "status": "ok", "seconds": rep["seconds"]["total"],
+                     "peak_rss_mb": rep["peak_rss_mb"], "ET_ml": v["ET"], "TC_ml": v["TC"], "WT_ml": v["WT"]})
+        line = (f"{rep['case']}: ok {rep['seconds']['total']:.1f}s peak {rep['peak_rss_mb']:.0f} MB "
+                f"WT {v['WT']:.1f} mL TC {v['TC']:.1f} mL ET {v['ET']:.1f} mL")
+        tqdm.write(line) if not single else print(line)
+    if not single:
+        write_text(out / "summary.csv", summary_csv(rows))
+        print(f"{len(rows) - failed - sum(r['status'] == 'skipped' for r in rows)} segmented, "
+              f"{sum(r['status'] == 'skipped' for r in rows)} skipped, {failed} failed; summary: {out / 'summary.csv'}")
+    return 1 if failed else 0

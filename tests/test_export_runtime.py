@@ -1,0 +1,249 @@
+"""Exported models against torch, INT8 budget logic, bundle integrity, and the torch-free runtime."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from runtime.bundle import load_bundle
+from runtime.errors import InputError
+from runtime.inference import OrtEngine, OvEngine
+from runtime.preprocess import to_view
+from tests.helpers import run_cli
+
+TRAIN = ["--preset", "tiny", "--spacing", "6", "--batch-size", "2", "--epochs", "2", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def bundles(phantom5: Path, phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A spiking and a twin bundle (axial + coronal), FP32 and INT8, from 2-epoch runs."""
+    root = tmp_path_factory.mktemp("bundles")
+    out = {}
+    for arch in ("spiking-useg", "useg"):
+        for view in ("axial", "coronal"):
+            r = run_cli("train", "--data", phantom5, "--out", root / arch / view, "--arch", arch, "--view", view, *TRAIN)
+            assert r.returncode == 0, r.stderr
+        r = run_cli("export", root / arch / "axial", root / arch / "coronal", "--out", root / f"{arch}.bundle",
+                    "--int8", "--calib", phantom_root, "--calib-items", "60", "--allow-accuracy-drop")
+        assert r.returncode == 0, r.stderr
+        out[arch] = root / f"{arch}.bundle"
+    out["runs"] = root
+    return out
+
+
+def _torch_model(bundles, arch: str, view: str):
+    from training.trainer import load_run
+    return load_run(bundles["runs"] / arch / view)
+
+
+def test_manifest_lists_every_model_with_checksums(bundles) -> None:
+    b = load_bundle(bundles["spiking-useg"])
+    assert b.stateful and b.architecture == "spiking-useg" and b.views == ["coronal", "axial"]
+    info = b.view_info("axial")
+    kinds = {(m["format"], m["precision"]) for m in info["models"]}
+    assert kinds == {("onnx", "fp32"), ("openvino", "fp32"), ("onnx", "int8"), ("openvino", "int8")}
+    assert all(len(m["sha256"]) == 64 for m in info["models"])
+    assert info["states"] and info["states"][0]["input"].startswith("state.")
+    q = info["quantisation"]
+    for backend in ("openvino", "onnxruntime"):
+        assert set(q[backend]["dice_change"]) == {"ET", "TC", "WT"}
+        assert "within_budget" in q[backend]
+    assert q["holdout"]["source"] == "run validation split"
+    assert info["training"]["trainer"] == "fptt" and info["dense_macs_per_slice"] > 0
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_snn_step_matches_torch_under_teacher_forcing(bundles, phantom_root: Path, backend: str) -> None:
+    """Same input and state each step: logits within 1e-4 and under 0.1 % of spikes flipped.
+
+    Why any flip at all: backends sum in a different order, so a membrane within ~1e-6 of the
+    threshold can fire in one and not the other; free-running, such a flip then propagates.
+    """
+    from runtime.case_io import load_case
+    from runtime.preprocess import to_model_space
+    model, _, params = _torch_model(bundles, "spiking-useg", "axial")
+    b = load_bundle(bundles["spiking-useg"])
+    info = b.view_info("axial")
+    mf = b.model_file("axial", "onnx" if backend == "onnxruntime" else "openvino", "fp32")
+    engine = (OrtEngine if backend == "onnxruntime" else OvEngine)(str(mf.path), "fp32", 2)
+    case = load_case(sorted(phantom_root.iterdir())[0])
+    image, _ = to_model_space(case.image, case.spacing, params)
+    seq = np.ascontiguousarray(to_view(image, "axial"), dtype=np.float32)
+    h, w = seq.shape[-2:]
+    state = model.init_state(1, h, w)
+    flips = total = 0
+    worst = 0.0
+    model.count_ops = True
+    with torch.no_grad():
+        for t in range(seq.shape[0]):
+            feeds = {"x": seq[t:t + 1], **{s["input"]: st.numpy() for s, st in zip(info["states"], state)}}
+            out = engine(feeds)
+            logits, state, _, _ = model.step(torch.from_numpy(seq[t:t + 1]), state)
+            for s, st in zip(info["states"], state):
+                diff = np.abs(out[s["output"]] - st.numpy())
+                flips += int((diff > 0.5).sum())  # a spike flip changes the reset membrane by ~1
+                total += diff.size
+            if flips == 0:
+                worst = max(worst, float(np.abs(out["logits"] - logits.numpy()).max()))
+    model.count_ops = False
+    assert worst < 1e-4
+    assert flips / total < 1e-3
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_twin_matches_torch_on_a_batch_of_slices(bundles, backend: str) -> None:
+    model, _, params = _torch_model(bundles, "useg", "coronal")
+    b = load_bundle(bundles["useg"])
+    mf = b.model_file("coronal", "onnx" if backend == "onnxruntime" else "openvino", "fp32")
+    engine = (OrtEngine if backend == "onnxruntime" else OvEngine)(str(mf.path), "fp32", 2)
+    h, w = params.slice_shape("coronal")
+    x = torch.rand(5, 4, h, w)
+    with torch.no_grad():
+        ref = model.step(x, [])[0].numpy()
+    np.testing.assert_allclose(engine({"x": x.numpy()})["logits"], ref, atol=1e-4, rtol=0)
+    assert engine.compute_precision == ("fp32" if backend == "onnxruntime" else "f32")
+
+
+def test_int8_over_budget_is_refused_and_leaves_nothing(bundles, phantom_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "b"
+    r = run_cli("export", bundles["runs"] / "useg" / "axial", "--out", out, "--int8", "--calib", phantom_root,
+                "--calib-items", "20", "--budget", "-100")
+    assert r.returncode == 2 and "--allow-accuracy-drop" in r.stderr and "budget" in r.stderr
+    assert not out.exists() and not list(tmp_path.glob(".b.partial-*"))
+
+
+def test_tampered_and_unknown_bundles_are_refused(bundles, tmp_path: Path) -> None:
+    copy = tmp_path / "b"
+    shutil.copytree(bundles["useg"], copy)
+    onnx = copy / "axial_fp32.onnx"
+    onnx.write_bytes(onnx.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(InputError, match="checksum mismatch") as e:
+        load_bundle(copy)
+    assert e.value.path == str(onnx)
+    shutil.rmtree(copy)
+    shutil.copytree(bundles["useg"], copy)
+    m = json.loads((copy / "manifest.json").read_text())
+    m["schema_version"] = 99
+    (copy / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(InputError, match="unknown bundle schema version 99"):
+        load_bundle(copy)
+
+
+@pytest.mark.parametrize("arch,backend,precision", [("spiking-useg", "openvino", "fp32"),
+                                                    ("spiking-useg", "onnxruntime", "int8"),
+                                                    ("useg", "openvino", "int8")])
+def test_segment_writes_outputs_in_input_geometry_without_torch(bundles, phantom_root: Path, tmp_path: Path,
+                                                                arch: str, backend: str, precision: str) -> None:
+    case = sorted(phantom_root.iterdir())[0]
+    out = tmp_path / "out"
+    r = run_cli("segment", bundles[arch], case, out, "--backend", backend, "--precision", precision,
+                "--png", "--save-prob", "--threads", "1", block_torch=True)
+    assert r.returncode == 0, r.stderr
+    d = out / case.name
+    src = nib.load(str(case / f"{case.name}_flair.nii.gz"))
+    seg = nib.load(str(d / f"{case.name}_seg.nii.gz"))
+    unc = nib.load(str(d / f"{case.name}_uncertainty.nii.gz"))
+    prob = nib.load(str(d / f"{case.name}_prob.nii.gz"))
+    for img in (seg, unc):
+        assert img.shape == src.shape and np.array_equal(img.affine, src.affine)
+    assert seg.get_data_dtype() == np.uint8 and set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2, 4}
+    assert prob.shape == src.shape + (3,)
+    u = np.asarray(unc.dataobj)
+    assert 0 <= u.min() and u.max() <= 0.5
+    assert (d / f"{case.name}_quicklook.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rep = json.loads((d / f"{case.name}_report.json").read_text())
+    assert rep["backend"] == backend and rep["precision"] == precision and rep["threads"] == 1
+    assert rep["bundle"]["sha256"] and rep["peak_rss_mb"] > 0 and rep["cpu"]
+    for stage in ("load", "preprocess", "view_axial", "view_coronal", "fuse", "write", "total"):
+        assert rep["seconds"][stage] >= 0
+    ops = rep["operations"]["axial"]
+    assert ops["dense_macs"] > 0 and ops["effective_macs"] > 0
+    if arch == "spiking-useg":
+        assert ops["effective_acs"] > 0 and 0 <= ops["activation_sparsity"] <= 1
+        assert all(0 <= r <= 1 for r in ops["activation_rates"].values())
+    else:
+        assert ops["effective_acs"] == 0
+    assert set(rep["volumes_ml"]) == {"ET", "TC", "WT"}
+    assert not list(out.glob(".*partial*"))
+
+
+def test_same_input_same_bundle_same_output(bundles, phantom_root: Path, tmp_path: Path) -> None:
+    case = sorted(phantom_root.iterdir())[1]
+    outs = []
+    for k in range(2):
+        r = run_cli("segment", bundles["spiking-useg"], case, tmp_path / f"o{k}", "--views", "axial", "--quiet")
+        assert r.returncode == 0, r.stderr
+        outs.append(np.asarray(nib.load(str(tmp_path / f"o{k}" / case.name / f"{case.name}_seg.nii.gz")).dataobj))
+        rep = json.loads((tmp_path / f"o{k}" / case.name / f"{case.name}_report.json").read_text())
+        assert "single view" in rep["uncertainty"]
+    assert np.array_equal(outs[0], outs[1])
+    assert not (tmp_path / "o0" / case.name / f"{case.name}_uncertainty.nii.gz").exists()
+
+
+def test_cohort_reports_a_bad_case_and_goes_on(bundles, phantom_root: Path, tmp_path: Path) -> None:
+    cohort = tmp_path / "cohort"
+    shutil.copytree(phantom_root, cohort)
+    bad = sorted(cohort.iterdir())[1]
+    (bad / f"{bad.name}_t1ce.nii.gz").unlink()
+    out = tmp_path / "out"
+    r = run_cli("segment", bundles["useg"], cohort, out)
+    assert r.returncode == 1
+    assert f"{bad.name}: FAILED" in r.stdout + r.stderr and "missing modality t1ce" in r.stdout + r.stderr
+    rows = (out / "summary.csv").read_text().splitlines()
+    assert len(rows) == 4 and sum(",ok," in row for row in rows) == 2
+    assert not (out / bad.name).exists()
+    again = run_cli("segment", bundles["useg"], cohort, out)
+    assert again.returncode == 1 and "skipped" in again.stdout + again.stderr
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("missing", "missing modality t2"), ("nan", "NaN or infinite"), ("truncated", "cannot read NIfTI"),
+    ("4d", "expected a 3D volume"), ("empty", "empty file"), ("shape", "differs from"),
+])
+def test_segment_bad_input_clear_error_nothing_written(bundles, phantom_root: Path, tmp_path: Path,
+                                                       damage: str, message: str) -> None:
+    case = tmp_path / sorted(phantom_root.iterdir())[0].name
+    shutil.copytree(sorted(phantom_root.iterdir())[0], case)
+    path = case / f"{case.name}_t2.nii.gz"
+    img = nib.load(str(path))
+    data = np.asarray(img.dataobj).astype(np.float32)
+    if damage == "missing":
+        path.unlink()
+    elif damage == "nan":
+        data[5, 5, 5] = np.nan
+        nib.save(nib.Nifti1Image(data, img.affine), str(path))
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:300])
+    elif damage == "4d":
+        nib.save(nib.Nifti1Image(np.stack([data, data], -1), img.affine), str(path))
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "shape":
+        nib.save(nib.Nifti1Image(data[:-2], img.affine), str(path))
+    out = tmp_path / "out"
+    r = run_cli("segment", bundles["useg"], case, out, block_torch=True)
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr
+    assert (case.name if damage == "missing" else path.name) in r.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_segment_refuses_existing_output_and_tampered_bundle(bundles, phantom_root: Path, tmp_path: Path) -> None:
+    case = sorted(phantom_root.iterdir())[0]
+    out = tmp_path / "out"
+    assert run_cli("segment", bundles["useg"], case, out, "--views", "axial").returncode == 0
+    r = run_cli("segment", bundles["useg"], case, out, "--views", "axial")
+    assert r.returncode == 2 and "--overwrite" in r.stderr and case.name in r.stderr
+    assert run_cli("segment", bundles["useg"], case, out, "--views", "axial", "--overwrite").returncode == 0
+    bad = tmp_path / "bad"
+    shutil.copytree(bundles["useg"], bad)
+    (bad / "coronal_int8.xml").write_text("<tampered/>")
+    r = run_cli("segment", bad, case, tmp_path / "o2", block_torch=True)
+    assert r.returncode == 2 and "checksum mismatch" in r.stderr and "coronal_int8.xml" in r.stderr
+    assert not (tmp_path / "o2").exists()
