@@ -32,6 +32,7 @@ from runtime.errors import InputError
 from runtime.inference import OrtEngine, OvEngine, run_view
 from runtime.labels import REGIONS, labels_to_regions
 from runtime.metrics import dice
+from runtime.opcount import static_counts
 from runtime.preprocess import VIEWS, PreprocessParams, regions_to_model_space, to_model_space
 from export.graphs import export_onnx, layer_table, onnx_to_openvino
 from export.quantize import calibration_feeds, quantize_onnxruntime, quantize_openvino
@@ -156,10 +157,13 @@ def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | 
                                     "cases": [c for c, _, _ in holdout]}
                 quant["calibration_cases"] = [c for c, _, _ in calib_images]
             layers = layer_table(model, h, w)
+            static = static_counts(tmp / f"{view}_fp32.onnx")
             manifest_views[view] = {
                 **spec, "slices_per_case": params.model_shape[VIEWS[view]], "slice_shape": [h, w],
                 "layers": layers, "dense_macs_per_slice": sum(l["dense_macs_per_slice"] for l in layers),
                 "parameters": int(sum(p.numel() for p in model.parameters())),
+                "static_ops": {"macs_per_slice": static["macs_per_slice"], "conv_params": static["conv_params"],
+                               "source": "OpenVINO graph of the FP32 ONNX model"},
                 "models": models, "quantisation": quant,
                 "training": {"trainer": info["trainer"], "fold": info["fold"], "folds": info["folds"],
                              "epochs": info["epochs"], "best": info["best"], "seed": info["seed"],

@@ -86,6 +86,14 @@ def _segment(args: argparse.Namespace) -> int:
                    overwrite=args.overwrite, et_min_voxels=args.et_min_voxels, progress=not args.quiet)
 
 
+@_command("profile")
+def _profile(args: argparse.Namespace) -> int:
+    from runtime.profile import run_profile
+
+    print(run_profile(args.bundle, args.case, args.twin, args.hardware, args.backend, args.precision, args.threads))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="spikeseg",
@@ -186,6 +194,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="post-processing: ET components smaller than this become NCR (default off)")
     sg.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
     sg.add_argument("--quiet", action="store_true")
+
+    pr = sub.add_parser("profile", help="operations, spike rates and energy per hardware profile",
+                        description="Per view and for the ensemble: dense MACs (from the exported graph), "
+                                    "effective MACs and ACs and spike rates (running --case), and energy per "
+                                    "hardware profile; with --twin, the SNN-vs-twin reduction (paper Table 3).")
+    pr.add_argument("bundle", type=Path)
+    pr.add_argument("--case", type=Path, help="a case folder to measure spike rates on")
+    pr.add_argument("--twin", type=Path, help="a bundle of the non-spiking twin, for the reduction")
+    pr.add_argument("--hardware", default="all",
+                    help="all, or a comma list of: asic-45nm, rpi4-cortex-a72, jetson-orin-nano-cpu, "
+                         "intel-i7-1185G7, loihi, host")
+    pr.add_argument("--backend", choices=["openvino", "onnxruntime"], default="openvino")
+    pr.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
+    pr.add_argument("--threads", type=int, default=2)
     return p
 
 

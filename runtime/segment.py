@@ -30,6 +30,7 @@ from runtime import __version__
 from runtime.atomic import write_json, write_text
 from runtime.bundle import Bundle, load_bundle
 from runtime.case_io import Case, find_cases, load_case, save_like
+from runtime.energy import energy_table
 from runtime.ensemble import fuse, uncertainty_map
 from runtime.errors import InputError
 from runtime.inference import open_engine, run_view
@@ -154,6 +155,7 @@ class Segmenter:
                                if self.et_min_voxels else None),
             "seconds": times, "engine_compile_seconds": self.compile_seconds,
             "operations": operations,
+            "energy": energy_table(operations, {v: self.bundle.view_info(v) for v in operations}, self.precision),
         }
 
     def _write(self, case: Case, final: Path, labels, prob, unc, report, overwrite, png, save_prob) -> None:

@@ -1,0 +1,170 @@
+"""Energy per case and roofline latency per hardware profile, from operation counts.
+
+Energy = MACs x E_MAC + ACs x E_AC, with the profile's energies for the model's precision.
+Which counts enter depends on how the hardware executes the network (``execution`` in
+``hardware_profiles.json``): a CPU runs the dense graph, so every MAC is paid whatever the
+spikes (dense MACs x E_MAC); event-driven hardware pays MACs for analog-input layers and ACs
+only for the spikes that arrive (effective counts, the NeuroBench/syops convention).
+
+Latency on any profile but ``host`` is a roofline projection, and labelled as one:
+max(dense MACs / peak MAC/s, bytes moved / bandwidth). ``host`` is measured once (a GEMM and a
+memory-copy probe) and cached in ``$XDG_CACHE_HOME/spikeseg/host_profile.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.atomic import write_json
+from runtime.errors import InputError
+
+PROFILES_FILE = Path(__file__).with_name("hardware_profiles.json")
+HOST_CACHE_VERSION = 1
+
+
+@lru_cache(maxsize=1)
+def builtin_profiles() -> dict[str, dict[str, Any]]:
+    data = json.loads(PROFILES_FILE.read_text())
+    return data["profiles"]
+
+
+def _cache_path() -> Path:
+    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return root / "spikeseg" / "host_profile.json"
+
+
+def measure_host(seconds: float = 0.5) -> dict[str, Any]:
+    """Peak fp32 MAC/s (numpy GEMM) and copy bandwidth of this machine, measured now."""
+    n = 512
+    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    b = a.T.copy()
+    a @ b  # warm up
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        reps += 1
+    gemm = reps * n**3 / (time.perf_counter() - t0)
+    buf = np.ones(32 * 2**20 // 4, np.float32)
+    dst = np.empty_like(buf)
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds / 2:
+        np.copyto(dst, buf)
+        reps += 1
+    bw = 2 * buf.nbytes * reps / (time.perf_counter() - t0) / 1e9
+    return {"description": f"this machine ({platform.machine()}), measured", "architecture": platform.machine(),
+            "execution": "dense", "energy_pj": {"fp32": {"mac": None, "ac": None}, "int8": {"mac": None, "ac": None}},
+            "peak_macs_per_s": {"fp32": gemm, "int8": None}, "memory_bandwidth_gb_s": bw, "power_w": None,
+            "sources": {"peak_macs_per_s": f"numpy float32 GEMM {n}x{n}, measured",
+                        "memory_bandwidth_gb_s": "numpy copy of 32 MiB, measured (read + write)",
+                        "energy_pj": "not measurable here (no power counter); set power_w to derive it"},
+            "cache_version": HOST_CACHE_VERSION}
+
+
+def host_profile() -> dict[str, Any]:
+    path = _cache_path()
+    if path.is_file():
+        try:
+            cached = json.loads(path.read_text())
+            if cached.get("cache_version") == HOST_CACHE_VERSION:
+                return cached
+        except (OSError, json.JSONDecodeError):
+            pass
+    prof = measure_host()
+    try:
+        write_json(path, prof)
+    except OSError:
+        pass  # a read-only home is no reason to fail a segmentation
+    return prof
+
+
+def profiles(names: str = "all") -> dict[str, dict[str, Any]]:
+    """``all`` or a comma list of profile names (``host`` is measured on first use)."""
+    table = dict(builtin_profiles())
+    wanted = list(table) + ["host"] if names == "all" else [n.strip() for n in names.split(",")]
+    out = {}
+    for n in wanted:
+        if n == "host":
+            out[n] = host_profile()
+        elif n in table:
+            out[n] = table[n]
+        else:
+            raise InputError(PROFILES_FILE, f"no hardware profile {n!r}; have {sorted(table) + ['host']}")
+    return out
+
+
+def case_energy(counts: dict[str, float], precision: str, profile: dict[str, Any]) -> dict[str, Any]:
+    """Joules for one case from ``dense_macs``, ``effective_macs``, ``effective_acs``."""
+    e = profile["energy_pj"][precision]
+    notes = []
+    if profile["execution"] == "dense":
+        if e["mac"] is None:
+            return {"joules": None, "basis": "dense", "note": profile["sources"].get("energy_pj", "")}
+        joules = counts["dense_macs"] * e["mac"] * 1e-12
+        return {"joules": joules, "basis": "dense MACs x E_MAC"}
+    joules = counts["effective_acs"] * e["ac"] * 1e-12
+    if e["mac"] is None:
+        if counts["effective_macs"] > 0:
+            notes.append(f"{counts['effective_macs']:.3g} MACs of analog-input layers not executable here: left out")
+    else:
+        joules += counts["effective_macs"] * e["mac"] * 1e-12
+    out = {"joules": joules, "basis": "effective MACs x E_MAC + ACs x E_AC"}
+    if notes:
+        out["note"] = "; ".join(notes)
+    return out
+
+
+def roofline_seconds(dense_macs: float, bytes_moved: float, precision: str, profile: dict[str, Any]) -> float | None:
+    """Projected latency: the slower of compute at peak and memory traffic at full bandwidth."""
+    peak = profile["peak_macs_per_s"][precision]
+    bw = profile["memory_bandwidth_gb_s"]
+    if not peak:
+        return None
+    t = dense_macs / peak
+    if bw:
+        t = max(t, bytes_moved / (bw * 1e9))
+    return t
+
+
+def bytes_per_slice(layers: list[dict[str, Any]], precision: str) -> float:
+    """Weights plus each layer's input and output activations, once per slice (a lower bound)."""
+    width = 1 if precision == "int8" else 4
+    total = 0.0
+    for l in layers:
+        kh, kw = l["kernel"]
+        h, w = l["grid"]
+        weights = l["in_channels"] * l["out_channels"] * kh * kw
+        scale = 4 if l["type"] == "ConvTranspose2d" else 1
+        total += (weights + l["in_channels"] * h * w + l["out_channels"] * h * w * scale) * width
+    return total
+
+
+def energy_table(view_counts: dict[str, dict[str, Any]], view_infos: dict[str, dict[str, Any]], precision: str,
+                 names: str = "all") -> dict[str, Any]:
+    """Per profile: energy per view and for the ensemble, and the roofline latency."""
+    out: dict[str, Any] = {}
+    for name, prof in profiles(names).items():
+        per_view, total, latency = {}, 0.0, 0.0
+        complete = True
+        for view, counts in view_counts.items():
+            e = case_energy(counts, precision, prof)
+            per_view[view] = e
+            if e["joules"] is None:
+                complete = False
+            else:
+                total += e["joules"]
+            moved = bytes_per_slice(view_infos[view]["layers"], precision) * counts["slices"]
+            t = roofline_seconds(counts["dense_macs"], moved, precision, prof)
+            latency = None if t is None or latency is None else latency + t
+        out[name] = {"execution": prof["execution"], "joules_per_case": total if complete else None,
+                     "per_view": per_view,
+                     "latency_s": None if name == "host" else latency,
+                     "latency_kind": "measured (see seconds)" if name == "host" else "roofline projection"}
+    return out

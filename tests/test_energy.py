@@ -1,0 +1,96 @@
+"""Operation counts from the exported graphs and the runtime, the energy model, `spikeseg profile`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from runtime.bundle import load_bundle
+from runtime.energy import builtin_profiles, case_energy, roofline_seconds
+from runtime.opcount import static_counts
+from tests.helpers import run_cli
+from tests.test_export_runtime import bundles  # noqa: F401  (shared module fixture)
+
+
+def test_static_counts_from_the_graph_match_the_torch_layer_table(bundles) -> None:
+    for arch in ("spiking-useg", "useg"):
+        b = load_bundle(bundles[arch])
+        for view in b.views:
+            info = b.view_info(view)
+            for fmt in ("onnx", "openvino"):
+                counts = static_counts(b.model_file(view, fmt, "fp32").path)
+                assert counts["macs_per_slice"] == info["dense_macs_per_slice"]
+                assert [l["macs"] for l in counts["layers"]] == [l["dense_macs_per_slice"] for l in info["layers"]]
+            assert info["static_ops"]["macs_per_slice"] == info["dense_macs_per_slice"]
+
+
+def test_runtime_counts_match_neurobench_on_the_same_case(bundles, phantom_root: Path, tmp_path: Path) -> None:
+    """ONNX Runtime's in-graph counters vs NeuroBench's SynapticOperations on the torch model."""
+    from neurobench.metrics.workload import SynapticOperations
+    from neurobench.models import TorchModel
+
+    from runtime.case_io import load_case
+    from runtime.preprocess import to_model_space, to_view
+    from snn.models import ActivationTap
+    from training.trainer import load_run
+
+    case = sorted(phantom_root.iterdir())[2]
+    r = run_cli("segment", bundles["spiking-useg"], case, tmp_path / "o", "--backend", "onnxruntime",
+                "--views", "axial", "--quiet")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((tmp_path / "o" / case.name / f"{case.name}_report.json").read_text())
+    ops = rep["operations"]["axial"]
+    info = load_bundle(bundles["spiking-useg"]).view_info("axial")
+    conv_layers = {l["name"] for l in info["layers"] if l["type"] == "Conv2d"}
+    spike_in = {l["name"]: l["spike_input"] for l in info["layers"]}
+    ours_mac = sum(v for n, v in ops["per_layer_ops"].items() if n in conv_layers and not spike_in[n])
+    ours_ac = sum(v for n, v in ops["per_layer_ops"].items() if n in conv_layers and spike_in[n])
+
+    model, _, params = load_run(bundles["runs"] / "spiking-useg" / "axial")
+    c = load_case(case)
+    image, _ = to_model_space(c.image, c.spacing, params)
+    seq = torch.from_numpy(np.ascontiguousarray(to_view(image, "axial"), dtype=np.float32))[None]
+    nb = TorchModel(model)
+    nb.add_activation_module(ActivationTap)
+    nb.register_hooks()
+    with torch.no_grad():
+        preds, _ = model(seq)
+    syn = SynapticOperations()(nb, preds, (seq, None))
+    nb.close_hooks()
+    assert ours_mac == pytest.approx(syn["Effective_MACs"], rel=0.01)
+    assert ours_ac == pytest.approx(syn["Effective_ACs"], rel=0.01)
+    assert set(rep["energy"]) >= {"asic-45nm", "rpi4-cortex-a72", "jetson-orin-nano-cpu", "intel-i7-1185G7",
+                                  "loihi", "host"}
+    assert rep["energy"]["rpi4-cortex-a72"]["latency_kind"] == "roofline projection"
+
+
+def test_energy_arithmetic_by_hand() -> None:
+    p = builtin_profiles()
+    counts = {"dense_macs": 1e9, "effective_macs": 2e8, "effective_acs": 3e8, "slices": 10}
+    # event-driven 45 nm fp32: 2e8 x 4.6 pJ + 3e8 x 0.9 pJ = 0.92 mJ + 0.27 mJ
+    assert case_energy(counts, "fp32", p["asic-45nm"])["joules"] == pytest.approx(1.19e-3)
+    assert case_energy(counts, "int8", p["asic-45nm"])["joules"] == pytest.approx(2e8 * 0.23e-12 + 3e8 * 0.03e-12)
+    # a CPU pays every dense MAC: 1e9 x 133 pJ
+    assert case_energy(counts, "fp32", p["rpi4-cortex-a72"])["joules"] == pytest.approx(0.133)
+    loihi = case_energy(counts, "fp32", p["loihi"])
+    assert loihi["joules"] == pytest.approx(3e8 * 23.6e-12) and "left out" in loihi["note"]
+    # roofline: compute-bound at 48 GMAC/s unless the bytes say otherwise
+    assert roofline_seconds(48e9, 0, "fp32", p["rpi4-cortex-a72"]) == pytest.approx(1.0)
+    assert roofline_seconds(1, 12.8e9, "fp32", p["rpi4-cortex-a72"]) == pytest.approx(2.0)
+    for prof in p.values():
+        assert prof["sources"], "every number needs a source"
+
+
+def test_profile_command_compares_snn_and_twin_without_torch(bundles, phantom_root: Path) -> None:
+    case = sorted(phantom_root.iterdir())[0]
+    r = run_cli("profile", bundles["spiking-useg"], "--twin", bundles["useg"], "--case", case,
+                "--hardware", "asic-45nm,rpi4-cortex-a72", block_torch=True)
+    assert r.returncode == 0, r.stderr
+    assert "effective ACs (spikes in)" in r.stdout and "energy J, asic-45nm" in r.stdout
+    assert "fewer (the paper's Table 3 measure" in r.stdout
+    bad = run_cli("profile", bundles["useg"], "--hardware", "tpu-v9")
+    assert bad.returncode == 2 and "tpu-v9" in bad.stderr
