@@ -51,6 +51,15 @@ def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.3g}"
 
 
+def _fmt_energy(e: dict[str, Any] | None) -> str:
+    """'-' unknown, 'n/a' nothing of the network runs there, '*' only part of it does."""
+    if e is None or e.get("joules") is None:
+        return "-"
+    if e.get("note"):
+        return "n/a" if e["joules"] == 0 else f"{e['joules']:.3g}*"
+    return f"{e['joules']:.3g}"
+
+
 def profile_table(bundles: dict[str, tuple[Bundle, dict]], precision: str, hardware: str) -> str:
     lines = []
     views = None
@@ -71,9 +80,12 @@ def profile_table(bundles: dict[str, tuple[Bundle, dict]], precision: str, hardw
                              {v: bundle.view_info(v) for v in views}, precision, hardware)
         for name, row in table.items():
             event = row["execution"] == "event-driven"
-            per = [None if (event and not have_eff) else row["per_view"][v]["joules"] for v in views]
-            total = None if (event and not have_eff) else row["joules_per_case"]
-            lines.append(f"{'energy J, ' + name:<34}" + "".join(f"{_fmt(j):>12}" for j in per) + f"{_fmt(total):>12}")
+            per = [None if (event and not have_eff) else row["per_view"][v] for v in views]
+            partial = any(p and p.get("note") for p in per)
+            total = None if (event and not have_eff) else {"joules": row["joules_per_case"],
+                                                            "note": "partial" if partial else None}
+            lines.append(f"{'energy J, ' + name:<34}" + "".join(f"{_fmt_energy(e):>12}" for e in per)
+                         + f"{_fmt_energy(total):>12}")
         lines.append("")
     if len(bundles) == 2:
         (la, (_, ca)), (lb, (_, cb)) = bundles.items()
@@ -84,8 +96,8 @@ def profile_table(bundles: dict[str, tuple[Bundle, dict]], precision: str, hardw
                          f"fewer (the paper's Table 3 measure: -87 % on BraTS 2023)")
         lines.append(f"{la} dense MACs vs {lb} dense MACs: {100 * (1 - ea['dense_macs'] / eb['dense_macs']):+.1f} % "
                      f"change (what a CPU executing the dense graph pays)")
-    lines.append("latency on profiles other than host would be a roofline projection; energies on CPUs assume full "
-                 "utilisation at the stated power (a floor)")
+    lines.append("* on-chip part only: analog-input layers (MACs) cannot run on that chip; n/a: none of the network can")
+    lines.append("energies on CPUs assume full utilisation at the stated power (a floor); host has no power counter here")
     return "\n".join(lines)
 
 
