@@ -165,7 +165,7 @@ def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | 
                 "static_ops": {"macs_per_slice": static["macs_per_slice"], "conv_params": static["conv_params"],
                                "source": "OpenVINO graph of the FP32 ONNX model"},
                 "models": models, "quantisation": quant,
-                "training": {"trainer": info["trainer"], "fold": info["fold"], "folds": info["folds"],
+                "training": {"run": str(Path(info["out"]).resolve()), "trainer": info["trainer"], "fold": info["fold"], "folds": info["folds"],
                              "epochs": info["epochs"], "best": info["best"], "seed": info["seed"],
                              "data_fingerprint": info["data_fingerprint"], "preset": info["preset"]}}
         first = loaded[0][1]

@@ -94,6 +94,15 @@ def _profile(args: argparse.Namespace) -> int:
     return 0
 
 
+@_command("bench")
+def _bench(args: argparse.Namespace) -> int:
+    from benchmarks.bench import run_bench
+
+    run_bench(args.data, args.bundles, args.out, args.threads, args.repeats, args.max_cases, args.training,
+              args.overwrite)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="spikeseg",
@@ -208,6 +217,20 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--backend", choices=["openvino", "onnxruntime"], default="openvino")
     pr.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
     pr.add_argument("--threads", type=int, default=2)
+
+    be = sub.add_parser("bench", help="FP32 vs INT8 vs SNN: accuracy, speed, memory, operations, energy",
+                        description="Benchmark bundles on the same held-out cases in one run: torch FP32 (when "
+                                    "the training runs are reachable), ONNX Runtime and OpenVINO in FP32 and "
+                                    "INT8. Writes results.csv, results.md and PNG plots.")
+    be.add_argument("--data", type=Path, required=True, help="held-out labelled cases")
+    be.add_argument("--bundles", type=Path, nargs="+", required=True)
+    be.add_argument("--out", type=Path, required=True)
+    be.add_argument("--threads", type=int, default=2)
+    be.add_argument("--repeats", type=int, default=3, help="timing repeats per case (median; default 3)")
+    be.add_argument("--max-cases", type=int, help="use only the first N cases")
+    be.add_argument("--training", metavar="SLICES",
+                    help="also measure FPTT vs BPTT training memory and time, e.g. 8,32,76,152")
+    be.add_argument("--overwrite", action="store_true", help="replace existing results")
     return p
 
 

@@ -1,0 +1,267 @@
+"""``spikeseg bench``: FP32 vs INT8 vs SNN on the same held-out cases, in one run, on this machine.
+
+For every bundle: torch FP32 (when the bundle's training run is reachable), ONNX Runtime FP32
+and INT8, OpenVINO FP32 and INT8, all through the same runtime pipeline (preprocess, views,
+fusion), so only the engine differs. Per configuration: Dice and HD95 per region, NLL,
+inference latency per case (median of repeats) and its ratio to torch FP32 of the same
+architecture measured in this run, achieved MAC/s against the host's measured GEMM peak, peak
+memory, MACs/ACs and energy per hardware profile. Ratios, not absolute timings, are what carry
+over to another machine.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.atomic import write_text
+from runtime.bundle import Bundle, load_bundle
+from runtime.case_io import find_cases, load_case
+from runtime.energy import energy_table, host_profile, profiles
+from runtime.ensemble import fuse
+from runtime.inference import open_engine, run_view
+from runtime.labels import REGIONS, labels_to_regions
+from runtime.metrics import dice, hd95, nll
+from runtime.preprocess import to_model_space, to_native_space
+from runtime.segment import peak_rss_mb, reset_peak_rss, view_operations
+
+
+class TorchEngine:
+    """The torch model behind the same feeds/outputs interface as the exported step graph."""
+
+    backend = "torch"
+    compute_precision = "fp32"
+
+    def __init__(self, model, info: dict[str, Any], threads: int) -> None:
+        import torch
+
+        from export.graphs import StepGraph
+
+        torch.set_num_threads(threads)
+        self.torch = torch
+        model.count_ops = True
+        self.graph = StepGraph(model.eval())
+        self.states = [s["input"] for s in info["states"]]
+        self.names = (["logits"] + [s["output"] for s in info["states"]] + [f"ops.{n}" for n in info["outputs"]["ops"]]
+                      + [f"act.{n}" for n in info["outputs"]["acts"]])
+        self.precision = "fp32"
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        t = self.torch
+        with t.no_grad():
+            outs = self.graph(t.from_numpy(feeds["x"]), *[t.from_numpy(feeds[s]) for s in self.states])
+        return {n: o.numpy() for n, o in zip(self.names, outs)}
+
+
+@dataclass
+class Config:
+    bundle: Bundle
+    backend: str
+    precision: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.bundle.architecture} {self.backend} {self.precision}"
+
+
+def _engines(cfg: Config, threads: int) -> dict[str, Any]:
+    if cfg.backend == "torch":
+        from training.trainer import load_run
+        out = {}
+        for view in cfg.bundle.views:
+            run = cfg.bundle.view_info(view)["training"].get("run")
+            model, _, _ = load_run(run)
+            out[view] = TorchEngine(model, cfg.bundle.view_info(view), threads)
+        return out
+    return {v: open_engine(cfg.bundle, v, cfg.backend, cfg.precision, threads) for v in cfg.bundle.views}
+
+
+def _torch_available(bundle: Bundle) -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    runs = [bundle.view_info(v)["training"].get("run") for v in bundle.views]
+    return all(r and (Path(r) / "checkpoints" / "best.pt").is_file() for r in runs)
+
+
+def evaluate_config(cfg: Config, cases: list[tuple[Any, np.ndarray, Any]], threads: int, repeats: int) -> dict[str, Any]:
+    reset_peak_rss()
+    engines = _engines(cfg, threads)
+    scores: dict[str, list[float]] = {f"{m}_{r}": [] for m in ("dice", "hd95") for r in REGIONS}
+    nlls, latencies, totals = [], [], {"dense_macs": 0.0, "effective_macs": 0.0, "effective_acs": 0.0}
+    per_view_counts: dict[str, dict[str, float]] = {}
+    for case, image, space in cases:
+        times, probs = [], []
+        for rep in range(repeats):
+            t = 0.0
+            probs = []
+            for view in cfg.bundle.views:
+                res = run_view(engines[view], cfg.bundle.view_info(view), image, view)
+                t += res.seconds
+                probs.append(res.prob)
+                if rep == 0:
+                    c = view_operations(cfg.bundle.view_info(view), res.ops, res.acts, res.slices)
+                    agg = per_view_counts.setdefault(view, {"dense_macs": 0.0, "effective_macs": 0.0,
+                                                            "effective_acs": 0.0, "slices": 0})
+                    for k in ("dense_macs", "effective_macs", "effective_acs", "slices"):
+                        agg[k] += c[k]
+            times.append(t)
+        latencies.append(statistics.median(times))
+        prob = to_native_space(fuse(probs), space)
+        ref = labels_to_regions(case.label, case.files.convention)
+        for i, r in enumerate(REGIONS):
+            d = dice(prob[i] >= 0.5, ref[i])
+            scores[f"dice_{r}"].append(d)
+            scores[f"hd95_{r}"].append(hd95(prob[i] >= 0.5, ref[i], case.spacing))
+        nlls.append(nll(prob, ref))
+    n = len(cases)
+    counts = {v: {k: val / n for k, val in c.items()} for v, c in per_view_counts.items()}
+    for c in counts.values():
+        for k in totals:
+            totals[k] += c[k]
+    latency = statistics.median(latencies)
+    row = {"config": cfg.label, "architecture": cfg.bundle.architecture, "backend": cfg.backend,
+           "precision": cfg.precision, "compute_precision": next(iter(engines.values())).compute_precision,
+           **{k: float(np.nanmean(v)) for k, v in scores.items()},
+           "undefined_regions": int(sum(math.isnan(x) for v in scores.values() for x in v) // 2),
+           "nll": float(np.mean(nlls)), "latency_s": latency, "peak_rss_mb": peak_rss_mb(),
+           **totals, "achieved_gmacs": totals["dense_macs"] / latency / 1e9}
+    energy = energy_table(counts, {v: cfg.bundle.view_info(v) for v in counts},
+                          "int8" if cfg.precision == "int8" else "fp32")
+    for name, e in energy.items():
+        row[f"energy_j_{name}"] = e["joules_per_case"]
+    return row
+
+
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
+
+
+def to_markdown(rows: list[dict[str, Any]], host: dict[str, Any], threads: int, n_cases: int) -> str:
+    cols = ["config", "dice_ET", "dice_TC", "dice_WT", "hd95_WT", "nll", "latency_s", "x_vs_torch",
+            "achieved_gmacs", "pct_host_peak", "peak_rss_mb", "dense_macs", "effective_acs",
+            "energy_j_asic-45nm", "energy_j_rpi4-cortex-a72", "energy_j_loihi"]
+    head = (f"{n_cases} held-out cases, {threads} threads, host GEMM peak {host['peak_macs_per_s']['fp32'] / 1e9:.0f} "
+            f"GMAC/s (fp32, measured). latency = inference per case (all views, median of repeats); x_vs_torch = "
+            f"torch FP32 latency of the same architecture / this latency.\n\n")
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
+    return head + "\n".join(lines) + "\n"
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: _fmt(r.get(k)) for k in cols})
+    return buf.getvalue()
+
+
+def plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    names = [k[len("energy_j_"):] for k in rows[0] if k.startswith("energy_j_")]
+    names = [n for n in names if any(r.get(f"energy_j_{n}") for r in rows)]
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for r in rows:
+            e = r.get(f"energy_j_{name}")
+            if e:
+                ax.scatter(e, r["dice_WT"], label=r["config"])
+        ax.set_xscale("log")
+        ax.set_title(name)
+        ax.set_xlabel("energy per case (J)")
+        ax.set_ylabel("WT Dice")
+    axes[0][-1].legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    p = out / "accuracy_vs_energy.png"
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    written.append(p)
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    ax.barh([r["config"] for r in rows], [r["latency_s"] for r in rows])
+    ax.set_xlabel("inference seconds per case (median)")
+    fig.tight_layout()
+    p = out / "latency.png"
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    written.append(p)
+    return written
+
+
+def run_bench(data: Path, bundle_paths: list[Path], out: Path, threads: int = 2, repeats: int = 1,
+              max_cases: int | None = None, training: str | None = None, overwrite: bool = False,
+              log=print) -> list[dict[str, Any]]:
+    from runtime.errors import InputError
+
+    if (out / "results.csv").exists() and not overwrite:
+        raise InputError(out, "results exist; pass --overwrite to replace them")
+    out.mkdir(parents=True, exist_ok=True)
+    bundles = [load_bundle(b) for b in bundle_paths]
+    params = {json.dumps(b.preprocess.to_dict(), sort_keys=True) for b in bundles}
+    case_dirs = find_cases(data)[:max_cases]
+    log(f"loading {len(case_dirs)} cases")
+    prepared = {}
+    for pkey in params:
+        p = bundles[[json.dumps(b.preprocess.to_dict(), sort_keys=True) for b in bundles].index(pkey)].preprocess
+        prepared[pkey] = []
+        for d in case_dirs:
+            case = load_case(d)
+            if case.label is None:
+                raise InputError(d, "benchmark cases need a reference label map")
+            image, space = to_model_space(case.image, case.spacing, p)
+            prepared[pkey].append((case, image, space))
+    host = host_profile()
+    configs = []
+    for b in bundles:
+        if _torch_available(b):
+            configs.append(Config(b, "torch", "fp32"))
+        for backend in ("onnxruntime", "openvino"):
+            for precision in ("fp32", "int8"):
+                try:
+                    b.model_file(b.views[0], "onnx" if backend == "onnxruntime" else "openvino", precision)
+                except InputError:
+                    continue
+                configs.append(Config(b, backend, precision))
+    rows = []
+    for cfg in configs:
+        t0 = time.perf_counter()
+        row = evaluate_config(cfg, prepared[json.dumps(cfg.bundle.preprocess.to_dict(), sort_keys=True)], threads, repeats)
+        rows.append(row)
+        log(f"{cfg.label:<34} WT Dice {row['dice_WT']:.3f}  {row['latency_s']:.2f} s/case  "
+            f"peak {row['peak_rss_mb']:.0f} MB  ({time.perf_counter() - t0:.0f} s)")
+    for r in rows:
+        base = [x for x in rows if x["architecture"] == r["architecture"] and x["backend"] == "torch"]
+        r["x_vs_torch"] = base[0]["latency_s"] / r["latency_s"] if base else None
+        r["pct_host_peak"] = 100 * r["achieved_gmacs"] * 1e9 / host["peak_macs_per_s"]["fp32"]
+    md = to_markdown(rows, host, threads, len(case_dirs))
+    if training:
+        from benchmarks.train_memory import markdown, run as run_train
+        slices = [int(s) for s in training.split(",")]
+        trows = run_train(slices, log=log)
+        md += "\n" + markdown(trows, 4, 80, 96, 1, "tiny")
+    write_text(out / "results.csv", to_csv(rows))
+    write_text(out / "results.md", md)
+    plots(rows, out)
+    log(md)
+    return rows
