@@ -27,5 +27,9 @@ test: install
 demo: install
 	@$(BIN)/python -m benchmarks.demo --out demo
 
+# Cross-built linux-aarch64 package, installed and run under qemu user emulation (root, minutes).
+arm64-check: install
+	@bash export/arm64_check.sh
+
 clean:
 	rm -rf $(VENV) demo

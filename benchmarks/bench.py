@@ -11,8 +11,6 @@ over to another machine.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import statistics
@@ -26,13 +24,14 @@ import numpy as np
 from runtime.atomic import write_text
 from runtime.bundle import Bundle, load_bundle
 from runtime.case_io import find_cases, load_case
-from runtime.energy import energy_table, host_profile, profiles
+from runtime.energy import energy_table, host_profile
 from runtime.ensemble import fuse
 from runtime.inference import open_engine, run_view
 from runtime.labels import REGIONS, labels_to_regions
 from runtime.metrics import dice, hd95, nll
 from runtime.preprocess import to_model_space, to_native_space
 from runtime.segment import peak_rss_mb, reset_peak_rss, view_operations
+from runtime.tables import rows_to_csv
 
 
 class TorchEngine:
@@ -86,9 +85,8 @@ def _engines(cfg: Config, threads: int) -> dict[str, Any]:
 
 
 def _torch_available(bundle: Bundle) -> bool:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
+    import importlib.util
+    if importlib.util.find_spec("torch") is None:
         return False
     runs = [bundle.view_info(v)["training"].get("run") for v in bundle.views]
     return all(r and (Path(r) / "checkpoints" / "best.pt").is_file() for r in runs)
@@ -162,16 +160,6 @@ def to_markdown(rows: list[dict[str, Any]], host: dict[str, Any], threads: int, 
     for r in rows:
         lines.append("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
     return head + "\n".join(lines) + "\n"
-
-
-def to_csv(rows: list[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    cols = list(dict.fromkeys(k for r in rows for k in r))
-    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: _fmt(r.get(k)) for k in cols})
-    return buf.getvalue()
 
 
 def plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
@@ -260,7 +248,7 @@ def run_bench(data: Path, bundle_paths: list[Path], out: Path, threads: int = 2,
         slices = [int(s) for s in training.split(",")]
         trows = run_train(slices, log=log)
         md += "\n" + markdown(trows, 4, 80, 96, 1, "tiny")
-    write_text(out / "results.csv", to_csv(rows))
+    write_text(out / "results.csv", rows_to_csv(rows))
     write_text(out / "results.md", md)
     plots(rows, out)
     log(md)

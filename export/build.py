@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -25,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from runtime import __version__
-from runtime.atomic import write_json
+from runtime.atomic import atomic_dir, write_json
 from runtime.bundle import MANIFEST, SCHEMA_VERSION, file_entry
 from runtime.case_io import find_cases, load_case
 from runtime.errors import InputError
@@ -53,7 +50,7 @@ def _load_model_space(case_dirs: list[Path], params: PreprocessParams) -> list[t
 
 
 def _holdout_dirs(info: dict[str, Any]) -> list[Path]:
-    split = Path(info["out"]) / "splits.json"
+    split = Path(info["run_dir"]) / "splits.json"
     data = Path(info["data"])
     if not data.is_dir():
         return []
@@ -127,9 +124,7 @@ def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | 
         raise InputError(None, f"two runs for the same view: {views}")
     params = loaded[0][2]
     calib_images = _load_model_space(find_cases(calib), params) if int8 else []
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         manifest_views: dict[str, Any] = {}
         for model, info, _ in sorted(loaded, key=lambda m: list(VIEWS).index(m[1]["view"])):
             view = info["view"]
@@ -165,7 +160,7 @@ def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | 
                 "static_ops": {"macs_per_slice": static["macs_per_slice"], "conv_params": static["conv_params"],
                                "source": "OpenVINO graph of the FP32 ONNX model"},
                 "models": models, "quantisation": quant,
-                "training": {"run": str(Path(info["out"]).resolve()), "trainer": info["trainer"], "fold": info["fold"], "folds": info["folds"],
+                "training": {"run": info["run_dir"], "trainer": info["trainer"], "fold": info["fold"], "folds": info["folds"],
                              "epochs": info["epochs"], "best": info["best"], "seed": info["seed"],
                              "data_fingerprint": info["data_fingerprint"], "preset": info["preset"]}}
         first = loaded[0][1]
@@ -178,10 +173,4 @@ def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | 
                     "label_convention": "written in the input case's convention (2021 names: ET=4; 2023+: ET=3)",
                     "openvino_inference_precision": "f32 (INFERENCE_PRECISION_HINT set by the runtime)"}
         write_json(tmp / MANIFEST, manifest)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -46,3 +47,23 @@ def nifti_suffix(dest: str | Path) -> str:
     """The extension nibabel needs on the temporary file to pick the right writer."""
     name = str(dest)
     return ".nii.gz" if name.endswith(".nii.gz") else ".nii"
+
+
+@contextlib.contextmanager
+def atomic_dir(dest: str | Path) -> Iterator[Path]:
+    """Build a folder under a hidden temporary name beside ``dest``; on success it replaces ``dest``.
+
+    Callers check ``--overwrite`` before they start; a failure leaves neither a partial folder
+    nor a damaged old one.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    try:
+        yield tmp
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

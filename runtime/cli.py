@@ -35,7 +35,8 @@ def _phantoms(args: argparse.Namespace) -> int:
 @_command("evaluate")
 def _evaluate(args: argparse.Namespace) -> int:
     from runtime.atomic import write_text
-    from runtime.evaluate import evaluate_dirs, format_table, summarise, to_csv
+    from runtime.evaluate import evaluate_dirs, format_table, summarise
+    from runtime.tables import rows_to_csv
 
     rows, failures = evaluate_dirs(args.pred, args.ref)
     for case, msg in failures:
@@ -47,7 +48,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.out:
         if Path(args.out).exists() and not args.overwrite:
             raise InputError(args.out, "exists; pass --overwrite to replace it")
-        write_text(args.out, to_csv(table))
+        write_text(args.out, rows_to_csv(table))
         print(f"metrics written to {args.out}")
     return 1 if failures else 0
 
@@ -100,6 +101,16 @@ def _bench(args: argparse.Namespace) -> int:
 
     run_bench(args.data, args.bundles, args.out, args.threads, args.repeats, args.max_cases, args.training,
               args.overwrite)
+    return 0
+
+
+@_command("package")
+def _package(args: argparse.Namespace) -> int:
+    from export.package import build_package
+
+    out = build_package(args.bundle, args.target, args.out, python=args.python, tar=args.tar,
+                        wheels_from=args.wheels, overwrite=args.overwrite, backend=args.backend)
+    print(f"package written to {out}")
     return 0
 
 
@@ -231,6 +242,20 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--training", metavar="SLICES",
                     help="also measure FPTT vs BPTT training memory and time, e.g. 8,32,76,152")
     be.add_argument("--overwrite", action="store_true", help="replace existing results")
+
+    pk = sub.add_parser("package", help="a self-contained runtime package for an embedded board",
+                        description="Cross-build a folder (or tarball) to copy to a board: the torch-free "
+                                    "runtime, the bundle, the target's pinned wheels, install.sh (no network "
+                                    "on the board), a spikeseg-run launcher and a checksummed package.json.")
+    pk.add_argument("bundle", type=Path)
+    pk.add_argument("--target", default="linux-aarch64", help="target platform (default linux-aarch64)")
+    pk.add_argument("--python", default="3.11", help="the board's Python version (default 3.11)")
+    pk.add_argument("--out", type=Path, required=True)
+    pk.add_argument("--tar", action="store_true", help="also write OUT.tar.gz")
+    pk.add_argument("--wheels", type=Path, help="use wheels from this folder instead of downloading them")
+    pk.add_argument("--backend", choices=["onnxruntime", "openvino"], default="onnxruntime",
+                    help="backend the launcher uses (default onnxruntime)")
+    pk.add_argument("--overwrite", action="store_true")
     return p
 
 

@@ -7,11 +7,8 @@ reference's exact grid; orientation is handled through the headers.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -68,16 +65,6 @@ def summarise(rows: list[dict[str, float | str]]) -> list[dict[str, float | str]
         nan_row[c] = float(sum(math.isnan(float(r[c])) for r in rows))
     out.append(nan_row)
     return out
-
-
-def to_csv(rows: Iterable[dict[str, float | str]]) -> str:
-    rows = list(rows)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    return buf.getvalue()
 
 
 def evaluate_dirs(pred_root: str | Path, ref_root: str | Path) -> tuple[list[dict], list[tuple[str, str]]]:

@@ -71,4 +71,6 @@ def quicklook(path: str | Path, flair: np.ndarray, labels: np.ndarray, uncertain
 
     top = np.concatenate([pad(p[0]) for p in panels], axis=1)
     bottom = np.concatenate([pad(p[1]) for p in panels], axis=1)
-    write_png(path, np.concatenate([top, np.zeros((4, top.shape[1], 3), np.uint8), bottom], axis=0))
+    image = np.concatenate([top, np.zeros((4, top.shape[1], 3), np.uint8), bottom], axis=0)
+    zoom = max(1, 480 // image.shape[0])  # coarse grids (2 mm phantoms) are enlarged to be legible
+    write_png(path, np.repeat(np.repeat(image, zoom, axis=0), zoom, axis=1))

@@ -13,13 +13,8 @@ so a failed case leaves nothing behind):
 
 from __future__ import annotations
 
-import csv
-import io
-import os
 import platform
 import resource
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from runtime import __version__
-from runtime.atomic import write_json, write_text
+from runtime.atomic import atomic_dir, write_json, write_text
 from runtime.bundle import Bundle, load_bundle
 from runtime.case_io import Case, find_cases, load_case, save_like
 from runtime.energy import energy_table
@@ -36,6 +31,9 @@ from runtime.errors import InputError
 from runtime.inference import open_engine, run_view
 from runtime.labels import REGIONS, labels_to_regions, regions_to_labels, relabel_small_et
 from runtime.preprocess import parse_views, to_model_space, to_native_space
+from runtime.tables import rows_to_csv
+
+SUMMARY_COLUMNS = ["case", "status", "seconds", "peak_rss_mb", "ET_ml", "TC_ml", "WT_ml", "message"]
 
 
 def cpu_model() -> str:
@@ -159,9 +157,7 @@ class Segmenter:
         }
 
     def _write(self, case: Case, final: Path, labels, prob, unc, report, overwrite, png, save_prob) -> None:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{case.case_id}.partial-", dir=final.parent))
-        try:
+        with atomic_dir(final) as tmp:
             g = case.geometry
             save_like(labels, g, tmp / case.files.output_name("seg"), np.uint8)
             if unc is not None:
@@ -173,22 +169,6 @@ class Segmenter:
                 quicklook(tmp / f"{case.case_id}_quicklook.png", case.image[3], labels,
                           unc if unc is not None else np.zeros(labels.shape, np.float32), case.files.convention)
             write_json(tmp / f"{case.case_id}_report.json", report)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-
-
-def summary_csv(rows: list[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    cols = ["case", "status", "seconds", "peak_rss_mb", "ET_ml", "TC_ml", "WT_ml", "message"]
-    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: (f"{r[k]:.4g}" if isinstance(r.get(k), float) else r.get(k, "")) for k in cols})
-    return buf.getvalue()
 
 
 def segment(bundle_path: Path, input_path: Path, out: Path, backend: str = "openvino", precision: str = "fp32",
@@ -225,7 +205,7 @@ def segment(bundle_path: Path, input_path: Path, out: Path, backend: str = "open
                 f"WT {v['WT']:.1f} mL TC {v['TC']:.1f} mL ET {v['ET']:.1f} mL")
         tqdm.write(line) if not single else print(line)
     if not single:
-        write_text(out / "summary.csv", summary_csv(rows))
+        write_text(out / "summary.csv", rows_to_csv(rows, SUMMARY_COLUMNS))
         print(f"{len(rows) - failed - sum(r['status'] == 'skipped' for r in rows)} segmented, "
               f"{sum(r['status'] == 'skipped' for r in rows)} skipped, {failed} failed; summary: {out / 'summary.csv'}")
     return 1 if failed else 0

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from runtime.phantoms import make_case, write_case
+from tests.helpers import run_cli
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +38,23 @@ def phantom5(tmp_path_factory: pytest.TempPathFactory) -> Path:
         image, labels, affine = make_case(200 + i, "small", 0.5)
         write_case(root, f"BraTS2021_{200 + i:05d}", image, labels, affine)
     return root
+
+
+TRAIN = ["--preset", "tiny", "--spacing", "6", "--batch-size", "2", "--epochs", "2", "--quiet"]
+
+
+@pytest.fixture(scope="session")
+def bundles(phantom5: Path, phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A spiking and a twin bundle (axial + coronal), FP32 and INT8, from 2-epoch runs."""
+    root = tmp_path_factory.mktemp("bundles")
+    out = {}
+    for arch in ("spiking-useg", "useg"):
+        for view in ("axial", "coronal"):
+            r = run_cli("train", "--data", phantom5, "--out", root / arch / view, "--arch", arch, "--view", view, *TRAIN)
+            assert r.returncode == 0, r.stderr
+        r = run_cli("export", root / arch / "axial", root / arch / "coronal", "--out", root / f"{arch}.bundle",
+                    "--int8", "--calib", phantom_root, "--calib-items", "60", "--allow-accuracy-drop")
+        assert r.returncode == 0, r.stderr
+        out[arch] = root / f"{arch}.bundle"
+    out["runs"] = root
+    return out

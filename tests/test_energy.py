@@ -13,7 +13,6 @@ from runtime.bundle import load_bundle
 from runtime.energy import builtin_profiles, case_energy, roofline_seconds
 from runtime.opcount import static_counts
 from tests.helpers import run_cli
-from tests.test_export_runtime import bundles  # noqa: F401  (shared module fixture)
 
 
 def test_static_counts_from_the_graph_match_the_torch_layer_table(bundles) -> None:

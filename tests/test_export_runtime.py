@@ -17,26 +17,6 @@ from runtime.inference import OrtEngine, OvEngine
 from runtime.preprocess import to_view
 from tests.helpers import run_cli
 
-TRAIN = ["--preset", "tiny", "--spacing", "6", "--batch-size", "2", "--epochs", "2", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def bundles(phantom5: Path, phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A spiking and a twin bundle (axial + coronal), FP32 and INT8, from 2-epoch runs."""
-    root = tmp_path_factory.mktemp("bundles")
-    out = {}
-    for arch in ("spiking-useg", "useg"):
-        for view in ("axial", "coronal"):
-            r = run_cli("train", "--data", phantom5, "--out", root / arch / view, "--arch", arch, "--view", view, *TRAIN)
-            assert r.returncode == 0, r.stderr
-        r = run_cli("export", root / arch / "axial", root / arch / "coronal", "--out", root / f"{arch}.bundle",
-                    "--int8", "--calib", phantom_root, "--calib-items", "60", "--allow-accuracy-drop")
-        assert r.returncode == 0, r.stderr
-        out[arch] = root / f"{arch}.bundle"
-    out["runs"] = root
-    return out
-
-
 def _torch_model(bundles, arch: str, view: str):
     from training.trainer import load_run
     return load_run(bundles["runs"] / arch / view)

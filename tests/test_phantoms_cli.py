@@ -7,7 +7,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pytest
 
 from runtime.phantoms import make_case
 from tests.helpers import run_cli

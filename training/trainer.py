@@ -25,9 +25,7 @@ DistributedDataParallel under ``torchrun`` (NCCL; gloo on CPU, which the tests u
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import math
 import os
@@ -46,7 +44,8 @@ from runtime.case_io import find_cases
 from runtime.errors import InputError
 from runtime.labels import REGIONS
 from runtime.metrics import dice, nll
-from runtime.preprocess import VIEWS, PreprocessParams, parse_views
+from runtime.preprocess import PreprocessParams, parse_views
+from runtime.tables import rows_to_csv
 from snn.models import ModelConfig, SliceSegNet, build_model
 from training.data import CachedCase, data_fingerprint, kfold_split, preprocess_dataset, view_sequence
 from training.fptt import FPTT
@@ -158,15 +157,6 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise InputError(path, f"cannot read checkpoint: {exc}") from exc
-
-
-def history_csv(history: list[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(history[0]), lineterminator="\n")
-    writer.writeheader()
-    for row in history:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    return buf.getvalue()
 
 
 # ---- the trainer --------------------------------------------------------------------------
@@ -320,7 +310,7 @@ class ViewTrainer:
                 save_checkpoint(ckpts / "last.pt", self.state())
                 if improved:
                     self._save_best(val)
-                write_text(self.run / "metrics.csv", history_csv(self.history))
+                write_text(self.run / "metrics.csv", rows_to_csv(self.history))
                 if self.writer:
                     for k, v in row.items():
                         if k != "epoch":
@@ -433,4 +423,5 @@ def load_run(run: str | Path) -> tuple[SliceSegNet, dict[str, Any], PreprocessPa
     model.load_state_dict(ckpt["model"])
     model.eval()
     info["best"] = {"epoch": ckpt["epoch"], **ckpt["val"]}
+    info["run_dir"] = str(run.resolve())  # cfg "out" is the parent folder of a --view all run
     return model, info, PreprocessParams.load(run / "preprocess.json")

@@ -1,0 +1,109 @@
+"""Per-slice latency of one view model at the paper's scale: torch FP32, ONNX Runtime FP32/INT8,
+OpenVINO FP32/INT8, for the stateless twin and the SNN step (explicit state fed back).
+
+Latency does not depend on the weights, so this uses freshly initialised ``paper``-preset models
+(widths 64-512) and calibrates INT8 on a random volume: the figures are speed, not accuracy.
+Ratios to torch FP32 are measured in the same run, on the same inputs.
+
+    python -m benchmarks.latency --height 160 --width 192 --threads 2 --out bench/latency
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.bench import TorchEngine
+from export.graphs import export_onnx, onnx_to_openvino
+from export.quantize import calibration_feeds, quantize_onnxruntime, quantize_openvino
+from runtime.atomic import write_text
+from runtime.inference import OrtEngine, OvEngine
+from snn.models import ModelConfig, build_model
+
+
+def time_engine(engine, spec: dict, seq: np.ndarray, warmup: int = 2) -> float:
+    """Median seconds per slice over the sequence, state fed back as in the runtime."""
+    states = {s["input"]: np.zeros([1] + s["shape"], np.float32) for s in spec["states"]}
+    times = []
+    for t in range(seq.shape[0]):
+        feeds = {"x": seq[t:t + 1], **states}
+        t0 = time.perf_counter()
+        out = engine(feeds)
+        times.append(time.perf_counter() - t0)
+        states = {s["input"]: out[s["output"]] for s in spec["states"]}
+    return statistics.median(times[warmup:])
+
+
+def run(preset: str, h: int, w: int, threads: int, steps: int, calib_items: int, log=print) -> list[dict]:
+    torch.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    volume = rng.random((4, h, w, max(steps, 8)), dtype=np.float32)  # axial view: slices are (h, w)
+    seq = np.ascontiguousarray(np.moveaxis(volume, 3, 0))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        for arch in ("useg", "spiking-useg"):
+            torch.manual_seed(0)
+            model = build_model(ModelConfig.preset(arch, preset)).eval()
+            params = sum(p.numel() for p in model.parameters())
+            spec = export_onnx(model, h, w, tmp / f"{arch}.onnx")
+            onnx_to_openvino(tmp / f"{arch}.onnx", tmp / f"{arch}.xml")
+            feeds = calibration_feeds(OrtEngine(str(tmp / f"{arch}.onnx"), "fp32", threads), spec, [volume], "axial",
+                                      max_items=calib_items)
+            quantize_openvino(tmp / f"{arch}.xml", tmp / f"{arch}_int8.xml", feeds)
+            quantize_onnxruntime(tmp / f"{arch}.onnx", tmp / f"{arch}_int8.onnx", feeds)
+            engines = {"torch fp32": TorchEngine(model, spec, threads),
+                       "onnxruntime fp32": OrtEngine(str(tmp / f"{arch}.onnx"), "fp32", threads),
+                       "onnxruntime int8": OrtEngine(str(tmp / f"{arch}_int8.onnx"), "int8", threads),
+                       "openvino fp32": OvEngine(str(tmp / f"{arch}.xml"), "fp32", threads),
+                       "openvino int8": OvEngine(str(tmp / f"{arch}_int8.xml"), "int8", threads)}
+            base = None
+            for name, engine in engines.items():
+                s = time_engine(engine, spec, seq[:steps])
+                base = base or s
+                rows.append({"architecture": arch, "engine": name, "compute_precision": engine.compute_precision,
+                             "ms_per_slice": 1000 * s, "x_vs_torch_fp32": base / s, "parameters": params})
+                log(f"{arch:<13} {name:<17} {1000 * s:8.1f} ms/slice  x{base / s:4.1f} vs torch fp32  "
+                    f"({engine.compute_precision})")
+            model.count_ops = False
+    return rows
+
+
+def markdown(rows: list[dict], preset: str, h: int, w: int, threads: int) -> str:
+    out = [f"Per-slice latency, `{preset}` preset, {h}x{w} slices, {threads} threads, batch 1 "
+           f"(SNN: one time step with the membrane state fed back)\n",
+           "| model | engine | compute precision | ms / slice | x vs torch FP32 |", "|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['architecture']} ({r['parameters'] / 1e6:.2f} M params) | {r['engine']} | "
+                   f"{r['compute_precision']} | {r['ms_per_slice']:.1f} | {r['x_vs_torch_fp32']:.2f} |")
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="paper")
+    p.add_argument("--height", type=int, default=160)
+    p.add_argument("--width", type=int, default=192)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--steps", type=int, default=20, help="slices timed per engine (median)")
+    p.add_argument("--calib-items", type=int, default=16)
+    p.add_argument("--out", type=Path)
+    a = p.parse_args(argv)
+    rows = run(a.preset, a.height, a.width, a.threads, a.steps, a.calib_items)
+    md = markdown(rows, a.preset, a.height, a.width, a.threads)
+    print(md)
+    if a.out:
+        a.out.mkdir(parents=True, exist_ok=True)
+        write_text(a.out / "latency.md", md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""``spikeseg package``: a self-contained folder (or tarball) to copy to an embedded board.
+
+Contents::
+
+    app/runtime/        the torch-free runtime's source (the only code that runs on the board)
+    bundle/             the deployment bundle (ONNX / OpenVINO IR + manifest with checksums)
+    wheels/             the runtime's pinned wheels for the target (pip download --platform ...)
+    requirements.txt    the pins, installed with --no-index from wheels/
+    install.sh          makes venv/ on the board with no network
+    spikeseg-run        launcher: spikeseg-run CASE OUT [segment options]
+    hardware_profile.json   the profile the board's reports are estimated against
+    README.board.md     the steps on the board
+    package.json        target, minimum glibc and Python, and every file's sha256
+
+Wheels are checked against the target before anything is written: a wheel built for another
+machine, another Python, or a newer glibc than the target declares is refused.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runtime import __version__
+from runtime.atomic import atomic_dir, write_json, write_text
+from runtime.bundle import load_bundle, sha256_file
+from runtime.energy import builtin_profiles
+from runtime.errors import InputError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    machine: str
+    platforms: tuple[str, ...]
+    max_glibc: tuple[int, int]     # newest glibc a wheel may need (the oldest board we promise)
+    profile: str
+
+
+TARGETS = {
+    "linux-aarch64": Target("linux-aarch64", "aarch64",
+                            ("manylinux2014_aarch64", "manylinux_2_17_aarch64", "manylinux_2_28_aarch64",
+                             "manylinux_2_35_aarch64"),
+                            (2, 36),  # Debian / Raspberry Pi OS bookworm
+                            "rpi4-cortex-a72"),
+}
+_WHEEL = re.compile(r"^(?P<name>[^-]+)-(?P<ver>[^-]+)(-\d[^-]*)?-(?P<py>[^-]+)-(?P<abi>[^-]+)-(?P<plat>[^-]+)\.whl$")
+_MANYLINUX = re.compile(r"^manylinux_(\d+)_(\d+)_(\w+)$")
+_LEGACY = {"manylinux2014": (2, 17), "manylinux2010": (2, 12), "manylinux1": (2, 5)}
+
+
+def runtime_requirements() -> list[str]:
+    """The runtime layer's pins, read from setup.cfg (one source of truth)."""
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    return [r.strip() for r in cfg["options"]["install_requires"].strip().splitlines() if r.strip()]
+
+
+def wheel_glibc(platform_tags: str, machine: str) -> tuple[int, int] | None:
+    """Lowest glibc any of a wheel's platform tags needs on ``machine``; None if none fits."""
+    best = None
+    for tag in platform_tags.split("."):
+        if tag == "any":
+            return (0, 0)
+        m = _MANYLINUX.match(tag)
+        if m:
+            version, arch = (int(m.group(1)), int(m.group(2))), m.group(3)
+        else:
+            base, _, arch = tag.partition("_")  # manylinux2014_aarch64
+            if base not in _LEGACY:
+                continue
+            version = _LEGACY[base]
+        if arch == machine and (best is None or version < best):
+            best = version
+    return best
+
+
+def check_wheels(wheels: list[Path], target: Target, python: str) -> dict[str, Any]:
+    """Refuse wheels that cannot install on the target; return the glibc the set needs."""
+    cp = "cp" + python.replace(".", "")
+    need = (0, 0)
+    for w in wheels:
+        m = _WHEEL.match(w.name)
+        if not m:
+            raise InputError(w, "not a wheel file name")
+        pys = m.group("py").split(".")
+        if not any(p in (cp, "py3", "py2.py3") or (p.startswith("cp3") and m.group("abi") == "abi3") for p in pys):
+            raise InputError(w, f"built for {m.group('py')}, not Python {python}")
+        glibc = wheel_glibc(m.group("plat"), target.machine)
+        if glibc is None:
+            raise InputError(w, f"platform {m.group('plat')} does not run on {target.name}")
+        if glibc > target.max_glibc:
+            raise InputError(w, f"needs glibc {glibc[0]}.{glibc[1]}, newer than the target's "
+                                f"{target.max_glibc[0]}.{target.max_glibc[1]}")
+        need = max(need, glibc)
+    return {"min_glibc": f"{need[0]}.{need[1]}", "python": python}
+
+
+def download_wheels(dest: Path, target: Target, python: str, requirements: list[str]) -> list[Path]:
+    dest.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--only-binary=:all:",
+           "--python-version", python, "--implementation", "cp", "-d", str(dest)]
+    for p in target.platforms:
+        cmd += ["--platform", p]
+    r = subprocess.run(cmd + requirements, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise InputError(None, f"pip download for {target.name} failed: {r.stderr.strip()[-800:]}")
+    return sorted(dest.glob("*.whl"))
+
+
+_INSTALL = """#!/bin/sh
+# Installs the spikeseg runtime into ./venv on the board, with no network.
+set -eu
+HERE=$(cd "$(dirname "$0")" && pwd)
+PY=${{PYTHON:-python3}}
+want="{python}"
+have=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+[ "$have" = "$want" ] || {{ echo "install.sh: need Python $want, found $have ($PY); set PYTHON=..." >&2; exit 1; }}
+arch=$(uname -m)
+[ "$arch" = "{machine}" ] || {{ echo "install.sh: this package is for {machine}, this board is $arch" >&2; exit 1; }}
+"$PY" -m venv "$HERE/venv"
+"$HERE/venv/bin/pip" install --quiet --no-index --find-links "$HERE/wheels" -r "$HERE/requirements.txt"
+echo "installed; run: $HERE/spikeseg-run CASE_FOLDER OUT_FOLDER"
+"""
+
+_LAUNCHER = """#!/bin/sh
+# spikeseg-run CASE_OR_COHORT OUT [segment options]: the bundle beside this script, ONNX Runtime by default.
+set -eu
+HERE=$(cd "$(dirname "$0")" && pwd)
+[ $# -ge 2 ] || {{ echo "usage: spikeseg-run CASE_OR_COHORT OUT [--backend openvino] [--precision int8] ..." >&2; exit 2; }}
+case_dir=$1; out=$2; shift 2
+PYTHONPATH="$HERE/app" exec "$HERE/venv/bin/python" -m runtime.cli segment "$HERE/bundle" "$case_dir" "$out" \\
+    --backend {backend} --threads "${{SPIKESEG_THREADS:-{threads}}}" "$@"
+"""
+
+_BOARD_README = """# spikeseg runtime for {target}
+
+1. Copy this folder (or the tarball) to the board and unpack it.
+2. `./install.sh` (Python {python} and glibc >= {glibc} needed; no network used).
+3. `./spikeseg-run /path/to/BraTS_case out/` segments a case folder (or a folder of cases);
+   add `--precision int8`, `--backend openvino`, `--png` as needed (`spikeseg-run CASE OUT --help`).
+4. Reports in `out/<case>/<case>_report.json` estimate energy for the `{profile}` profile among others
+   (`hardware_profile.json`); latencies there are measured on the board itself.
+
+OpenVINO on ARM picks f16 where the CPU has it unless told otherwise; spikeseg always sets f32 and
+records the precision in each report. Check the package with `sha256sum -c` against package.json.
+"""
+
+
+def build_package(bundle_path: Path, target_name: str, out: Path, python: str = "3.11", tar: bool = False,
+                  wheels_from: Path | None = None, overwrite: bool = False, backend: str = "onnxruntime",
+                  threads: int = 4) -> Path:
+    if target_name not in TARGETS:
+        raise InputError(None, f"unknown target {target_name!r}; have {sorted(TARGETS)}")
+    target = TARGETS[target_name]
+    if out.exists() and not overwrite:
+        raise InputError(out, "exists; pass --overwrite to replace it")
+    bundle = load_bundle(bundle_path)
+    with atomic_dir(out) as tmp:
+        reqs = runtime_requirements()
+        if wheels_from is not None:
+            (tmp / "wheels").mkdir()
+            for w in sorted(Path(wheels_from).glob("*.whl")):
+                shutil.copy2(w, tmp / "wheels" / w.name)
+            wheels = sorted((tmp / "wheels").glob("*.whl"))
+        else:
+            wheels = download_wheels(tmp / "wheels", target, python, reqs)
+        fit = check_wheels(wheels, target, python)
+        shutil.copytree(REPO / "runtime", tmp / "app" / "runtime",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "phantoms.py"))
+        shutil.copytree(bundle.root, tmp / "bundle")
+        write_text(tmp / "requirements.txt", "\n".join(reqs) + "\n")
+        write_text(tmp / "install.sh", _INSTALL.format(python=python, machine=target.machine))
+        write_text(tmp / "spikeseg-run", _LAUNCHER.format(backend=backend, threads=threads))
+        for script in ("install.sh", "spikeseg-run"):
+            os.chmod(tmp / script, 0o755)
+        write_json(tmp / "hardware_profile.json", {target.profile: builtin_profiles()[target.profile]})
+        write_text(tmp / "README.board.md", _BOARD_README.format(target=target.name, python=python,
+                                                                 glibc=fit["min_glibc"], profile=target.profile))
+        files = sorted(p for p in tmp.rglob("*") if p.is_file())
+        write_json(tmp / "package.json", {
+            "spikeseg_version": __version__, "target": target.name, "machine": target.machine,
+            "python": python, "min_glibc": fit["min_glibc"], "bundle_sha256": bundle.checksum,
+            "backend": backend, "requirements": reqs,
+            "files": [{"path": p.relative_to(tmp).as_posix(), "sha256": sha256_file(p), "bytes": p.stat().st_size}
+                      for p in files]})
+    if tar:
+        archive = out.with_name(out.name + ".tar.gz")
+        part = archive.with_name(archive.name + ".part")
+        with tarfile.open(part, "w:gz") as t:
+            t.add(out, arcname=out.name)
+        os.replace(part, archive)
+        return archive
+    return out

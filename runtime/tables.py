@@ -1,0 +1,28 @@
+"""One way to write a table of rows as CSV (metrics, histories, summaries, benchmark results)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from typing import Any, Iterable
+
+
+def cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "" if value is None else "nan"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def rows_to_csv(rows: Iterable[dict[str, Any]], columns: list[str] | None = None) -> str:
+    """CSV text; columns default to every key in order of first appearance."""
+    rows = list(rows)
+    cols = columns or list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: cell(r.get(k)) for k in cols})
+    return buf.getvalue()

@@ -1,0 +1,41 @@
+"""`spikeseg bench` and the FPTT/BPTT memory benchmark: they run and report what they claim.
+
+No timing is asserted here (performance belongs in the benchmark's own output)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from benchmarks.train_memory import run as train_memory
+from tests.helpers import run_cli
+
+
+def test_bench_compares_every_configuration_in_one_run(bundles, phantom_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    r = run_cli("bench", "--data", phantom_root, "--bundles", bundles["spiking-useg"], bundles["useg"],
+                "--out", out, "--repeats", "1", "--max-cases", "1")
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    configs = {row["config"] for row in rows}
+    for arch in ("spiking-useg", "useg"):
+        assert {f"{arch} {b} {p}" for b in ("onnxruntime", "openvino") for p in ("fp32", "int8")} | \
+            {f"{arch} torch fp32"} <= configs
+    for row in rows:
+        assert 0.0 <= float(row["dice_WT"]) <= 1.0 and float(row["latency_s"]) > 0
+        if row["backend"] == "torch":
+            assert float(row["x_vs_torch"]) == 1.0
+        assert row["compute_precision"] in ("fp32", "f32", "int8 (QDQ convs) + fp32", "int8 (FakeQuantize convs) + f32")
+    snn = [row for row in rows if row["architecture"] == "spiking-useg"]
+    assert all(float(row["effective_acs"]) > 0 for row in snn)
+    for name in ("results.md", "accuracy_vs_energy.png", "latency.png"):
+        assert (out / name).stat().st_size > 0
+    again = run_cli("bench", "--data", phantom_root, "--bundles", bundles["useg"], "--out", out)
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+
+
+def test_training_memory_benchmark_reports_both_trainers() -> None:
+    rows = train_memory([4, 8], batch=1, h=16, w=16, window=1, log=lambda *_: None)
+    assert [r["slices"] for r in rows] == [4, 8]
+    for r in rows:
+        assert r["fptt_mb"] >= 0 and r["bptt_mb"] >= 0 and r["fptt_s"] > 0 and r["bptt_s"] > 0

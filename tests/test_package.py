@@ -1,0 +1,73 @@
+"""The ARM packager: file list, wheel-tag checks, manifest, install-script syntax (no download here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from export.package import TARGETS, check_wheels, runtime_requirements, wheel_glibc
+from runtime.bundle import sha256_file
+from runtime.errors import InputError
+from tests.helpers import run_cli
+
+AARCH64_WHEELS = ["numpy-2.2.6-cp311-cp311-manylinux_2_17_aarch64.manylinux2014_aarch64.whl",
+                  "openvino-2026.4.1-20000-cp311-cp311-manylinux_2_35_aarch64.whl",
+                  "tqdm-4.70.1-py3-none-any.whl"]
+
+
+def _fake_wheels(folder: Path, names: list[str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        (folder / n).write_bytes(b"PK\x03\x04 not a real wheel")
+    return folder
+
+
+def test_wheel_tags() -> None:
+    assert wheel_glibc("manylinux_2_17_aarch64.manylinux2014_aarch64", "aarch64") == (2, 17)
+    assert wheel_glibc("manylinux2014_aarch64", "aarch64") == (2, 17)
+    assert wheel_glibc("manylinux_2_35_aarch64", "aarch64") == (2, 35)
+    assert wheel_glibc("any", "aarch64") == (0, 0)
+    assert wheel_glibc("manylinux_2_17_x86_64", "aarch64") is None
+    target = TARGETS["linux-aarch64"]
+    fit = check_wheels([Path(n) for n in AARCH64_WHEELS], target, "3.11")
+    assert fit == {"min_glibc": "2.35", "python": "3.11"}
+    for bad, why in [("numpy-2.2.6-cp311-cp311-manylinux_2_17_x86_64.whl", "does not run on linux-aarch64"),
+                     ("numpy-2.2.6-cp312-cp312-manylinux_2_17_aarch64.whl", "not Python 3.11"),
+                     ("numpy-2.2.6-cp311-cp311-manylinux_2_39_aarch64.whl", "newer than the target")]:
+        with pytest.raises(InputError, match=why):
+            check_wheels([Path(bad)], target, "3.11")
+
+
+def test_package_contents_manifest_and_scripts(bundles, tmp_path: Path) -> None:
+    wheels = _fake_wheels(tmp_path / "w", AARCH64_WHEELS)
+    out = tmp_path / "pkg"
+    r = run_cli("package", bundles["useg"], "--target", "linux-aarch64", "--out", out, "--wheels", wheels, "--tar",
+                block_torch=True)
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((out / "package.json").read_text())
+    assert meta["target"] == "linux-aarch64" and meta["min_glibc"] == "2.35" and meta["python"] == "3.11"
+    assert meta["requirements"] == runtime_requirements() and not any("torch" in q for q in meta["requirements"])
+    listed = {f["path"]: f["sha256"] for f in meta["files"]}
+    for must in ("install.sh", "spikeseg-run", "requirements.txt", "README.board.md", "hardware_profile.json",
+                 "bundle/manifest.json", "app/runtime/cli.py", "app/runtime/segment.py",
+                 "wheels/tqdm-4.70.1-py3-none-any.whl"):
+        assert must in listed, must
+        assert sha256_file(out / must) == listed[must]
+    assert not any("torch" in p or p.startswith(("snn/", "training/")) for p in listed)
+    for script in ("install.sh", "spikeseg-run"):
+        assert subprocess.run(["sh", "-n", str(out / script)]).returncode == 0
+        assert (out / script).stat().st_mode & 0o111
+    assert "--no-index" in (out / "install.sh").read_text()
+    with tarfile.open(tmp_path / "pkg.tar.gz") as t:
+        assert "pkg/package.json" in t.getnames()
+
+
+def test_package_refuses_wheels_for_another_machine(bundles, tmp_path: Path) -> None:
+    wheels = _fake_wheels(tmp_path / "w", ["numpy-2.2.6-cp311-cp311-manylinux_2_17_x86_64.whl"])
+    r = run_cli("package", bundles["useg"], "--out", tmp_path / "pkg", "--wheels", wheels)
+    assert r.returncode == 2 and "does not run on linux-aarch64" in r.stderr and "x86_64" in r.stderr
+    assert not (tmp_path / "pkg").exists() and not list(tmp_path.glob(".pkg.partial-*"))
