@@ -62,7 +62,8 @@ def _train(args: argparse.Namespace) -> int:
                       epochs=args.epochs, batch_size=args.batch_size, window=args.window, alpha=args.alpha,
                       lr=args.lr, seed=args.seed, device=args.device, amp=not args.no_amp,
                       spacing_mm=args.spacing, eval_average=args.eval_average, state_reset=args.state_reset,
-                      tau_min=args.tau_min, max_minutes=args.max_minutes, progress=not args.quiet)
+                      tau_min=args.tau_min, empty_keep=args.empty_keep, max_minutes=args.max_minutes,
+                      progress=not args.quiet)
     train(cfg, resume=args.resume, overwrite=args.overwrite)
     return 0
 
@@ -169,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--spacing", type=float, default=2.0,
                     help="model voxel spacing in mm (default 2: 80x96x76 grid; the paper used 1)")
     tr.add_argument("--tau-min", type=float, default=1.0, help="floor under PLIF tau (default 1: none)")
+    tr.add_argument("--empty-keep", type=float, default=1.0,
+                    help="fptt/tbptt: share of tumour-free windows that get an update (the rest only "
+                         "advance the state); default 1 = all")
     tr.add_argument("--eval-average", action="store_true",
                     help="validate and keep best weights using FPTT's running mean wbar")
     tr.add_argument("--state-reset", action="store_true",

@@ -83,6 +83,7 @@ class TrainConfig:
     eval_average: bool = False
     state_reset: bool = False
     tau_min: float = 1.0
+    empty_keep: float = 1.0
     max_minutes: float | None = None
     progress: bool = True
     version: int = RUN_VERSION
@@ -266,7 +267,12 @@ class ViewTrainer:
                 for k in range(0, t, window):
                     if state is not None:
                         state = [s.detach() for s in state]
-                    loss, state = self._update(x[:, k:k + window], y[:, k:k + window], state)
+                    xw, yw = x[:, k:k + window], y[:, k:k + window]
+                    if self.cfg.empty_keep < 1.0 and not bool(yw.any()) and rng.random() >= self.cfg.empty_keep:
+                        with torch.no_grad():  # no tumour here: advance the state, skip the update
+                            _, state = self.net(xw, state, reset_every_step=self.cfg.state_reset)
+                        continue
+                    loss, state = self._update(xw, yw, state)
                     losses.append(loss)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
         return float(np.mean(losses)) if losses else math.nan
