@@ -109,6 +109,9 @@ def case_energy(counts: dict[str, float], precision: str, profile: dict[str, Any
             return {"joules": None, "basis": "dense", "note": profile["sources"].get("energy_pj", "")}
         joules = counts["dense_macs"] * e["mac"] * 1e-12
         return {"joules": joules, "basis": "dense MACs x E_MAC"}
+    if e["mac"] is None and counts["effective_acs"] == 0:
+        return {"joules": None, "basis": "not applicable",
+                "note": "no part of this network runs here (analog-input layers only)"}
     joules = counts["effective_acs"] * e["ac"] * 1e-12
     if e["mac"] is None:
         if counts["effective_macs"] > 0:

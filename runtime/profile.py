@@ -53,6 +53,8 @@ def _fmt(v: float | None) -> str:
 
 def _fmt_energy(e: dict[str, Any] | None) -> str:
     """'-' unknown, 'n/a' nothing of the network runs there, '*' only part of it does."""
+    if e is not None and e.get("basis") == "not applicable":
+        return "n/a"
     if e is None or e.get("joules") is None:
         return "-"
     if e.get("note"):

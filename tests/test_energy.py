@@ -77,6 +77,8 @@ def test_energy_arithmetic_by_hand() -> None:
     assert case_energy(counts, "fp32", p["rpi4-cortex-a72"])["joules"] == pytest.approx(0.133)
     loihi = case_energy(counts, "fp32", p["loihi"])
     assert loihi["joules"] == pytest.approx(3e8 * 23.6e-12) and "left out" in loihi["note"]
+    twin_on_loihi = case_energy({**counts, "effective_acs": 0.0}, "fp32", p["loihi"])
+    assert twin_on_loihi["joules"] is None and twin_on_loihi["basis"] == "not applicable"
     # roofline: compute-bound at 48 GMAC/s unless the bytes say otherwise
     assert roofline_seconds(48e9, 0, "fp32", p["rpi4-cortex-a72"]) == pytest.approx(1.0)
     assert roofline_seconds(1, 12.8e9, "fp32", p["rpi4-cortex-a72"]) == pytest.approx(2.0)
