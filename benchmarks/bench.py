@@ -98,6 +98,7 @@ def evaluate_config(cfg: Config, cases: list[tuple[Any, np.ndarray, Any]], threa
     scores: dict[str, list[float]] = {f"{m}_{r}": [] for m in ("dice", "hd95") for r in REGIONS}
     nlls, latencies, totals = [], [], {"dense_macs": 0.0, "effective_macs": 0.0, "effective_acs": 0.0}
     per_view_counts: dict[str, dict[str, float]] = {}
+    per_view: dict[str, list[float]] = {}
     for case, image, space in cases:
         times, probs = [], []
         for rep in range(repeats):
@@ -117,6 +118,11 @@ def evaluate_config(cfg: Config, cases: list[tuple[Any, np.ndarray, Any]], threa
         latencies.append(statistics.median(times))
         prob = to_native_space(fuse(probs), space)
         ref = labels_to_regions(case.label, case.files.convention)
+        if len(probs) > 1:  # each view alone, as in the paper's Tables 1-2
+            for view, p in zip(cfg.bundle.views, probs):
+                p = to_native_space(p, space)
+                per_view.setdefault(f"nll_{view}", []).append(nll(p, ref))
+                per_view.setdefault(f"dice_WT_{view}", []).append(dice(p[2] >= 0.5, ref[2]))
         for i, r in enumerate(REGIONS):
             d = dice(prob[i] >= 0.5, ref[i])
             scores[f"dice_{r}"].append(d)
@@ -132,7 +138,8 @@ def evaluate_config(cfg: Config, cases: list[tuple[Any, np.ndarray, Any]], threa
            "precision": cfg.precision, "compute_precision": next(iter(engines.values())).compute_precision,
            **{k: float(np.nanmean(v)) for k, v in scores.items()},
            "undefined_regions": int(sum(math.isnan(x) for v in scores.values() for x in v) // 2),
-           "nll": float(np.mean(nlls)), "latency_s": latency, "peak_rss_mb": peak_rss_mb(),
+           "nll": float(np.mean(nlls)), **{k: float(np.nanmean(v)) for k, v in per_view.items()},
+           "latency_s": latency, "peak_rss_mb": peak_rss_mb(),
            **totals, "achieved_gmacs": totals["dense_macs"] / latency / 1e9}
     energy = energy_table(counts, {v: cfg.bundle.view_info(v) for v in counts},
                           "int8" if cfg.precision == "int8" else "fp32")
@@ -160,6 +167,19 @@ def to_markdown(rows: list[dict[str, Any]], host: dict[str, Any], threads: int, 
     for r in rows:
         lines.append("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
     return head + "\n".join(lines) + "\n"
+
+
+def per_view_markdown(rows: list[dict[str, Any]]) -> str:
+    """Each view alone vs the ensemble (the paper's Tables 1 and 2): WT Dice and NLL."""
+    views = [k[len("nll_"):] for k in rows[0] if k.startswith("nll_")]
+    if not views:
+        return ""
+    lines = ["", "Each view alone vs the three-view ensemble (WT Dice / NLL):", "",
+             "| config | " + " | ".join(views) + " | ensemble |", "|" + "---|" * (len(views) + 2)]
+    for r in rows:
+        cells = [f"{r[f'dice_WT_{v}']:.3f} / {r[f'nll_{v}']:.4f}" for v in views]
+        lines.append(f"| {r['config']} | " + " | ".join(cells) + f" | {r['dice_WT']:.3f} / {r['nll']:.4f} |")
+    return "\n".join(lines) + "\n"
 
 
 def plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
@@ -242,7 +262,7 @@ def run_bench(data: Path, bundle_paths: list[Path], out: Path, threads: int = 2,
         base = [x for x in rows if x["architecture"] == r["architecture"] and x["backend"] == "torch"]
         r["x_vs_torch"] = base[0]["latency_s"] / r["latency_s"] if base else None
         r["pct_host_peak"] = 100 * r["achieved_gmacs"] * 1e9 / host["peak_macs_per_s"]["fp32"]
-    md = to_markdown(rows, host, threads, len(case_dirs))
+    md = to_markdown(rows, host, threads, len(case_dirs)) + per_view_markdown(rows)
     if training:
         from benchmarks.train_memory import markdown, run as run_train
         slices = [int(s) for s in training.split(",")]

@@ -24,14 +24,19 @@ if [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
 fi
 
 if [ ! -x "$ROOT/usr/bin/python3.11" ]; then
-  mirror=$(grep -rhoE 'https?://[^ ]*debian[^ ]*' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null | head -n 1)
+  # the Debian mirror apt itself uses (deb822 "URIs:" lines, else classic "deb URL" lines)
+  mirror=$( { grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}';
+              grep -hE '^deb ' /etc/apt/sources.list 2>/dev/null | awk '{print $2}'; } | grep -v security | head -n 1)
   mirror=${mirror:-http://deb.debian.org/debian}
   echo "arm64-check: debootstrap of an arm64 bookworm root (a few minutes, once)"
-  rm -rf "$ROOT"
-  debootstrap --arch=arm64 --variant=minbase --foreign --include=python3,python3-venv,python3-pip \
-    bookworm "$ROOT" "$mirror" >"$WORK/debootstrap.log" 2>&1
-  cp /usr/bin/qemu-aarch64-static "$ROOT/usr/bin/"
-  chroot "$ROOT" /debootstrap/debootstrap --second-stage >>"$WORK/debootstrap.log" 2>&1
+  if [ ! -x "$ROOT/debootstrap/debootstrap" ]; then  # first (download) stage not done yet
+    rm -rf "$ROOT"
+    debootstrap --arch=arm64 --variant=minbase --foreign --include=python3,python3-venv,python3-pip \
+      bookworm "$ROOT" "$mirror" >"$WORK/debootstrap.log" 2>&1 || { tail -n 20 "$WORK/debootstrap.log"; exit 1; }
+    cp /usr/bin/qemu-aarch64-static "$ROOT/usr/bin/"
+  fi
+  chroot "$ROOT" /debootstrap/debootstrap --second-stage >>"$WORK/debootstrap.log" 2>&1 \
+    || { tail -n 20 "$WORK/debootstrap.log"; exit 1; }
 fi
 
 # A case and a bundle (the demo's SNN bundle when there is one, else a quickly trained tiny one).

@@ -69,7 +69,7 @@ def _dice_table(engine, spec: dict, holdout, view: str) -> dict[str, float]:
 
 
 def _quantise_view(tmp: Path, view: str, spec: dict, feeds, holdout, budget: float, allow_drop: bool,
-                   threads: int, log) -> tuple[list[dict], dict[str, Any]]:
+                   threads: int, float_modules: list[str], log) -> tuple[list[dict], dict[str, Any]]:
     """INT8 for both backends, with the accuracy check and one retry; returns model entries."""
     entries, report = [], {}
     backends = [("openvino", f"{view}_fp32.xml", f"{view}_int8.xml", quantize_openvino, OvEngine),
@@ -77,7 +77,7 @@ def _quantise_view(tmp: Path, view: str, spec: dict, feeds, holdout, budget: flo
     for backend, fp32_name, int8_name, quantise, engine_cls in backends:
         base = _dice_table(engine_cls(str(tmp / fp32_name), "fp32", threads), spec, holdout, view)
         attempts = []
-        for ignored in (None, RETRY_FLOAT_LAYERS):
+        for ignored in (None, float_modules):
             how = quantise(tmp / fp32_name, tmp / int8_name, feeds, ignored)
             q = _dice_table(engine_cls(str(tmp / int8_name), "int8", threads), spec, holdout, view)
             change = {r: q[r] - base[r] for r in REGIONS}
@@ -124,6 +124,7 @@ def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | 
         raise InputError(None, f"two runs for the same view: {views}")
     params = loaded[0][2]
     calib_images = _load_model_space(find_cases(calib), params) if int8 else []
+    holdout_cache: dict[tuple[Path, ...], list] = {}
     with atomic_dir(out) as tmp:
         manifest_views: dict[str, Any] = {}
         for model, info, _ in sorted(loaded, key=lambda m: list(VIEWS).index(m[1]["view"])):
@@ -136,22 +137,26 @@ def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | 
                       {**file_entry(tmp, tmp / f"{view}_fp32.xml"), "format": "openvino", "precision": "fp32",
                        "weights": file_entry(tmp, tmp / f"{view}_fp32.bin")}]
             quant = None
+            layers = layer_table(model, h, w)
             if int8:
                 holdout_dirs = _holdout_dirs(info)
-                holdout = _load_model_space(holdout_dirs, params) if holdout_dirs else calib_images
-                holdout = [h for h in holdout if h[2] is not None]
+                key = tuple(holdout_dirs)
+                if key not in holdout_cache:  # the views of one fold share their validation cases
+                    loaded_cases = _load_model_space(holdout_dirs, params) if holdout_dirs else calib_images
+                    holdout_cache[key] = [c for c in loaded_cases if c[2] is not None]
+                holdout = holdout_cache[key]
                 if not holdout:
                     raise InputError(calib, "no labelled cases to check INT8 accuracy against")
                 fp32_engine = OrtEngine(str(tmp / f"{view}_fp32.onnx"), "fp32", threads)
                 feeds = calibration_feeds(fp32_engine, spec, (img for _, img, _ in calib_images), view,
                                           max_items=calib_items)
+                float_modules = [l["module"] for l in layers if l["name"] in RETRY_FLOAT_LAYERS]
                 entries, quant = _quantise_view(tmp, view, spec, feeds, holdout, budget, allow_accuracy_drop,
-                                                threads, log)
+                                                threads, float_modules, log)
                 models += entries
                 quant["holdout"] = {"source": "run validation split" if holdout_dirs else "calibration cases",
                                     "cases": [c for c, _, _ in holdout]}
                 quant["calibration_cases"] = [c for c, _, _ in calib_images]
-            layers = layer_table(model, h, w)
             static = static_counts(tmp / f"{view}_fp32.onnx")
             manifest_views[view] = {
                 **spec, "slices_per_case": params.model_shape[VIEWS[view]], "slice_shape": [h, w],
@@ -160,8 +165,8 @@ def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | 
                 "static_ops": {"macs_per_slice": static["macs_per_slice"], "conv_params": static["conv_params"],
                                "source": "OpenVINO graph of the FP32 ONNX model"},
                 "models": models, "quantisation": quant,
-                "training": {"run": info["run_dir"], "trainer": info["trainer"], "fold": info["fold"], "folds": info["folds"],
-                             "epochs": info["epochs"], "best": info["best"], "seed": info["seed"],
+                "training": {"run": info["run_dir"], "trainer": info["trainer"], "fold": info["fold"],
+                             "folds": info["folds"], "epochs": info["epochs"], "best": info["best"], "seed": info["seed"],
                              "data_fingerprint": info["data_fingerprint"], "preset": info["preset"]}}
         first = loaded[0][1]
         manifest = {"schema_version": SCHEMA_VERSION, "spikeseg_version": __version__,

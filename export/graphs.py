@@ -63,7 +63,8 @@ def layer_table(model: SliceSegNet, h: int, w: int) -> list[dict[str, Any]]:
         kh, kw = layer.kernel_size
         hh, ww = sizes[name]
         macs = layer.in_channels * layer.out_channels * kh * kw * hh * ww
-        table.append({"name": name, "type": type(layer).__name__, "in_channels": layer.in_channels,
+        table.append({"name": name, "module": model.module_path(layer), "type": type(layer).__name__,
+                      "in_channels": layer.in_channels,
                       "out_channels": layer.out_channels, "kernel": [kh, kw], "grid": [hh, ww],
                       "spike_input": spikes, "dense_macs_per_slice": int(macs)})
     return table

@@ -22,6 +22,11 @@ from runtime.preprocess import to_view
 CONV_TYPES_ORT = ["Conv", "ConvTranspose"]
 
 
+def weight_name(module_path: str) -> str:
+    """Exported graphs name a layer's weight after its module (node names are not stable)."""
+    return f"model.{module_path}.weight"
+
+
 def calibration_feeds(engine: Engine, info: dict[str, Any], images: Iterable[np.ndarray], view: str,
                       max_items: int = 300, seed: int = 0) -> list[dict[str, np.ndarray]]:
     """Per-step input dicts (slice + fed-back states) from real volumes, subsampled evenly."""
@@ -43,18 +48,17 @@ def calibration_feeds(engine: Engine, info: dict[str, Any], images: Iterable[np.
 
 def quantize_openvino(fp32_xml: Path, out_xml: Path, feeds: list[dict[str, np.ndarray]],
                       ignored_layers: list[str] | None = None) -> dict[str, Any]:
-    """NNCF PTQ on the OpenVINO IR; returns what was done (for the manifest)."""
+    """NNCF PTQ on the OpenVINO IR; ``ignored_layers`` (module paths) stay float."""
     import nncf
     import openvino as ov
 
     logging.getLogger("nncf").setLevel(logging.WARNING)  # its INFO lists every skipped node
     model = ov.Core().read_model(str(fp32_xml))
     keep_float = ["Multiply", "Add", "Subtract", "ReduceSum", "MatMul"]
-    names = []
-    if ignored_layers:
-        names = [op.get_friendly_name() for op in model.get_ordered_ops()
-                 if op.get_type_name() in ("Convolution", "ConvolutionBackpropData")
-                 and any(f"/{layer.replace('.', '/')}/" in op.get_friendly_name() + "/" for layer in ignored_layers)]
+    weights = {weight_name(m) for m in ignored_layers or []}
+    names = [op.get_friendly_name() for op in model.get_ordered_ops()
+             if op.get_type_name() in ("Convolution", "ConvolutionBackpropData")
+             and op.input(1).get_source_output().get_node().get_friendly_name() in weights]
     scope = nncf.IgnoredScope(types=keep_float, names=names, validate=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -78,17 +82,16 @@ class _Reader:
 
 def quantize_onnxruntime(fp32_onnx: Path, out_onnx: Path, feeds: list[dict[str, np.ndarray]],
                          ignored_layers: list[str] | None = None) -> dict[str, Any]:
-    """Static QDQ quantisation of the convs (per-channel int8 weights, uint8 activations)."""
+    """Static QDQ quantisation of the convs (per-channel int8 weights, uint8 activations);
+    ``ignored_layers`` (module paths) stay float."""
     import onnx
     import onnxruntime
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     reader = type("Reader", (_Reader, CalibrationDataReader), {})(feeds)
-    exclude = []
-    if ignored_layers:
-        graph = onnx.load(str(fp32_onnx), load_external_data=False).graph
-        exclude = [n.name for n in graph.node if n.op_type in CONV_TYPES_ORT
-                   and any(n.name.startswith(f"/model/{layer.replace('.', '/')}/") for layer in ignored_layers)]
+    weights = {weight_name(m) for m in ignored_layers or []}
+    graph = onnx.load(str(fp32_onnx), load_external_data=False).graph
+    exclude = [n.name for n in graph.node if n.op_type in CONV_TYPES_ORT and n.input[1] in weights]
     quantize_static(str(fp32_onnx), str(out_onnx), reader, quant_format=QuantFormat.QDQ,
                     op_types_to_quantize=CONV_TYPES_ORT, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,

@@ -216,6 +216,10 @@ class SliceSegNet(nn.Module):
     def init_state(self, batch: int, h: int, w: int, device=None, dtype=torch.float32) -> list[torch.Tensor]:
         return [torch.zeros((batch,) + shape, device=device, dtype=dtype) for _, shape in self.state_specs(h, w)]
 
+    def module_path(self, module: nn.Module) -> str:
+        """Dotted path of a submodule: exported weights are named ``model.<path>.weight``."""
+        return next(name for name, m in self.named_modules() if m is module)
+
     def connection_layers(self) -> list[tuple[str, nn.Module, bool]]:
         """(name, layer, fed by spikes) for every conv/deconv, in execution order."""
         out: list[tuple[str, nn.Module, bool]] = []

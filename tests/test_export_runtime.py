@@ -227,3 +227,33 @@ def test_segment_refuses_existing_output_and_tampered_bundle(bundles, phantom_ro
     r = run_cli("segment", bad, case, tmp_path / "o2", block_torch=True)
     assert r.returncode == 2 and "checksum mismatch" in r.stderr and "coronal_int8.xml" in r.stderr
     assert not (tmp_path / "o2").exists()
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_retry_keeps_first_conv_and_readout_in_float(bundles, tmp_path: Path, backend: str) -> None:
+    from export.quantize import quantize_onnxruntime, quantize_openvino, weight_name
+    b = load_bundle(bundles["useg"])
+    info = b.view_info("axial")
+    keep = [l["module"] for l in info["layers"] if l["name"] in ("down0.conv", "readout")]
+    assert keep == ["down.0.conv", "readout"]
+    h, w = info["slice_shape"]
+    rng = np.random.default_rng(0)
+    feeds = [{"x": rng.random((1, 4, h, w), dtype=np.float32)} for _ in range(8)]
+    if backend == "onnxruntime":
+        import onnx
+        out = tmp_path / "q.onnx"
+        quantize_onnxruntime(b.model_file("axial", "onnx", "fp32").path, out, feeds, keep)
+        graph = onnx.load(str(out)).graph
+        producer = {o: n for n in graph.node for o in n.output}
+        convs = [n for n in graph.node if n.op_type in ("Conv", "ConvTranspose")]
+        float_weights = {n.input[1] for n in convs
+                         if not (n.input[1] in producer and producer[n.input[1]].op_type == "DequantizeLinear")}
+        assert float_weights == {weight_name(k) for k in keep}
+    else:
+        import openvino as ov
+        out = tmp_path / "q.xml"
+        quantize_openvino(b.model_file("axial", "openvino", "fp32").path, out, feeds, keep)
+        model = ov.Core().read_model(str(out))
+        convs = [op for op in model.get_ordered_ops() if op.get_type_name() in ("Convolution", "ConvolutionBackpropData")]
+        fq_input = [op.input(0).get_source_output().get_node().get_type_name() == "FakeQuantize" for op in convs]
+        assert not fq_input[0] and not fq_input[-1] and all(fq_input[1:-1])

@@ -25,6 +25,7 @@ DistributedDataParallel under ``torchrun`` (NCCL; gloo on CPU, which the tests u
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -280,7 +281,7 @@ class ViewTrainer:
     def validate(self) -> dict[str, float]:
         scores = {r: [] for r in REGIONS}
         nlls = []
-        ctx = self.fptt.averaged_weights() if (self.fptt and self.cfg.eval_average) else _null()
+        ctx = self.fptt.averaged_weights() if (self.fptt and self.cfg.eval_average) else contextlib.nullcontext()
         with ctx:
             for case in self.val_cases:
                 image, regions = case.load()
@@ -336,20 +337,12 @@ class ViewTrainer:
                 "epochs_run": self.epoch, "seconds": time.time() - started}
 
     def _save_best(self, val: dict[str, float]) -> None:
-        ctx = self.fptt.averaged_weights() if (self.fptt and self.cfg.eval_average) else _null()
+        ctx = self.fptt.averaged_weights() if (self.fptt and self.cfg.eval_average) else contextlib.nullcontext()
         with ctx:
             weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         save_checkpoint(self.run / "checkpoints" / "best.pt",
                         {"model": weights, "model_config": self.model_cfg.to_dict(), "epoch": self.epoch,
                          "val": val})
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 # ---- entry point --------------------------------------------------------------------------
