@@ -25,8 +25,8 @@ fi
 
 if [ ! -x "$ROOT/usr/bin/python3.11" ]; then
   # the Debian mirror apt itself uses (deb822 "URIs:" lines, else classic "deb URL" lines)
-  mirror=$( { grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}';
-              grep -hE '^deb ' /etc/apt/sources.list 2>/dev/null | awk '{print $2}'; } | grep -v security | head -n 1)
+  mirror=$( { grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}' || true;
+              grep -hE '^deb ' /etc/apt/sources.list 2>/dev/null | awk '{print $2}'; } | grep -v security | head -n 1 || true)
   mirror=${mirror:-http://deb.debian.org/debian}
   echo "arm64-check: debootstrap of an arm64 bookworm root (a few minutes, once)"
   if [ ! -x "$ROOT/debootstrap/debootstrap" ]; then  # first (download) stage not done yet
@@ -65,14 +65,14 @@ trap 'umount "$ROOT/sys" 2>/dev/null || true' EXIT
 # no /proc in the chroot: onnxruntime would read the host's x86 /proc/cpuinfo and crash
 
 t0=$(date +%s)
-chroot "$ROOT" /usr/bin/env QEMU_CPU="$CPU" /bin/sh -c 'cd /opt/spikeseg/pkg && ./install.sh' >"$WORK/install.log" 2>&1 \
+chroot "$ROOT" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root QEMU_CPU="$CPU" /bin/sh -c 'cd /opt/spikeseg/pkg && ./install.sh' >"$WORK/install.log" 2>&1 \
   || { tail -n 30 "$WORK/install.log"; exit 1; }
 t1=$(date +%s)
 VENV_MB=$(du -sm "$ROOT/opt/spikeseg/pkg/venv" | cut -f1)
 for be in onnxruntime openvino; do
   rm -rf "$ROOT/opt/spikeseg/out-$be"
   s=$(date +%s)
-  chroot "$ROOT" /usr/bin/env QEMU_CPU="$CPU" /opt/spikeseg/pkg/spikeseg-run /opt/spikeseg/case /opt/spikeseg/out-$be \
+  chroot "$ROOT" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root QEMU_CPU="$CPU" /opt/spikeseg/pkg/spikeseg-run /opt/spikeseg/case /opt/spikeseg/out-$be \
     --backend $be --quiet >"$WORK/segment-$be.log" 2>&1 || { tail -n 30 "$WORK/segment-$be.log"; exit 1; }
   echo $(( $(date +%s) - s )) > "$WORK/seconds-$be"
   rm -rf "$WORK/x86-$be"
