@@ -42,7 +42,7 @@ def one_pass():
             fptt.step(0.3)
         else:
             opt.step()
-one_pass()  # warm-up: allocator pools, kernels
+# no warm-up pass: its memory would stay resident and hide the measured pass's growth
 reset_peak_rss()
 base = peak_rss_mb()
 t0 = time.perf_counter()
