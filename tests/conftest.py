@@ -11,14 +11,18 @@ from runtime.phantoms import make_case, write_case
 from tests.helpers import run_cli
 
 
+def _phantoms(root: Path, seeds: range) -> Path:
+    """Small (2 mm) medium-difficulty phantoms in BraTS 2021 layout, one per seed."""
+    for seed in seeds:
+        image, labels, affine = make_case(seed, "small", 0.5)
+        write_case(root, f"BraTS2021_{seed:05d}", image, labels, affine)
+    return root
+
+
 @pytest.fixture(scope="session")
 def phantom_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three small (2 mm) phantom cases in BraTS 2021 layout; read-only for tests."""
-    root = tmp_path_factory.mktemp("phantoms")
-    for i in range(3):
-        image, labels, affine = make_case(100 + i, "small", 0.5)
-        write_case(root, f"BraTS2021_{100 + i:05d}", image, labels, affine)
-    return root
+    return _phantoms(tmp_path_factory.mktemp("phantoms"), range(100, 103))
 
 
 @pytest.fixture()
@@ -33,11 +37,7 @@ def case_copy(phantom_root: Path, tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def phantom5(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Five small labelled phantoms: enough for a 5-fold split (4 train, 1 validation)."""
-    root = tmp_path_factory.mktemp("phantom5")
-    for i in range(5):
-        image, labels, affine = make_case(200 + i, "small", 0.5)
-        write_case(root, f"BraTS2021_{200 + i:05d}", image, labels, affine)
-    return root
+    return _phantoms(tmp_path_factory.mktemp("phantom5"), range(200, 205))
 
 
 TRAIN = ["--preset", "tiny", "--spacing", "6", "--batch-size", "2", "--epochs", "2", "--quiet"]
