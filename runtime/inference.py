@@ -20,7 +20,7 @@ from runtime.preprocess import from_view, to_view
 
 BACKENDS = ("openvino", "onnxruntime")
 PRECISIONS = ("fp32", "int8")
-STATELESS_BATCH = 16
+STATELESS_BATCH = 4  # slices per call for the stateless twin: 16 cost 6-8 GB peak at paper scale
 
 
 class Engine(Protocol):
