@@ -73,7 +73,11 @@ def view_operations(info: dict[str, Any], ops: dict[str, float], acts: dict[str,
     numel = {n: float(np.prod(s)) * slices for n, s in info["activation_shapes"].items()}
     rates = {n: acts[n] / numel[n] for n in acts}
     total_act = sum(acts.values())
+    # every PLIF membrane leaks and integrates at every step: dense membrane updates, an upper
+    # bound of NeuroBench's MembraneUpdates (which skips membranes that did not change)
+    membranes = sum(float(np.prod(st["shape"])) for st in info["states"] if st["name"].startswith("v_"))
     return {"slices": slices, "dense_macs": float(info["dense_macs_per_slice"] * slices),
+            "membrane_updates": membranes * slices,
             "effective_macs": float(eff_macs), "effective_acs": float(acs),
             "activation_rates": rates,
             "activation_sparsity": 1.0 - total_act / sum(numel.values()) if numel else None,

@@ -146,9 +146,12 @@ def test_segment_writes_outputs_in_input_geometry_without_torch(bundles, phantom
     assert ops["dense_macs"] > 0 and ops["effective_macs"] > 0
     if arch == "spiking-useg":
         assert ops["effective_acs"] > 0 and 0 <= ops["activation_sparsity"] <= 1
+        info = load_bundle(bundles[arch]).view_info("axial")
+        neurons = sum(int(np.prod(shape)) for shape in info["activation_shapes"].values())
+        assert ops["membrane_updates"] == neurons * info["slices_per_case"]
         assert all(0 <= r <= 1 for r in ops["activation_rates"].values())
     else:
-        assert ops["effective_acs"] == 0
+        assert ops["effective_acs"] == 0 and ops["membrane_updates"] == 0
     assert set(rep["volumes_ml"]) == {"ET", "TC", "WT"}
     assert not list(out.glob(".*partial*"))
 
