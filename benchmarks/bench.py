@@ -217,6 +217,10 @@ def plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     return written
 
 
+def _preprocess_key(bundle: Bundle) -> str:
+    return json.dumps(bundle.preprocess.to_dict(), sort_keys=True)
+
+
 def run_bench(data: Path, bundle_paths: list[Path], out: Path, threads: int = 2, repeats: int = 1,
               max_cases: int | None = None, training: str | None = None, overwrite: bool = False,
               log=print) -> list[dict[str, Any]]:
@@ -226,19 +230,20 @@ def run_bench(data: Path, bundle_paths: list[Path], out: Path, threads: int = 2,
         raise InputError(out, "results exist; pass --overwrite to replace them")
     out.mkdir(parents=True, exist_ok=True)
     bundles = [load_bundle(b) for b in bundle_paths]
-    params = {json.dumps(b.preprocess.to_dict(), sort_keys=True) for b in bundles}
     case_dirs = find_cases(data)[:max_cases]
     log(f"loading {len(case_dirs)} cases")
-    prepared = {}
-    for pkey in params:
-        p = bundles[[json.dumps(b.preprocess.to_dict(), sort_keys=True) for b in bundles].index(pkey)].preprocess
-        prepared[pkey] = []
+    prepared: dict[str, list] = {}  # one preprocessing of the cases per distinct preprocessing record
+    for b in bundles:
+        key = _preprocess_key(b)
+        if key in prepared:
+            continue
+        prepared[key] = []
         for d in case_dirs:
             case = load_case(d)
             if case.label is None:
                 raise InputError(d, "benchmark cases need a reference label map")
-            image, space = to_model_space(case.image, case.spacing, p)
-            prepared[pkey].append((case, image, space))
+            image, space = to_model_space(case.image, case.spacing, b.preprocess)
+            prepared[key].append((case, image, space))
     host = host_profile()
     configs = []
     for b in bundles:
@@ -254,7 +259,7 @@ def run_bench(data: Path, bundle_paths: list[Path], out: Path, threads: int = 2,
     rows = []
     for cfg in configs:
         t0 = time.perf_counter()
-        row = evaluate_config(cfg, prepared[json.dumps(cfg.bundle.preprocess.to_dict(), sort_keys=True)], threads, repeats)
+        row = evaluate_config(cfg, prepared[_preprocess_key(cfg.bundle)], threads, repeats)
         rows.append(row)
         log(f"{cfg.label:<34} WT Dice {row['dice_WT']:.3f}  {row['latency_s']:.2f} s/case  "
             f"peak {row['peak_rss_mb']:.0f} MB  ({time.perf_counter() - t0:.0f} s)")
