@@ -43,15 +43,14 @@ class TorchEngine:
     def __init__(self, model, info: dict[str, Any], threads: int) -> None:
         import torch
 
-        from export.graphs import StepGraph
+        from export.graphs import StepGraph, output_names
 
         torch.set_num_threads(threads)
         self.torch = torch
         model.count_ops = True
         self.graph = StepGraph(model.eval())
         self.states = [s["input"] for s in info["states"]]
-        self.names = (["logits"] + [s["output"] for s in info["states"]] + [f"ops.{n}" for n in info["outputs"]["ops"]]
-                      + [f"act.{n}" for n in info["outputs"]["acts"]])
+        self.names = output_names(info)
         self.precision = "fp32"
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -96,7 +95,8 @@ def evaluate_config(cfg: Config, cases: list[tuple[Any, np.ndarray, Any]], threa
     reset_peak_rss()
     engines = _engines(cfg, threads)
     scores: dict[str, list[float]] = {f"{m}_{r}": [] for m in ("dice", "hd95") for r in REGIONS}
-    nlls, latencies, totals = [], [], {"dense_macs": 0.0, "effective_macs": 0.0, "effective_acs": 0.0}
+    count_keys = ("dense_macs", "effective_macs", "effective_acs", "membrane_updates")
+    nlls, latencies, totals = [], [], dict.fromkeys(count_keys, 0.0)
     per_view_counts: dict[str, dict[str, float]] = {}
     per_view: dict[str, list[float]] = {}
     for case, image, space in cases:
@@ -109,10 +109,9 @@ def evaluate_config(cfg: Config, cases: list[tuple[Any, np.ndarray, Any]], threa
                 t += res.seconds
                 probs.append(res.prob)
                 if rep == 0:
-                    c = view_operations(cfg.bundle.view_info(view), res.ops, res.acts, res.slices)
-                    agg = per_view_counts.setdefault(view, {"dense_macs": 0.0, "effective_macs": 0.0,
-                                                            "effective_acs": 0.0, "slices": 0})
-                    for k in ("dense_macs", "effective_macs", "effective_acs", "slices"):
+                    c = view_operations(cfg.bundle.view_info(view), res)
+                    agg = per_view_counts.setdefault(view, dict.fromkeys(count_keys + ("slices",), 0.0))
+                    for k in agg:
                         agg[k] += c[k]
             times.append(t)
         latencies.append(statistics.median(times))
@@ -159,7 +158,7 @@ def _fmt(v: Any) -> str:
 def to_markdown(rows: list[dict[str, Any]], host: dict[str, Any], threads: int, n_cases: int) -> str:
     cols = ["config", "dice_ET", "dice_TC", "dice_WT", "hd95_WT", "nll", "latency_s", "x_vs_torch",
             "achieved_gmacs", "pct_host_peak", "peak_rss_mb", "dense_macs", "effective_acs",
-            "energy_j_asic-45nm", "energy_j_rpi4-cortex-a72", "energy_j_loihi"]
+            "membrane_updates", "energy_j_asic-45nm", "energy_j_rpi4-cortex-a72", "energy_j_loihi"]
     head = (f"{n_cases} held-out cases, {threads} threads, host GEMM peak {host['peak_macs_per_s']['fp32'] / 1e9:.0f} "
             f"GMAC/s (fp32, measured). latency = inference per case (all views, median of repeats); x_vs_torch = "
             f"torch FP32 latency of the same architecture / this latency.\n\n")

@@ -16,7 +16,9 @@ import sys
 import time
 from pathlib import Path
 
+from runtime.bundle import load_bundle
 from runtime.cli import main as cli
+from runtime.errors import InputError
 
 TRAIN_CASES, TEST_CASES = 12, 4
 SPACING_MM = "4"
@@ -63,18 +65,24 @@ def main(argv: list[str] | None = None) -> int:
     bundles = {}
     for name, (_, folder) in runs.items():
         bundles[name] = out / "bundles" / name
+        stale = []
         if (bundles[name] / "manifest.json").is_file():
-            print(f"{bundles[name]}: already exported")
-            continue
+            try:
+                load_bundle(bundles[name])
+                print(f"{bundles[name]}: already exported")
+                continue
+            except InputError as exc:  # e.g. made by an older spikeseg: export it again
+                print(f"{bundles[name]}: {exc.problem}; exporting again")
+                stale = ["--overwrite"]
         run("export", *(folder / v for v in ("sagittal", "coronal", "axial")), "--out", bundles[name], "--int8",
-            "--calib", data_train, "--calib-items", "200", "--allow-accuracy-drop")
+            "--calib", data_train, "--calib-items", "200", "--allow-accuracy-drop", *stale)
 
     step("4/7 segment held-out cases with the torch-free runtime (OpenVINO FP32 and INT8)")
     for name in bundles:
         for precision in ("fp32", "int8"):
             seg_out = out / "segment" / f"{name}-{precision}"
             cli(["segment", str(bundles[name]), str(data_test), str(seg_out), "--precision", precision, "--png",
-                 "--quiet"])
+                 "--quiet", "--overwrite"])  # the demo owns its folder; a re-export must not leave stale results
 
     step("5/7 evaluate against the reference labels")
     for name in bundles:

@@ -2,8 +2,9 @@
 
 The exported graph is one time step: inputs ``x`` (N, 4, H, W) and, for stateful models,
 every state tensor as ``state.<name>``; outputs ``logits``, ``state_out.<name>``, and per
-layer ``ops.<layer>`` (effective synaptic operations, NeuroBench's definition) and
-``act.<layer>`` (nonzero activations), each (N,). The runtime feeds the state back and sums
+layer ``ops.<layer>`` (effective synaptic operations, NeuroBench's definition),
+``act.<layer>`` (nonzero activations) and, for the SNN, ``mem.<layer>`` (membranes this step
+changed, NeuroBench's ``MembraneUpdates``), each (N,). The runtime feeds the state back and sums
 the counters, so spike rates and synaptic operations come out of ONNX Runtime and OpenVINO
 runs, with no torch on the device. Exported with the TorchScript exporter (``dynamo=False``):
 ORT's static quantiser rejects the dynamo exporter's shared initialisers (REFERENCE.md 4).
@@ -31,8 +32,8 @@ class StepGraph(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor, *state: torch.Tensor):
-        logits, new_state, ops, acts = self.model.step(x, list(state))
-        return (logits, *new_state, *ops, *acts)
+        logits, new_state, ops, acts, mems = self.model.step(x, list(state))
+        return (logits, *new_state, *ops, *acts, *mems)
 
 
 def io_spec(model: SliceSegNet, h: int, w: int) -> dict[str, Any]:
@@ -42,8 +43,16 @@ def io_spec(model: SliceSegNet, h: int, w: int) -> dict[str, Any]:
     layers = [name for name, _, _ in model.connection_layers()]
     return {"input": {"name": "x", "shape": [None, model.cfg.in_channels, h, w]},
             "states": states,
-            "outputs": {"logits": "logits", "ops": layers, "acts": model.activation_names()},
+            "outputs": {"logits": "logits", "ops": layers, "acts": model.activation_names(),
+                        "mems": model.activation_names() if model.spiking else []},
             "activation_shapes": {n: list(shape) for n, shape in model.activation_specs(h, w)}}
+
+
+def output_names(spec: dict[str, Any]) -> list[str]:
+    """The step graph's outputs in :class:`StepGraph` order, from an io spec (or manifest view)."""
+    out = spec["outputs"]
+    return (["logits"] + [s["output"] for s in spec["states"]] + [f"ops.{n}" for n in out["ops"]]
+            + [f"act.{n}" for n in out["acts"]] + [f"mem.{n}" for n in out["mems"]])
 
 
 def layer_table(model: SliceSegNet, h: int, w: int) -> list[dict[str, Any]]:
@@ -78,14 +87,13 @@ def export_onnx(model: SliceSegNet, h: int, w: int, path: Path) -> dict[str, Any
     x = torch.zeros(1, model.cfg.in_channels, h, w)
     states = tuple(model.init_state(1, h, w))
     input_names = ["x"] + [s["input"] for s in spec["states"]]
-    output_names = (["logits"] + [s["output"] for s in spec["states"]]
-                    + [f"ops.{n}" for n in spec["outputs"]["ops"]] + [f"act.{n}" for n in spec["outputs"]["acts"]])
-    dynamic = None if model.stateful else {n: {0: "n"} for n in input_names + output_names}
+    outputs = output_names(spec)
+    dynamic = None if model.stateful else {n: {0: "n"} for n in input_names + outputs}
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(StepGraph(model), (x, *states), str(path), input_names=input_names,
-                              output_names=output_names, dynamic_axes=dynamic, opset_version=OPSET,
+                              output_names=outputs, dynamic_axes=dynamic, opset_version=OPSET,
                               do_constant_folding=True, dynamo=False)
     finally:
         model.count_ops = False

@@ -80,6 +80,13 @@ class _Reader:
         return next(self._it, None)
 
 
+def _no_preprocessing_advice(record: logging.LogRecord) -> bool:
+    """Drop ORT's advice to run its pre-processing (shape inference, graph fusion), printed twice
+    per model on every export: we quantise the exporter's constant-folded graph as it is, and the
+    accuracy check after quantisation is what decides whether the result is kept."""
+    return not record.getMessage().startswith("Please consider")
+
+
 def quantize_onnxruntime(fp32_onnx: Path, out_onnx: Path, feeds: list[dict[str, np.ndarray]],
                          ignored_layers: list[str] | None = None) -> dict[str, Any]:
     """Static QDQ quantisation of the convs (per-channel int8 weights, uint8 activations);
@@ -92,10 +99,15 @@ def quantize_onnxruntime(fp32_onnx: Path, out_onnx: Path, feeds: list[dict[str, 
     weights = {weight_name(m) for m in ignored_layers or []}
     graph = onnx.load(str(fp32_onnx), load_external_data=False).graph
     exclude = [n.name for n in graph.node if n.op_type in CONV_TYPES_ORT and n.input[1] in weights]
-    quantize_static(str(fp32_onnx), str(out_onnx), reader, quant_format=QuantFormat.QDQ,
-                    op_types_to_quantize=CONV_TYPES_ORT, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    nodes_to_exclude=exclude)
+    root = logging.getLogger()
+    root.addFilter(_no_preprocessing_advice)
+    try:
+        quantize_static(str(fp32_onnx), str(out_onnx), reader, quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=CONV_TYPES_ORT, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        nodes_to_exclude=exclude)
+    finally:
+        root.removeFilter(_no_preprocessing_advice)
     return {"tool": f"onnxruntime {onnxruntime.__version__}", "method": "static QDQ (min-max), per-channel",
             "calibration_items": len(feeds), "quantised_op_types": CONV_TYPES_ORT,
             "kept_float_layers": ignored_layers or []}

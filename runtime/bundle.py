@@ -16,7 +16,7 @@ from typing import Any
 from runtime.errors import InputError
 from runtime.preprocess import PreprocessParams
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: step graphs count membrane updates (outputs.mems)
 MANIFEST = "manifest.json"
 
 
@@ -99,8 +99,8 @@ def load_bundle(root: str | Path) -> Bundle:
         raise InputError(path, f"unreadable manifest: {exc}") from exc
     version = manifest.get("schema_version") if isinstance(manifest, dict) else None
     if version != SCHEMA_VERSION:
-        raise InputError(path, f"unknown bundle schema version {version!r}; this spikeseg reads "
-                               f"version {SCHEMA_VERSION}")
+        raise InputError(path, f"unsupported bundle schema version {version!r}; this spikeseg reads "
+                               f"version {SCHEMA_VERSION} (re-export the bundle with `spikeseg export`)")
     for key in ("architecture", "stateful", "views", "preprocess"):
         if key not in manifest:
             raise InputError(path, f"manifest lacks '{key}'")

@@ -102,6 +102,7 @@ class ViewResult:
     slices: int
     ops: dict[str, float] = field(default_factory=dict)   # effective synaptic ops per layer, whole case
     acts: dict[str, float] = field(default_factory=dict)  # nonzero activations per layer, whole case
+    mems: dict[str, float] = field(default_factory=dict)  # membrane updates per PLIF layer, whole case
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -113,9 +114,13 @@ def run_view(engine: Engine, info: dict, image: np.ndarray, view: str) -> ViewRe
     seq = to_view(image, view)  # a view of the array: slices are copied one batch at a time
     t_total = seq.shape[0]
     logits = np.empty((t_total, 3) + seq.shape[2:], dtype=np.float32)
-    ops_names, act_names = info["outputs"]["ops"], info["outputs"]["acts"]
+    ops_names, act_names, mem_names = (info["outputs"][k] for k in ("ops", "acts", "mems"))
     ops = dict.fromkeys(ops_names, 0.0)
     acts = dict.fromkeys(act_names, 0.0)
+    mems = dict.fromkeys(mem_names, 0.0)
+    # NeuroBench's convention: the first step writes every membrane (initialisation), later
+    # steps count the membranes that changed
+    mem_numel = {n: float(np.prod(info["activation_shapes"][n])) for n in mem_names}
     states = {s["input"]: np.zeros([1] + s["shape"], np.float32) for s in info["states"]}
     batch = 1 if states else STATELESS_BATCH
     start = time.perf_counter()
@@ -130,5 +135,7 @@ def run_view(engine: Engine, info: dict, image: np.ndarray, view: str) -> ViewRe
             ops[n] += float(out[f"ops.{n}"].sum())
         for n in act_names:
             acts[n] += float(out[f"act.{n}"].sum())
+        for n in mem_names:
+            mems[n] += mem_numel[n] if k == 0 else float(out[f"mem.{n}"].sum())
     seconds = time.perf_counter() - start
-    return ViewResult(view, from_view(sigmoid(logits), view), seconds, t_total, ops, acts)
+    return ViewResult(view, from_view(sigmoid(logits), view), seconds, t_total, ops, acts, mems)

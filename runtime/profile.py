@@ -32,17 +32,17 @@ def bundle_counts(bundle: Bundle, case_dir: Path | None, backend: str, precision
         if image is None:
             dense = float(static["macs_per_slice"] * slices)
             out[view] = {"slices": slices, "dense_macs": dense, "effective_macs": None, "effective_acs": None,
-                         "activation_sparsity": None}
+                         "membrane_updates": None, "activation_sparsity": None}
             continue
         engine = open_engine(bundle, view, backend, precision, threads)
         res = run_view(engine, info, image, view)
-        out[view] = view_operations(info, res.ops, res.acts, res.slices)
+        out[view] = view_operations(info, res)
         out[view]["static_dense_macs"] = float(static["macs_per_slice"] * slices)
     return out
 
 
 def _ensemble(counts: dict[str, dict[str, Any]]) -> dict[str, float | None]:
-    keys = ("dense_macs", "effective_macs", "effective_acs")
+    keys = ("dense_macs", "effective_macs", "effective_acs", "membrane_updates")
     return {k: (None if any(c[k] is None for c in counts.values()) else sum(c[k] for c in counts.values()))
             for k in keys}
 
@@ -72,7 +72,8 @@ def profile_table(bundles: dict[str, tuple[Bundle, dict]], precision: str, hardw
         lines.append(head)
         ens = _ensemble(counts)
         for key, name in (("dense_macs", "dense MACs per case"), ("effective_macs", "effective MACs (analog in)"),
-                          ("effective_acs", "effective ACs (spikes in)")):
+                          ("effective_acs", "effective ACs (spikes in)"),
+                          ("membrane_updates", "membrane updates (NeuroBench)")):
             lines.append(f"{name:<34}" + "".join(f"{_fmt(counts[v][key]):>12}" for v in views) + f"{_fmt(ens[key]):>12}")
         sp = [counts[v].get("activation_sparsity") for v in views]
         lines.append(f"{'activation sparsity':<34}" + "".join(f"{_fmt(s):>12}" for s in sp))

@@ -28,7 +28,7 @@ from runtime.case_io import Case, find_cases, load_case, save_like
 from runtime.energy import energy_table
 from runtime.ensemble import fuse, uncertainty_map
 from runtime.errors import InputError
-from runtime.inference import open_engine, run_view
+from runtime.inference import ViewResult, open_engine, run_view
 from runtime.labels import REGIONS, labels_to_regions, regions_to_labels, relabel_small_et
 from runtime.preprocess import parse_views, to_model_space, to_native_space
 from runtime.tables import rows_to_csv
@@ -64,24 +64,22 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def view_operations(info: dict[str, Any], ops: dict[str, float], acts: dict[str, float],
-                    slices: int) -> dict[str, Any]:
-    """Per-view counts for one case: dense MACs, effective MACs (analog input), ACs (spikes)."""
+def view_operations(info: dict[str, Any], res: ViewResult) -> dict[str, Any]:
+    """Per-view counts for one case: dense MACs, effective MACs (analog input), ACs (spikes),
+    membrane updates (NeuroBench's count, and the dense count a clocked chip pays)."""
     layers = {l["name"]: l for l in info["layers"]}
-    eff_macs = sum(v for n, v in ops.items() if not layers[n]["spike_input"])
-    acs = sum(v for n, v in ops.items() if layers[n]["spike_input"])
-    numel = {n: float(np.prod(s)) * slices for n, s in info["activation_shapes"].items()}
-    rates = {n: acts[n] / numel[n] for n in acts}
-    total_act = sum(acts.values())
-    # every PLIF membrane leaks and integrates at every step: dense membrane updates, an upper
-    # bound of NeuroBench's MembraneUpdates (which skips membranes that did not change)
-    membranes = sum(float(np.prod(st["shape"])) for st in info["states"] if st["name"].startswith("v_"))
-    return {"slices": slices, "dense_macs": float(info["dense_macs_per_slice"] * slices),
-            "membrane_updates": membranes * slices,
+    eff_macs = sum(v for n, v in res.ops.items() if not layers[n]["spike_input"])
+    acs = sum(v for n, v in res.ops.items() if layers[n]["spike_input"])
+    numel = {n: float(np.prod(s)) * res.slices for n, s in info["activation_shapes"].items()}
+    rates = {n: res.acts[n] / numel[n] for n in res.acts}
+    total_act = sum(res.acts.values())
+    return {"slices": res.slices, "dense_macs": float(info["dense_macs_per_slice"] * res.slices),
+            "membrane_updates": sum(res.mems.values()),
+            "membrane_updates_dense": sum(numel[n] for n in res.mems),
             "effective_macs": float(eff_macs), "effective_acs": float(acs),
             "activation_rates": rates,
             "activation_sparsity": 1.0 - total_act / sum(numel.values()) if numel else None,
-            "per_layer_ops": ops}
+            "per_layer_ops": res.ops, "per_layer_membrane_updates": res.mems}
 
 
 class Segmenter:
@@ -114,7 +112,7 @@ class Segmenter:
             res = run_view(self.engines[view], self.bundle.view_info(view), image, view)
             times[f"view_{view}"] = res.seconds
             view_probs.append(res.prob)
-            operations[view] = view_operations(self.bundle.view_info(view), res.ops, res.acts, res.slices)
+            operations[view] = view_operations(self.bundle.view_info(view), res)
         t = time.perf_counter()
         fused = fuse(view_probs)
         prob = to_native_space(fused, space)

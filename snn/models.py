@@ -14,7 +14,8 @@ concatenation, and a 3x3 "readout integrator" conv giving ET/TC/WT logits per sl
 Every model has two entry points over the same weights: :meth:`SliceSegNet.forward` over a
 whole sequence (training) and :meth:`SliceSegNet.step` over one slice with the state as a flat
 list of tensors (export). With ``count_ops`` the step also returns, per conv layer, the
-effective synaptic operations counted the NeuroBench way: ``sum(binary_layer(x != 0))``.
+effective synaptic operations counted the NeuroBench way: ``sum(binary_layer(x != 0))``, and
+per PLIF layer the membranes this step changed (NeuroBench's ``MembraneUpdates``).
 """
 
 from __future__ import annotations
@@ -111,6 +112,14 @@ class ActivationTap(nn.Identity):
 
 def _nonzero(x: torch.Tensor) -> torch.Tensor:
     return (x != 0).to(x.dtype).sum(dim=(1, 2, 3))
+
+
+def _changed(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """Membranes whose stored potential changed: NeuroBench's count_nonzero(pre - post).
+
+    Not every membrane every step: one at rest that gets no input, or one that fired on the
+    last step and again now (0 -> reset to 0), is left as it was."""
+    return (after != before).to(after.dtype).sum(dim=(1, 2, 3))
 
 
 class ConvBlock(nn.Module):
@@ -239,8 +248,9 @@ class SliceSegNet(nn.Module):
 
     def step(self, x: torch.Tensor, state: list[torch.Tensor]):
         """One slice: (logits, new state); with ``count_ops`` also the per-layer effective
-        synaptic operations (:meth:`connection_layers` order) and the per-layer counts of
-        nonzero activations (:meth:`activation_names` order), each shaped (B,)."""
+        synaptic operations (:meth:`connection_layers` order), the per-layer counts of nonzero
+        activations (:meth:`activation_names` order) and, for the SNN, the per-PLIF-layer counts
+        of changed membranes (:meth:`state_specs` order), each shaped (B,)."""
         # plain ints: under ONNX tracing, shape values would otherwise become graph tensors and
         # the padding a dynamic computation (OpenVINO 2026.4 mis-evaluates that subgraph)
         h, w = int(x.shape[-2]), int(x.shape[-1])
@@ -249,18 +259,27 @@ class SliceSegNet(nn.Module):
             x = F.pad(x, (0, pw - w, 0, ph - h))
         ops: list[torch.Tensor] = []
         acts: list[torch.Tensor] = []
+        mems: list[torch.Tensor] = []
         count = self.count_ops
-        new_state: list[torch.Tensor] = []
         it = iter(state)
-        skips = []
+
+        def membrane() -> torch.Tensor | None:
+            return next(it) if self.spiking else None
+
+        def updated(before: torch.Tensor | None, after: torch.Tensor | None) -> torch.Tensor | None:
+            if count and after is not None:
+                mems.append(_changed(before, after))
+            return after
+
+        down_states, skips = [], []
         for i, blk in enumerate(self.down):
             if i > 0:
                 x = F.max_pool2d(x, 2)
             if count:
                 ops.append(effective_ops(blk.conv, x))
-            x, v = blk(x, next(it) if self.spiking else None)
-            if v is not None:
-                new_state.append(v)
+            v = membrane()
+            x, v_new = blk(x, v)
+            down_states.append(updated(v, v_new))
             if count:
                 acts.append(_nonzero(x))
             skips.append(x)
@@ -276,22 +295,24 @@ class SliceSegNet(nn.Module):
             skip = skips[-2 - j]
             if count:
                 ops.append(effective_ops(blk.up, x))
-            y, v1 = blk.activate(x, next(it) if self.spiking else None)
+            v1 = membrane()
+            y, v1_new = blk.activate(x, v1)
             y = torch.cat([y, skip], 1)
             if count:
                 acts.append(_nonzero(y[:, : blk.up.out_channels]))
                 ops.append(effective_ops(blk.block.conv, y))
-            x, v2 = blk.block(y, next(it) if self.spiking else None)
+            v2 = membrane()
+            x, v2_new = blk.block(y, v2)
             if count:
                 acts.append(_nonzero(x))
-            up_states += [v for v in (v1, v2) if v is not None]
+            up_states += [updated(v1, v1_new), updated(v2, v2_new)]
         if count:
             ops.append(effective_ops(self.readout, x))
         logits = self.readout(x)[..., :h, :w]
-        new_state += up_states
+        new_state = [v for v in down_states + up_states if v is not None]
         if self.clstm is not None:
             new_state += clstm_state
-        return (logits, new_state, ops, acts) if count else (logits, new_state)
+        return (logits, new_state, ops, acts, mems) if count else (logits, new_state)
 
     # ---- a whole sequence -------------------------------------------------------------------
     def forward(self, seq: torch.Tensor, state: list[torch.Tensor] | None = None,

@@ -28,13 +28,16 @@ def test_static_counts_from_the_graph_match_the_torch_layer_table(bundles) -> No
 
 
 def test_runtime_counts_match_neurobench_on_the_same_case(bundles, phantom_root: Path, tmp_path: Path) -> None:
-    """ONNX Runtime's in-graph counters vs NeuroBench's SynapticOperations on the torch model."""
-    from neurobench.metrics.workload import SynapticOperations
+    """ONNX Runtime's in-graph counters vs NeuroBench's SynapticOperations and MembraneUpdates
+    on the torch model (PLIFs made hookable, same weights)."""
+    import snntorch
+    from neurobench.metrics.workload import MembraneUpdates, SynapticOperations
     from neurobench.models import TorchModel
 
     from runtime.case_io import load_case
     from runtime.preprocess import to_model_space, to_view
     from snn.models import ActivationTap
+    from snn.neurobench_compat import hookable
     from training.trainer import load_run
 
     case = sorted(phantom_root.iterdir())[2]
@@ -53,15 +56,19 @@ def test_runtime_counts_match_neurobench_on_the_same_case(bundles, phantom_root:
     c = load_case(case)
     image, _ = to_model_space(c.image, c.spacing, params)
     seq = torch.from_numpy(np.ascontiguousarray(to_view(image, "axial"), dtype=np.float32))[None]
-    nb = TorchModel(model)
+    nb = TorchModel(hookable(model))
     nb.add_activation_module(ActivationTap)
+    nb.add_activation_module(snntorch.SpikingNeuron)
     nb.register_hooks()
     with torch.no_grad():
-        preds, _ = model(seq)
+        preds, _ = nb(seq)
     syn = SynapticOperations()(nb, preds, (seq, None))
+    mem = MembraneUpdates()(nb, preds, (seq, None))
     nb.close_hooks()
     assert ours_mac == pytest.approx(syn["Effective_MACs"], rel=0.01)
     assert ours_ac == pytest.approx(syn["Effective_ACs"], rel=0.01)
+    assert ops["membrane_updates"] == pytest.approx(mem, rel=0.01)
+    assert ops["membrane_updates"] < ops["membrane_updates_dense"]
     assert set(rep["energy"]) >= {"asic-45nm", "rpi4-cortex-a72", "jetson-orin-nano-cpu", "intel-i7-1185G7",
                                   "loihi", "host"}
     assert rep["energy"]["rpi4-cortex-a72"]["latency_kind"] == "roofline projection"
