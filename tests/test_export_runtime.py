@@ -76,6 +76,33 @@ def test_snn_step_matches_torch_under_teacher_forcing(bundles, phantom_root: Pat
     assert flips / total < 1e-3
 
 
+@pytest.mark.parametrize("backend,precision", [("onnxruntime", "fp32"), ("onnxruntime", "int8"),
+                                               ("openvino", "fp32"), ("openvino", "int8")])
+def test_membrane_counters_agree_with_the_graphs_own_states(bundles, phantom_root: Path, backend: str,
+                                                            precision: str) -> None:
+    """mem.<layer> == membranes whose state output differs from the state input, every step,
+    in every exported model (quantisers must not touch the counter's comparison)."""
+    from runtime.case_io import load_case
+    from runtime.inference import open_engine
+    from runtime.preprocess import to_model_space
+    b = load_bundle(bundles["spiking-useg"])
+    info = b.view_info("axial")
+    engine = open_engine(b, "axial", backend, precision, 2)
+    case = load_case(sorted(phantom_root.iterdir())[0])
+    image, _ = to_model_space(case.image, case.spacing, b.preprocess)
+    seq = np.ascontiguousarray(to_view(image, "axial"), dtype=np.float32)
+    states = {s["input"]: np.zeros([1] + s["shape"], np.float32) for s in info["states"]}
+    counted = changed = 0.0
+    for t in range(seq.shape[0] // 2, seq.shape[0] // 2 + 4):
+        out = engine({"x": seq[t:t + 1], **states})
+        for s, name in zip(info["states"], info["outputs"]["mems"]):
+            counted += float(out[f"mem.{name}"].sum())
+            changed += float((out[s["output"]] != states[s["input"]]).sum())
+            states[s["input"]] = out[s["output"]]
+    assert counted == changed
+    assert 0 < changed < 4 * sum(np.prod(s["shape"]) for s in info["states"])
+
+
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 def test_twin_matches_torch_on_a_batch_of_slices(bundles, backend: str) -> None:
     model, _, params = _torch_model(bundles, "useg", "coronal")
