@@ -1,6 +1,7 @@
 """``make demo``: the whole toolkit end to end on built-in phantom data, in about 15 minutes on 2 cores.
 
-Steps (each skipped when its output is already there, so a second run is quick):
+Steps 1-3 are skipped when their output is already there (a bundle made by an older spikeseg is
+exported again), so a second run is quick; steps 4-6 always run, over the demo's own folders:
   1. phantoms: training cases and held-out test cases, both on the hard setting;
   2. train the tiny Spiking U-Seg-Net (FPTT) and its U-Seg-Net twin, one model per view, on a
      4 mm grid with a time budget per model;

@@ -17,6 +17,15 @@ from runtime.inference import OrtEngine, OvEngine
 from runtime.preprocess import to_view
 from tests.helpers import run_cli
 
+def _axial_slices(case_dir: Path, params) -> np.ndarray:
+    """A phantom case's axial slices in model space, as the runtime feeds them."""
+    from runtime.case_io import load_case
+    from runtime.preprocess import to_model_space
+    case = load_case(case_dir)
+    image, _ = to_model_space(case.image, case.spacing, params)
+    return np.ascontiguousarray(to_view(image, "axial"), dtype=np.float32)
+
+
 def _torch_model(bundles, arch: str, view: str):
     from training.trainer import load_run
     return load_run(bundles["runs"] / arch / view)
@@ -45,16 +54,12 @@ def test_snn_step_matches_torch_under_teacher_forcing(bundles, phantom_root: Pat
     Why any flip at all: backends sum in a different order, so a membrane within ~1e-6 of the
     threshold can fire in one and not the other; free-running, such a flip then propagates.
     """
-    from runtime.case_io import load_case
-    from runtime.preprocess import to_model_space
     model, _, params = _torch_model(bundles, "spiking-useg", "axial")
     b = load_bundle(bundles["spiking-useg"])
     info = b.view_info("axial")
     mf = b.model_file("axial", "onnx" if backend == "onnxruntime" else "openvino", "fp32")
     engine = (OrtEngine if backend == "onnxruntime" else OvEngine)(str(mf.path), "fp32", 2)
-    case = load_case(sorted(phantom_root.iterdir())[0])
-    image, _ = to_model_space(case.image, case.spacing, params)
-    seq = np.ascontiguousarray(to_view(image, "axial"), dtype=np.float32)
+    seq = _axial_slices(sorted(phantom_root.iterdir())[0], params)
     h, w = seq.shape[-2:]
     state = model.init_state(1, h, w)
     flips = total = 0
@@ -82,15 +87,11 @@ def test_membrane_counters_agree_with_the_graphs_own_states(bundles, phantom_roo
                                                             precision: str) -> None:
     """mem.<layer> == membranes whose state output differs from the state input, every step,
     in every exported model (quantisers must not touch the counter's comparison)."""
-    from runtime.case_io import load_case
     from runtime.inference import open_engine
-    from runtime.preprocess import to_model_space
     b = load_bundle(bundles["spiking-useg"])
     info = b.view_info("axial")
     engine = open_engine(b, "axial", backend, precision, 2)
-    case = load_case(sorted(phantom_root.iterdir())[0])
-    image, _ = to_model_space(case.image, case.spacing, b.preprocess)
-    seq = np.ascontiguousarray(to_view(image, "axial"), dtype=np.float32)
+    seq = _axial_slices(sorted(phantom_root.iterdir())[0], b.preprocess)
     states = {s["input"]: np.zeros([1] + s["shape"], np.float32) for s in info["states"]}
     counted = changed = 0.0
     for t in range(seq.shape[0] // 2, seq.shape[0] // 2 + 4):
