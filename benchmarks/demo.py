@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"phantom cases      {data_train}, {data_test}")
     print(f"training runs      {out / 'runs'}  (metrics.csv, TensorBoard in tb/)")
     print(f"bundles            {out / 'bundles'}  (manifest.json with checksums)")
-    print(f"segmentations      {out / 'segment'}  (<case>_seg / _uncertainty .nii.gz, report, quick-look PNG)")
+    print(f"segmentations      {out / 'segment'}  (<case>_pred / _uncertainty .nii.gz, report, quick-look PNG)")
     print(f"benchmark          {out / 'bench' / 'results.md'}  (+ results.csv, PNG plots)")
     print(f"demo took {(time.time() - started) / 60:.1f} min")
     return 0

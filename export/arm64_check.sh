@@ -86,8 +86,8 @@ arm, work, name = sys.argv[1:4]
 print("arm64-check ($CPU under qemu user emulation; not board speed)")
 print(f"package {int('$PKG_MB')} MB (tarball {int('$TAR_MB')} MB); installed venv {int('$VENV_MB')} MB; install {int('$t1') - int('$t0')} s")
 for be in ("onnxruntime", "openvino"):
-    a = np.asarray(nib.load(f"{arm}/out-{be}/{name}/{name}_seg.nii.gz").dataobj)
-    b = np.asarray(nib.load(f"{work}/x86-{be}/{name}/{name}_seg.nii.gz").dataobj)
+    a = np.asarray(nib.load(f"{arm}/out-{be}/{name}/{name}_pred.nii.gz").dataobj)
+    b = np.asarray(nib.load(f"{work}/x86-{be}/{name}/{name}_pred.nii.gz").dataobj)
     ra = json.load(open(f"{arm}/out-{be}/{name}/{name}_report.json"))
     rb = json.load(open(f"{work}/x86-{be}/{name}/{name}_report.json"))
     same = float((a == b).mean())

@@ -14,6 +14,15 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+PARTIAL = ".partial-"
+
+
+def _umask() -> int:
+    """The process umask (read by setting and restoring it: POSIX has no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
 
 @contextlib.contextmanager
 def atomic_path(dest: str | Path, suffix: str = "") -> Iterator[Path]:
@@ -26,6 +35,7 @@ def atomic_path(dest: str | Path, suffix: str = "") -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f".part{suffix}", dir=dest.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; results follow the umask
     try:
         yield tmp_path
         os.replace(tmp_path, dest)
@@ -57,13 +67,35 @@ def atomic_dir(dest: str | Path) -> Iterator[Path]:
     nor a damaged old one.
     """
     dest = Path(dest)
+    if dest.name in ("", ".", "..") or dest.name.startswith("."):
+        raise ValueError(f"refusing to replace {str(dest)!r}: not a plain folder name")
+    if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
+        raise ValueError(f"refusing to replace {str(dest)!r}: not a folder")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}{PARTIAL}", dir=dest.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700: a clinic's group could not read results
+    old: Path | None = None
     try:
         yield tmp
-        if dest.exists():
-            shutil.rmtree(dest)
+        if dest.exists():  # move the old folder aside first: only ever dest itself is removed
+            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+            os.replace(dest, old / dest.name)
         os.replace(tmp, dest)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def sweep_partials(parent: str | Path, name: str) -> int:
+    """Remove what a killed writer of ``parent/name`` left (``.name.partial-*``, ``.name.old-*``).
+
+    Call it only while holding ``name``'s lock: another live process may be writing it."""
+    removed = 0
+    for p in Path(parent).glob(f".{name}.*"):
+        if p.is_dir() and not p.is_symlink() and (p.name.startswith(f".{name}{PARTIAL}")
+                                                  or p.name.startswith(f".{name}.old-")):
+            shutil.rmtree(p, ignore_errors=True)
+            removed += 1
+    return removed

@@ -29,7 +29,14 @@ SCHEMES: dict[str, tuple[str, dict[str, str]]] = {
 }
 
 _NIFTI = re.compile(r"^(?P<stem>.+?)(?P<ext>\.nii(\.gz)?)$")
+#: A case id names the case's output folder and files, so it must be one plain path component.
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
 _AFFINE_TOL_MM = 1e-3
+#: Largest volume read (512^3; a 1 mm BraTS volume is 240x240x155 = 8.9 M voxels).
+MAX_VOXELS = 512 ** 3
+#: Smallest extent along any axis of a volume we segment.
+MIN_DIM = 8
+_DEFLATE_MAX_RATIO = 1032
 _SPACING_RANGE_MM = (0.2, 10.0)
 _RAS = nib.orientations.axcodes2ornt(("R", "A", "S"))
 
@@ -48,10 +55,6 @@ class CaseFiles:
     def convention(self) -> LabelConvention:
         return convention_for_scheme(self.scheme)
 
-    def output_name(self, key: str) -> str:
-        """Output file name in the input's scheme, e.g. ``BraTS2021_00000_seg.nii.gz``."""
-        sep = SCHEMES[self.scheme][0]
-        return f"{self.case_id}{sep}{key}.nii.gz"
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,10 @@ class Case:
 
 
 def _split_name(path: Path) -> tuple[str, str] | None:
+    """(stem, extension) of a NIfTI file name; hidden files (macOS ``._*`` resource forks,
+    editors' temporaries, our own partial outputs) are never case files."""
+    if path.name.startswith("."):
+        return None
     m = _NIFTI.match(path.name)
     return (m.group("stem"), m.group("ext")) if m else None
 
@@ -149,7 +156,7 @@ def find_case(folder: str | Path) -> CaseFiles:
             raise InputError(folder, f"missing modality {', '.join(missing)} "
                                      f"(expected {scheme} names like "
                                      f"{case_ids.pop()}{sep}{keys[MODALITIES[0]]}.nii.gz)")
-        candidate = CaseFiles(case_ids.pop(), folder, scheme,
+        candidate = CaseFiles(check_case_id(case_ids.pop(), folder), folder, scheme,
                               {m: found[m] for m in MODALITIES}, found.get("seg"))
         if best is not None:
             raise InputError(folder, "files in both BraTS 2021 and 2023 naming")
@@ -158,6 +165,20 @@ def find_case(folder: str | Path) -> CaseFiles:
         raise InputError(folder, "no BraTS modality files (<id>_t1/_t1ce/_t2/_flair or "
                                  "<id>-t1n/-t1c/-t2w/-t2f, .nii or .nii.gz)")
     return best
+
+
+def check_case_id(case_id: str, where: Path) -> str:
+    """Refuse a case id that is not one plain path component.
+
+    The id comes from file names a user (or an attacker) chose, and it names the output folder:
+    ``..`` or ``.`` there once made ``--overwrite`` delete the parent of the output folder, or
+    every other case's results. Allowed: letters, digits and ``. _ + -``, not starting with a dot
+    or a dash, at most 200 characters (BraTS ids such as ``BraTS2021_00000`` and
+    ``BraTS-GLI-00000-000`` pass)."""
+    if not _SAFE_ID.match(case_id):
+        raise InputError(where, f"case id {case_id!r} (from the file names) is not a safe folder name: "
+                                "use letters, digits and . _ + - only, not starting with a dot")
+    return case_id
 
 
 def looks_like_case(folder: Path) -> bool:
@@ -178,15 +199,58 @@ def find_cases(root: str | Path) -> list[Path]:
     return cases
 
 
+def _describe(exc: Exception) -> str:
+    """An exception as text that is never empty (``MemoryError()`` prints as nothing)."""
+    return str(exc) or type(exc).__name__
+
+
+def check_header(path: Path, img: nib.spatialimages.SpatialImage) -> None:
+    """Refuse, from the header alone, a file that would exhaust memory or give silent nonsense.
+
+    A 93-byte file can claim 1200^3 float32 voxels; reading it drove the process to 6.9 GB.
+    So the claimed size is bounded (:data:`MAX_VOXELS`) and checked against the file: exactly
+    for ``.nii``, and for ``.nii.gz`` through deflate's largest possible ratio (1032:1)."""
+    shape = tuple(int(s) for s in img.shape)
+    spatial = shape[:3]
+    if len(spatial) < 3 or min(spatial) < MIN_DIM:
+        raise InputError(path, f"volume shape {shape} is too small for a brain MRI "
+                               f"(at least {MIN_DIM} voxels along each axis)")
+    voxels = int(np.prod(shape, dtype=np.int64))
+    if voxels > MAX_VOXELS:
+        raise InputError(path, f"header claims {shape} = {voxels:,} voxels, over the limit of "
+                               f"{MAX_VOXELS:,} for one volume")
+    dtype = img.header.get_data_dtype()
+    if dtype.kind == "c":
+        raise InputError(path, f"complex data ({dtype}): expected real-valued intensities")
+    if dtype.kind not in "biuf":
+        raise InputError(path, f"unsupported data type {dtype}")
+    claimed = int(img.header.get("vox_offset", 0)) + voxels * dtype.itemsize
+    size = path.stat().st_size
+    compressed = path.name.endswith(".gz")
+    if (size < claimed) if not compressed else (size * _DEFLATE_MAX_RATIO < claimed):
+        raise InputError(path, f"header claims {claimed:,} bytes of data but the file has {size:,}"
+                               f"{' compressed' if compressed else ''} bytes (truncated or corrupt)")
+    if int(img.header["qform_code"]) == 0 and int(img.header["sform_code"]) == 0:
+        raise InputError(path, "header has no orientation (qform_code and sform_code are both 0), so "
+                               "left/right cannot be known; set them (e.g. fslorient -setsformcode 1)")
+    affine = np.asarray(img.affine, dtype=float)
+    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-6:
+        raise InputError(path, "affine is singular or not finite: the header's geometry is broken")
+
+
 def _read(path: Path) -> tuple[nib.spatialimages.SpatialImage, np.ndarray]:
     """Load one NIfTI file fully, turning every low-level failure into a clear InputError."""
     if path.stat().st_size == 0:
         raise InputError(path, "empty file")
     try:
         img = nib.load(str(path))
-        data = img.get_fdata(dtype=np.float32, caching="unchanged")  # applies scl_slope/inter
     except Exception as exc:  # nibabel, gzip, zlib and OS errors all mean the same to a user
-        raise InputError(path, f"cannot read NIfTI (truncated or corrupt?): {exc}") from exc
+        raise InputError(path, f"cannot read NIfTI header: {_describe(exc)}") from exc
+    check_header(path, img)
+    try:
+        data = img.get_fdata(dtype=np.float32, caching="unchanged")  # applies scl_slope/inter
+    except Exception as exc:
+        raise InputError(path, f"cannot read NIfTI (truncated or corrupt?): {_describe(exc)}") from exc
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:

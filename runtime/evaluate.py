@@ -1,8 +1,7 @@
 """``spikeseg evaluate``: score predicted label maps against reference case folders.
 
-A prediction for case ``C`` is found as ``PRED/C/C_seg.nii.gz`` (what ``spikeseg segment``
-writes), ``PRED/C_seg.nii.gz`` or ``PRED/C.nii.gz`` (``.nii`` too). It must be on the
-reference's exact grid; orientation is handled through the headers.
+Predictions are found by :func:`find_prediction`. Each must be on the reference's exact grid;
+orientation is handled through the headers.
 """
 
 from __future__ import annotations
@@ -12,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.case_io import SCHEMES, find_case, find_cases, load_label_file
+from runtime.case_io import find_case, find_cases, load_label_file
+from runtime.cohort import prediction_name
 from runtime.errors import InputError
 from runtime.labels import REGIONS, labels_to_regions
 from runtime.metrics import region_metrics
@@ -20,11 +20,14 @@ from runtime.metrics import region_metrics
 METRICS = ("dice", "hd95", "sensitivity", "specificity")
 
 
-def find_prediction(pred_root: Path, case_id: str, scheme_sep: str) -> Path:
+def find_prediction(pred_root: Path, case_id: str) -> Path:
+    """``PRED/C/C_pred.nii.gz`` (what ``spikeseg segment`` writes), ``PRED/C_pred.nii.gz`` or the
+    BraTS submission name ``PRED/C.nii.gz`` (``.nii`` too). Never ``C_seg``: that is the name of
+    the reference, and a prediction folder mistaken for the reference would score itself."""
+    stem = prediction_name(case_id).removesuffix(".nii.gz")
     candidates = []
     for ext in (".nii.gz", ".nii"):
-        candidates += [pred_root / case_id / f"{case_id}{scheme_sep}seg{ext}",
-                       pred_root / f"{case_id}{scheme_sep}seg{ext}",
+        candidates += [pred_root / case_id / f"{stem}{ext}", pred_root / f"{stem}{ext}",
                        pred_root / f"{case_id}{ext}"]
     for c in candidates:
         if c.is_file():
@@ -74,7 +77,7 @@ def evaluate_dirs(pred_root: str | Path, ref_root: str | Path) -> tuple[list[dic
     for folder in find_cases(ref_root):
         try:
             files = find_case(folder)
-            pred = find_prediction(pred_root, files.case_id, SCHEMES[files.scheme][0])
+            pred = find_prediction(pred_root, files.case_id)
             rows.append(evaluate_case(pred, folder))
         except InputError as exc:
             failures.append((folder.name, str(exc)))

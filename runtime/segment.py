@@ -3,7 +3,8 @@
 Per case, in ``OUT/<case>/`` (assembled in a hidden temporary folder and renamed into place,
 so a failed case leaves nothing behind):
 
-- ``<case>_seg.nii.gz``: uint8 labels in the input's convention and exact geometry;
+- ``<case>_pred.nii.gz``: uint8 labels in the input's convention and exact geometry (never
+  ``_seg``, the name of a BraTS reference label map);
 - ``<case>_uncertainty.nii.gz``: float32, per voxel the largest standard deviation across the
   view models of the ET/TC/WT probabilities (0 = views agree; at most 0.5). Only with 2+ views;
 - ``<case>_prob.nii.gz`` (``--save-prob``): float32 ET/TC/WT fused probabilities, 4D;
@@ -22,18 +23,17 @@ from typing import Any
 import numpy as np
 
 from runtime import __version__
-from runtime.atomic import atomic_dir, write_json, write_text
+from runtime.atomic import atomic_dir, write_json
 from runtime.bundle import Bundle, load_bundle
-from runtime.case_io import Case, find_cases, load_case, save_like
+from runtime.case_io import Case, load_case, save_like
+from runtime.cohort import (SUMMARY, CohortCase, case_lock, check_output_apart, check_writable, discover,
+                            prediction_name, report_name, write_summary)
 from runtime.energy import energy_table
 from runtime.ensemble import fuse, uncertainty_map
 from runtime.errors import InputError
 from runtime.inference import ViewResult, open_engine, run_view
 from runtime.labels import REGIONS, labels_to_regions, regions_to_labels, relabel_small_et
 from runtime.preprocess import parse_views, to_model_space, to_native_space
-from runtime.tables import rows_to_csv
-
-SUMMARY_COLUMNS = ["case", "status", "seconds", "peak_rss_mb", "ET_ml", "TC_ml", "WT_ml", "message"]
 
 
 def cpu_model() -> str:
@@ -94,16 +94,15 @@ class Segmenter:
         self.engines = {v: open_engine(bundle, v, backend, precision, threads) for v in views}
         self.compile_seconds = time.perf_counter() - t0
 
-    def run(self, case_dir: Path, out_root: Path, overwrite: bool, png: bool, save_prob: bool) -> dict[str, Any]:
+    def run(self, case_dir: Path, out_root: Path, png: bool, save_prob: bool) -> dict[str, Any]:
+        """Segment one case into ``out_root/<case id>/``, replacing what is there (the caller
+        decides whether that is allowed and holds the case's lock)."""
         reset_peak_rss()
         times: dict[str, float] = {}
         t_all = time.perf_counter()
         t = time.perf_counter()
         case = load_case(case_dir, with_label=False)
         times["load"] = time.perf_counter() - t
-        final = out_root / case.case_id
-        if final.exists() and not overwrite:
-            raise InputError(final, "output exists; pass --overwrite to replace it")
         t = time.perf_counter()
         image, space = to_model_space(case.image, case.spacing, self.params)
         times["preprocess"] = time.perf_counter() - t
@@ -123,13 +122,14 @@ class Segmenter:
         if self.et_min_voxels:
             labels, relabelled = relabel_small_et(labels, conv, self.et_min_voxels)
         times["fuse"] = time.perf_counter() - t
-        t = time.perf_counter()
         report = self._report(case, times, operations, labels, unc, relabelled)
-        self._write(case, final, labels, prob, unc, report, overwrite, png, save_prob)
-        times["write"] = time.perf_counter() - t
-        times["total"] = time.perf_counter() - t_all
-        report["peak_rss_mb"] = peak_rss_mb()
-        write_json(final / f"{case.case_id}_report.json", report)
+        with atomic_dir(out_root / case.case_id) as tmp:
+            t = time.perf_counter()
+            self._write_images(case, tmp, labels, prob, unc, png, save_prob)
+            times["write"] = time.perf_counter() - t
+            times["total"] = time.perf_counter() - t_all
+            report["peak_rss_mb"] = peak_rss_mb()
+            write_json(tmp / report_name(case.case_id), report)
         return report
 
     def _report(self, case: Case, times, operations, labels, unc, relabelled) -> dict[str, Any]:
@@ -158,56 +158,78 @@ class Segmenter:
             "energy": energy_table(operations, {v: self.bundle.view_info(v) for v in operations}, self.precision),
         }
 
-    def _write(self, case: Case, final: Path, labels, prob, unc, report, overwrite, png, save_prob) -> None:
-        with atomic_dir(final) as tmp:
-            g = case.geometry
-            save_like(labels, g, tmp / case.files.output_name("seg"), np.uint8)
-            if unc is not None:
-                save_like(unc, g, tmp / f"{case.case_id}_uncertainty.nii.gz", np.float32)
-            if save_prob:
-                save_like(prob, g, tmp / f"{case.case_id}_prob.nii.gz", np.float32)
-            if png:
-                from runtime.quicklook import quicklook
-                quicklook(tmp / f"{case.case_id}_quicklook.png", case.image[3], labels,
-                          unc if unc is not None else np.zeros(labels.shape, np.float32), case.files.convention)
-            write_json(tmp / f"{case.case_id}_report.json", report)
+    @staticmethod
+    def _write_images(case: Case, folder: Path, labels, prob, unc, png: bool, save_prob: bool) -> None:
+        g = case.geometry
+        save_like(labels, g, folder / prediction_name(case.case_id), np.uint8)
+        if unc is not None:
+            save_like(unc, g, folder / f"{case.case_id}_uncertainty.nii.gz", np.float32)
+        if save_prob:
+            save_like(prob, g, folder / f"{case.case_id}_prob.nii.gz", np.float32)
+        if png:
+            from runtime.quicklook import quicklook
+            quicklook(folder / f"{case.case_id}_quicklook.png", case.image[3], labels,
+                      unc if unc is not None else np.zeros(labels.shape, np.float32), case.files.convention)
 
 
 def segment(bundle_path: Path, input_path: Path, out: Path, backend: str = "openvino", precision: str = "fp32",
             views: str = "all", threads: int = 2, png: bool = False, save_prob: bool = False,
             overwrite: bool = False, et_min_voxels: int = 0, progress: bool = True) -> int:
-    """Segment one case or a cohort; returns the exit status (1 if any case failed)."""
+    """Segment one case or a cohort; returns the exit status (1 if any case failed).
+
+    Everything that can be refused is refused before the engines are compiled: the bundle, an
+    output folder that overlaps the input, an output folder that cannot be written."""
     from tqdm import tqdm
 
     bundle = load_bundle(bundle_path)
     chosen = bundle.views if views == "all" else parse_views(views)
-    cases = find_cases(input_path)
-    single = len(cases) == 1 and cases[0] == Path(input_path)
+    input_path, out = Path(input_path), Path(out)
+    cases = discover(input_path)
+    single = len(cases) == 1 and cases[0].folder == input_path
+    check_output_apart(out, input_path, cases)
+    if single and cases[0].error:
+        raise InputError(None, cases[0].error)
+    if single and not overwrite and (out / cases[0].case_id).exists():
+        raise InputError(out / cases[0].case_id, "output exists; pass --overwrite to replace it")
+    check_writable(out)
     seg = Segmenter(bundle, backend, precision, chosen, threads, et_min_voxels)
-    rows: list[dict[str, Any]] = []
-    failed = 0
-    for case_dir in tqdm(cases, desc="segment", unit="case", disable=not progress or single):
-        if not single and not overwrite and (out / case_dir.name).exists():
-            rows.append({"case": case_dir.name, "status": "skipped", "message": "output exists"})
-            tqdm.write(f"{case_dir.name}: skipped (output exists; --overwrite to redo)")
-            continue
+    outcomes: dict[Path, tuple[str, str]] = {}
+    for case in tqdm(cases, desc="segment", unit="case", disable=not progress or single):
+        outcomes[case.folder] = status = _run_case(seg, case, out, overwrite, png, save_prob, single)
+        if status[0] != "ok":
+            tqdm.write(f"{case.name}: {status[0].upper() if status[0] == 'failed' else status[0]}: {status[1]}")
+    if single:
+        return 0
+    rows = write_summary(out, cases, outcomes)
+    counts = {k: sum(1 for r in rows if r["status"] == k) for k in ("ok", "failed", "busy")}
+    fresh = sum(1 for st, _ in outcomes.values() if st == "ok")
+    print(f"{fresh} segmented, {counts['ok'] - fresh} done earlier, {counts['busy']} in progress elsewhere, "
+          f"{counts['failed']} failed; summary: {out / SUMMARY}")
+    return 1 if counts["failed"] else 0
+
+
+def _run_case(seg: Segmenter, case: CohortCase, out: Path, overwrite: bool, png: bool, save_prob: bool,
+              single: bool) -> tuple[str, str]:
+    """(status, message) of one case; a bad case raises only when it is the whole input."""
+    if case.error:
+        return "failed", case.error
+    with case_lock(out, case.case_id) as mine:
+        if not mine:
+            return "busy", "another process is segmenting it"
+        if (out / case.case_id).exists() and not overwrite:
+            return "done", "output exists; --overwrite to redo"
         try:
-            rep = seg.run(case_dir, out, overwrite, png, save_prob)
+            rep = seg.run(case.folder, out, png, save_prob)
         except InputError as exc:
             if single:
                 raise
-            failed += 1
-            rows.append({"case": case_dir.name, "status": "failed", "message": str(exc)})
-            tqdm.write(f"{case_dir.name}: FAILED: {exc}")
-            continue
-        v = rep["volumes_ml"]
-        rows.append({"case": rep["case"], "status": "ok", "seconds": rep["seconds"]["total"],
-                     "peak_rss_mb": rep["peak_rss_mb"], "ET_ml": v["ET"], "TC_ml": v["TC"], "WT_ml": v["WT"]})
-        line = (f"{rep['case']}: ok {rep['seconds']['total']:.1f}s peak {rep['peak_rss_mb']:.0f} MB "
-                f"WT {v['WT']:.1f} mL TC {v['TC']:.1f} mL ET {v['ET']:.1f} mL")
-        tqdm.write(line) if not single else print(line)
-    if not single:
-        write_text(out / "summary.csv", rows_to_csv(rows, SUMMARY_COLUMNS))
-        print(f"{len(rows) - failed - sum(r['status'] == 'skipped' for r in rows)} segmented, "
-              f"{sum(r['status'] == 'skipped' for r in rows)} skipped, {failed} failed; summary: {out / 'summary.csv'}")
-    return 1 if failed else 0
+            return "failed", str(exc)
+    v = rep["volumes_ml"]
+    line = (f"{rep['case']}: ok {rep['seconds']['total']:.1f}s peak {rep['peak_rss_mb']:.0f} MB "
+            f"WT {v['WT']:.1f} mL TC {v['TC']:.1f} mL ET {v['ET']:.1f} mL")
+    if single:
+        print(line)
+    else:
+        from tqdm import tqdm
+        tqdm.write(line)
+    return "ok", ""

@@ -155,7 +155,7 @@ def test_segment_writes_outputs_in_input_geometry_without_torch(bundles, phantom
     assert r.returncode == 0, r.stderr
     d = out / case.name
     src = nib.load(str(case / f"{case.name}_flair.nii.gz"))
-    seg = nib.load(str(d / f"{case.name}_seg.nii.gz"))
+    seg = nib.load(str(d / f"{case.name}_pred.nii.gz"))
     unc = nib.load(str(d / f"{case.name}_uncertainty.nii.gz"))
     prob = nib.load(str(d / f"{case.name}_prob.nii.gz"))
     for img in (seg, unc):
@@ -191,7 +191,7 @@ def test_same_input_same_bundle_same_output(bundles, phantom_root: Path, tmp_pat
     for k in range(2):
         r = run_cli("segment", bundles["spiking-useg"], case, tmp_path / f"o{k}", "--views", "axial", "--quiet")
         assert r.returncode == 0, r.stderr
-        outs.append(np.asarray(nib.load(str(tmp_path / f"o{k}" / case.name / f"{case.name}_seg.nii.gz")).dataobj))
+        outs.append(np.asarray(nib.load(str(tmp_path / f"o{k}" / case.name / f"{case.name}_pred.nii.gz")).dataobj))
         rep = json.loads((tmp_path / f"o{k}" / case.name / f"{case.name}_report.json").read_text())
         assert "single view" in rep["uncertainty"]
     assert np.array_equal(outs[0], outs[1])
@@ -211,11 +211,13 @@ def test_cohort_reports_a_bad_case_and_goes_on(bundles, phantom_root: Path, tmp_
     assert len(rows) == 4 and sum(",ok," in row for row in rows) == 2
     assert not (out / bad.name).exists()
     again = run_cli("segment", bundles["useg"], cohort, out)
-    assert again.returncode == 1 and "skipped" in again.stdout + again.stderr
+    assert again.returncode == 1 and "2 done earlier" in again.stdout + again.stderr
+    assert (out / "summary.csv").read_text().splitlines()[1:] != []
+    assert sum(",ok," in row for row in (out / "summary.csv").read_text().splitlines()) == 2
 
 
 @pytest.mark.parametrize("damage,message", [
-    ("missing", "missing modality t2"), ("nan", "NaN or infinite"), ("truncated", "cannot read NIfTI"),
+    ("missing", "missing modality t2"), ("nan", "NaN or infinite"), ("truncated", "truncated or corrupt"),
     ("4d", "expected a 3D volume"), ("empty", "empty file"), ("shape", "differs from"),
 ])
 def test_segment_bad_input_clear_error_nothing_written(bundles, phantom_root: Path, tmp_path: Path,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from runtime.phantoms import make_case
 from tests.helpers import run_cli
@@ -48,26 +50,45 @@ def test_phantoms_command_writes_readable_cases_without_torch(tmp_path: Path) ->
     assert again.returncode == 2 and "--overwrite" in again.stderr
 
 
-def test_evaluate_a_case_against_itself_without_torch(phantom_root: Path, tmp_path: Path) -> None:
+def _predictions(phantom_root: Path, pred: Path) -> Path:
+    """Flat ``<case>_pred.nii.gz`` files: the references themselves, except the last case's,
+    which is empty (known answer: Dice 0 and HD95 373.13 mm wherever the reference has tumour)."""
+    pred.mkdir()
+    cases = sorted(phantom_root.iterdir())
+    for case in cases:
+        shutil.copy(case / f"{case.name}_seg.nii.gz", pred / f"{case.name}_pred.nii.gz")
+    last = cases[-1]
+    img = nib.load(str(last / f"{last.name}_seg.nii.gz"))
+    nib.save(nib.Nifti1Image(np.zeros(img.shape, np.uint8), img.affine, img.header), str(pred / f"{last.name}_pred.nii.gz"))
+    return pred
+
+
+def test_evaluate_known_answers_without_torch(phantom_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "m.csv"
-    r = run_cli("evaluate", phantom_root, phantom_root, "--out", out, block_torch=True)
+    pred = _predictions(phantom_root, tmp_path / "pred")
+    r = run_cli("evaluate", pred, phantom_root, "--out", out, block_torch=True)
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader(out.open()))
     assert [row["case"] for row in rows][-3:] == ["mean", "median", "n_undefined"]
-    for row in rows[:3]:
+    for row in rows[:2]:
         for region in ("ET", "TC", "WT"):
-            assert float(row[f"{region}_dice"]) == 1.0
-            assert float(row[f"{region}_hd95"]) == 0.0
-    r2 = run_cli("evaluate", phantom_root, phantom_root, "--out", out)
+            assert float(row[f"{region}_dice"]) == 1.0 and float(row[f"{region}_hd95"]) == 0.0
+    for region in ("ET", "TC", "WT"):
+        assert float(rows[2][f"{region}_dice"]) == 0.0 and float(rows[2][f"{region}_hd95"]) == pytest.approx(373.13, abs=0.01)
+        assert float(rows[3][f"{region}_dice"]) == pytest.approx(2 / 3)  # the mean
+    r2 = run_cli("evaluate", pred, phantom_root, "--out", out)
     assert r2.returncode == 2 and str(out) in r2.stderr and "exists" in r2.stderr
 
 
+def test_evaluate_never_takes_a_reference_for_a_prediction(phantom_root: Path) -> None:
+    r = run_cli("evaluate", phantom_root, phantom_root)
+    assert r.returncode == 2 and "no case could be evaluated" in r.stderr
+
+
 def test_evaluate_reports_a_bad_case_and_goes_on(phantom_root: Path, tmp_path: Path) -> None:
-    import shutil
-    pred = tmp_path / "pred"
-    shutil.copytree(phantom_root, pred)
-    victim = sorted(pred.iterdir())[1]
-    (victim / f"{victim.name}_seg.nii.gz").write_bytes(b"not a nifti")
+    pred = _predictions(phantom_root, tmp_path / "pred")
+    victim = sorted(phantom_root.iterdir())[1]
+    (pred / f"{victim.name}_pred.nii.gz").write_bytes(b"not a nifti")
     r = run_cli("evaluate", pred, phantom_root)
     assert r.returncode == 1
     assert f"FAILED {victim.name}" in r.stderr and "cannot read NIfTI" in r.stderr

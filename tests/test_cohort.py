@@ -1,0 +1,249 @@
+"""Cohort runs never lose data: hostile ids, output = input, re-runs, concurrent runs, stale partials.
+
+Each test reproduces a defect found by trying the runtime as a careless user or an attacker
+would (issues "Hardening the runtime" and "Cohorts that never lose data")."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from runtime.atomic import atomic_dir
+from tests.helpers import run_cli
+
+FAST = ("--views", "axial", "--quiet")
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Every file under ``root`` with its sha256: inputs must come out byte-identical."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def summary(out: Path) -> dict[str, dict[str, str]]:
+    with open(out / "summary.csv") as f:
+        return {row["case"]: row for row in csv.DictReader(f)}
+
+
+def rename_case(folder: Path, new_id: str, dest: Path) -> Path:
+    """Copy a case folder to ``dest`` with its files renamed to ``new_id``."""
+    dest.mkdir(parents=True)
+    for f in folder.iterdir():
+        key = f.name[len(folder.name):]
+        shutil.copy(f, dest / f"{new_id}{key}")
+    return dest
+
+
+@pytest.fixture()
+def cohort(phantom_root: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "cohort"
+    shutil.copytree(phantom_root, root)
+    return root
+
+
+def test_hostile_case_ids_touch_nothing_outside_their_folder(bundles, cohort: Path, tmp_path: Path) -> None:
+    """Files named ``.._t1.nii.gz`` or ``._t1.nii.gz`` once made ``--overwrite`` delete the parent
+    of the output folder, or every other case's output."""
+    out = tmp_path / "work" / "out"
+    sentinel = tmp_path / "work" / "keep.txt"
+    out.mkdir(parents=True)
+    sentinel.write_text("mine")
+    good = sorted(cohort.iterdir())[0]
+    for hostile in ("..", ".", "bad id"):
+        rename_case(good, hostile, cohort / f"z{len(hostile)}{hostile.replace(' ', '')}-case")
+    before = tree_digest(cohort)
+    first = run_cli("segment", bundles["useg"], cohort, out, *FAST)
+    assert first.returncode == 1, first.stderr
+    done = {p.name for p in out.iterdir() if not p.name.startswith(".")} - {"summary.csv"}
+    assert len(done) == 3
+    again = run_cli("segment", bundles["useg"], cohort, out, "--overwrite", *FAST)
+    assert again.returncode == 1
+    assert sentinel.read_text() == "mine"
+    assert {p.name for p in out.iterdir() if not p.name.startswith(".")} - {"summary.csv"} == done
+    text = again.stdout + again.stderr
+    assert "'bad id'" in text and "not a safe folder name" in text
+    rows = summary(out)  # folders of hidden files only (".._t1", "._t1") are no case folders
+    assert sum(r["status"] == "ok" for r in rows.values()) == 3
+    assert [r["status"] for r in rows.values()].count("failed") == 1 and len(rows) == 4
+    assert tree_digest(cohort) == before
+
+
+def test_two_folders_with_one_case_id_both_fail(bundles, cohort: Path, tmp_path: Path) -> None:
+    first = sorted(cohort.iterdir())[0]
+    shutil.copytree(first, cohort / "zz-copy-of-first")
+    out = tmp_path / "out"
+    r = run_cli("segment", bundles["useg"], cohort, out, *FAST)
+    assert r.returncode == 1
+    assert "ids must be unique" in r.stdout + r.stderr and "zz-copy-of-first" in r.stdout + r.stderr
+    assert not (out / first.name).exists()
+    assert sum(row["status"] == "ok" for row in summary(out).values()) == 2
+
+
+@pytest.mark.parametrize("where", ["same", "inside-case", "holds-cohort", "inside-single-case"])
+def test_output_overlapping_the_input_is_refused_before_anything(bundles, cohort: Path, where: str) -> None:
+    """Output = input with --overwrite once deleted every case's images and replaced the
+    reference ``_seg`` with the prediction."""
+    case = sorted(cohort.iterdir())[0]
+    src, out = {"same": (cohort, cohort), "inside-case": (cohort, case / "out"),
+                "holds-cohort": (cohort, cohort.parent), "inside-single-case": (case, case / "out")}[where]
+    before = tree_digest(cohort)
+    r = run_cli("segment", bundles["useg"], src, out, "--overwrite", *FAST, block_torch=True)
+    assert r.returncode == 2, r.stderr
+    assert "outside the input data" in r.stderr and "Traceback" not in r.stderr
+    assert tree_digest(cohort) == before
+    assert not (case / "out").exists()
+
+
+def test_output_beside_the_cases_in_the_cohort_root_is_allowed(bundles, cohort: Path) -> None:
+    r = run_cli("segment", bundles["useg"], cohort, cohort / "results", *FAST)
+    assert r.returncode == 0, r.stderr
+    again = run_cli("segment", bundles["useg"], cohort, cohort / "results", *FAST)
+    assert again.returncode == 0, again.stderr  # "results" is not mistaken for a case
+
+
+def test_rerun_with_folder_names_unlike_ids_keeps_a_complete_summary(bundles, cohort: Path, tmp_path: Path) -> None:
+    """A re-run used to report every finished case as FAILED (skip check by folder name) and
+    to rewrite the summary with rows that had no volumes."""
+    renamed = tmp_path / "renamed"
+    for i, case in enumerate(sorted(cohort.iterdir())):
+        shutil.copytree(case, renamed / f"patient-{i}")
+    out = tmp_path / "out"
+    first = run_cli("segment", bundles["useg"], renamed, out, *FAST)
+    assert first.returncode == 0, first.stderr
+    rows1 = summary(out)
+    again = run_cli("segment", bundles["useg"], renamed, out, *FAST)
+    assert again.returncode == 0, again.stderr
+    assert "FAILED" not in again.stdout + again.stderr
+    rows2 = summary(out)
+    assert set(rows2) == set(rows1) == {c.name for c in sorted(cohort.iterdir())}
+    for case, row in rows2.items():
+        assert row["status"] == "ok" and row["message"] == "done earlier"
+        assert row["WT_ml"] == rows1[case]["WT_ml"] and float(row["WT_ml"]) >= 0
+
+
+def test_prediction_never_takes_a_reference_label_name(bundles, cohort: Path, tmp_path: Path) -> None:
+    case = sorted(cohort.iterdir())[0]
+    out = tmp_path / "out"
+    assert run_cli("segment", bundles["useg"], case, out, *FAST).returncode == 0
+    names = {p.name for p in (out / case.name).iterdir()}
+    assert f"{case.name}_pred.nii.gz" in names and f"{case.name}_seg.nii.gz" not in names
+    r = run_cli("evaluate", out, cohort)  # finds C/C_pred; the two unsegmented cases fail
+    assert r.returncode == 1 and case.name in r.stdout
+
+
+def test_a_case_locked_by_another_process_is_left_to_it(bundles, cohort: Path, tmp_path: Path) -> None:
+    fcntl = pytest.importorskip("fcntl")
+    out = tmp_path / "out"
+    busy = sorted(cohort.iterdir())[1].name
+    (out / ".locks").mkdir(parents=True)
+    fd = os.open(out / ".locks" / f"{busy}.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        r = run_cli("segment", bundles["useg"], cohort, out, *FAST)
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+    assert r.returncode == 0, r.stderr
+    assert not (out / busy).exists() and summary(out)[busy]["status"] == "busy"
+    again = run_cli("segment", bundles["useg"], cohort, out, *FAST)
+    assert again.returncode == 0 and (out / busy).is_dir()
+    assert all(row["status"] == "ok" for row in summary(out).values())
+
+
+def test_stale_partial_folders_are_swept_and_outputs_follow_the_umask(bundles, cohort: Path, tmp_path: Path) -> None:
+    case = sorted(cohort.iterdir())[0]
+    out = tmp_path / "out"
+    stale = out / f".{case.name}.partial-deadbeef"
+    stale.mkdir(parents=True)
+    (stale / "half.nii.gz").write_bytes(b"half")
+    r = run_cli("segment", bundles["useg"], cohort, out, *FAST)
+    assert r.returncode == 0, r.stderr
+    assert not stale.exists()
+    folder = out / case.name
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~0o022  # the test runner's umask is 022
+    for f in folder.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
+
+
+def test_unwritable_output_is_found_before_inference(bundles, cohort: Path, tmp_path: Path) -> None:
+    case = sorted(cohort.iterdir())[0]
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = run_cli("segment", bundles["useg"], case, blocker, *FAST)
+    assert r.returncode == 2 and "not a folder" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_atomic_dir_replaces_only_its_own_folder(tmp_path: Path) -> None:
+    for bad in ("..", ".hidden"):  # (OUT / "." is OUT itself to pathlib: case ids refuse ".")
+        with pytest.raises(ValueError):
+            with atomic_dir(tmp_path / "out" / bad):
+                pass
+    dest = tmp_path / "out" / "case"
+    (tmp_path / "out" / "other").mkdir(parents=True)
+    with atomic_dir(dest) as tmp:
+        (tmp / "a").write_text("1")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(dest) as tmp:
+            (tmp / "a").write_text("2")
+            raise RuntimeError("a view model failed mid-case")
+    assert (dest / "a").read_text() == "1"  # the failed attempt left the old result whole
+    with atomic_dir(dest) as tmp:
+        (tmp / "b").write_text("3")
+    assert sorted(p.name for p in dest.iterdir()) == ["b"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["case", "other"]
+
+
+def _nifti(path: Path, shape=(120, 120, 78), dtype=np.float32, codes=(1, 1)) -> None:
+    img = nib.Nifti1Image(np.ones(shape, dtype=dtype), None)
+    img.header.set_zooms((2.0, 2.0, 2.0))
+    img.header.set_qform(np.diag([2.0, 2.0, 2.0, 1.0]) if codes[0] else None, code=codes[0])
+    img.header.set_sform(np.diag([2.0, 2.0, 2.0, 1.0]) if codes[1] else None, code=codes[1])
+    nib.save(img, str(path))
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("huge-claim", "over the limit"), ("short-claim", "truncated or corrupt"),
+    ("complex", "complex data"), ("tiny", "too small"), ("no-geometry", "no orientation"),
+    ("singular", "singular"), ("nan-affine", "not finite"),
+])
+def test_hostile_headers_fail_fast_with_the_file_named(bundles, cohort: Path, tmp_path: Path,
+                                                       damage: str, message: str) -> None:
+    """A 93-byte header claiming 1200^3 float32 once took 6.9 GB before failing."""
+    case = sorted(cohort.iterdir())[0]
+    path = case / f"{case.name}_t2.nii.gz"
+    if damage in ("huge-claim", "short-claim"):
+        hdr = nib.load(str(path)).header.copy()
+        hdr.set_data_shape((1200, 1200, 1200) if damage == "huge-claim" else (240, 240, 155))
+        raw = hdr.binaryblock + b"\0" * 4
+        import gzip
+        path.write_bytes(gzip.compress(raw))
+    elif damage == "complex":
+        _nifti(path, dtype=np.complex64)
+    elif damage == "tiny":
+        _nifti(path, shape=(1, 1, 1))
+    elif damage == "no-geometry":
+        _nifti(path, codes=(0, 0))
+    else:
+        aff = np.eye(4)
+        aff[2, 2] = 0.0 if damage == "singular" else np.nan
+        img = nib.Nifti1Image(np.ones((120, 120, 78), np.float32), None)
+        img.header.set_sform(aff, code=1)
+        img.header.set_qform(None, code=0)
+        nib.save(img, str(path))
+    out = tmp_path / "out"
+    r = run_cli("segment", bundles["useg"], case, out, *FAST, block_torch=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and path.name in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists() or not [p for p in out.iterdir() if not p.name.startswith(".")]
+    # in a cohort the same case is reported and the rest go on
+    r = run_cli("segment", bundles["useg"], cohort, tmp_path / "cohort-out", *FAST, timeout=120)
+    assert r.returncode == 1 and message in r.stdout + r.stderr
+    assert sum(row["status"] == "ok" for row in summary(tmp_path / "cohort-out").values()) == 2
