@@ -62,7 +62,10 @@ def _train(args: argparse.Namespace) -> int:
                       epochs=args.epochs, batch_size=args.batch_size, window=args.window, alpha=args.alpha,
                       lr=args.lr, seed=args.seed, device=args.device, amp=not args.no_amp,
                       spacing_mm=args.spacing, eval_average=args.eval_average, state_reset=args.state_reset,
-                      tau_min=args.tau_min, empty_keep=args.empty_keep, max_minutes=args.max_minutes,
+                      tau_min=args.tau_min, norm_gain=args.norm_gain, learn_threshold=args.learn_threshold,
+                      surrogate_width=args.surrogate_width,
+                      init_from=str(args.init_from) if args.init_from else None,
+                      empty_keep=args.empty_keep, max_minutes=args.max_minutes,
                       progress=not args.quiet)
     train(cfg, resume=args.resume, overwrite=args.overwrite)
     return 0
@@ -141,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "Both-empty regions count as undefined (NaN, left out of the "
                                     "mean, counted in the n_undefined row); one empty: Dice 0, "
                                     "HD95 373.13 mm.")
-    ev.add_argument("pred", type=Path, help="predictions: OUT/<case>/<case>_seg.nii.gz or flat files")
+    ev.add_argument("pred", type=Path, help="predictions: OUT/<case>/<case>_pred.nii.gz (what segment writes), or flat <case>_pred.nii.gz / <case>.nii.gz files")
     ev.add_argument("ref", type=Path, help="reference: a case folder or a folder of case folders")
     ev.add_argument("--out", type=Path, help="write the table as CSV here")
     ev.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
@@ -170,6 +173,15 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--spacing", type=float, default=2.0,
                     help="model voxel spacing in mm (default 2: 80x96x76 grid; the paper used 1)")
     tr.add_argument("--tau-min", type=float, default=1.0, help="floor under PLIF tau (default 1: none)")
+    tr.add_argument("--norm-gain", type=float, default=1.0,
+                    help="spiking-useg: initial GroupNorm scale before each PLIF layer; 2 = tdBN's "
+                         "threshold-matched scale for tau 2 (default 1)")
+    tr.add_argument("--learn-threshold", action="store_true",
+                    help="spiking-useg: a learnable firing threshold per layer (DIET-SNN)")
+    tr.add_argument("--surrogate-width", type=float, default=1.0,
+                    help="spiking-useg: width w of the arctan surrogate 1/(1+(pi x/w)^2); 1 = the paper's")
+    tr.add_argument("--init-from", type=Path, metavar="TWIN_RUN",
+                    help="spiking-useg: start from a trained useg run's weights (same preset), then train")
     tr.add_argument("--empty-keep", type=float, default=1.0,
                     help="fptt/tbptt: share of tumour-free windows that get an update (the rest only "
                          "advance the state); default 1 = all")

@@ -28,49 +28,85 @@ from torch import nn
 
 
 class ATanSpike(torch.autograd.Function):
-    """Heaviside forward, derivative of arctan(pi x)/pi + 1/2 backward."""
+    """Heaviside forward; backward the derivative of arctan(pi x / w)/pi + 1/2, rescaled to a
+    peak of 1: ``1 / (1 + (pi x / w)^2)``. ``w = 1`` is the paper's surrogate; a wider ``w``
+    passes more gradient to neurons far from threshold (Zenke & Vogels 2021: the scale of the
+    surrogate matters more than its shape)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, width: float = 1.0) -> torch.Tensor:
         ctx.save_for_backward(x)
+        ctx.width = width
         return (x >= 0).to(x.dtype)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+    def backward(ctx, grad: torch.Tensor):
         (x,) = ctx.saved_tensors
-        return grad / (1.0 + (math.pi * x) ** 2)
+        return grad / (1.0 + (math.pi * x / ctx.width) ** 2), None
 
 
-def spike_fn(x: torch.Tensor) -> torch.Tensor:
+def spike_fn(x: torch.Tensor, width: float = 1.0) -> torch.Tensor:
     """Surrogate spike while training; a plain comparison otherwise (what ONNX export sees)."""
     if torch.is_grad_enabled() and x.requires_grad:
-        return ATanSpike.apply(x)
+        return ATanSpike.apply(x, width)
     return (x >= 0).to(x.dtype)
 
 
 class PLIF(nn.Module):
-    """One layer of PLIF neurons sharing a learnable time constant."""
+    """One layer of PLIF neurons sharing a learnable time constant.
+
+    ``learn_threshold``: the firing threshold is a parameter of the layer too (DIET-SNN, Rathi &
+    Roy 2021: learned leak and threshold), kept above :data:`THRESHOLD_MIN`.
+    ``record``: keep, per call, the layer's firing rate and the mean surrogate factor
+    ``1 / (1 + (pi (h - theta) / w)^2)`` (the share of its peak gradient the neurons pass), so
+    training can show whether the layer is silent or its gradient starved."""
 
     def __init__(self, init_tau: float = 2.0, tau_min: float = 1.0, v_threshold: float = 1.0,
-                 detach_reset: bool = False) -> None:
+                 detach_reset: bool = False, learn_threshold: bool = False,
+                 surrogate_width: float = 1.0) -> None:
         super().__init__()
         if not init_tau > tau_min >= 1.0:
             raise ValueError(f"need init_tau > tau_min >= 1, got {init_tau}, {tau_min}")
+        if surrogate_width <= 0 or v_threshold <= THRESHOLD_MIN:
+            raise ValueError(f"need surrogate_width > 0 and v_threshold > {THRESHOLD_MIN}")
         self.tau_min = float(tau_min)
-        self.v_threshold = float(v_threshold)
         self.detach_reset = detach_reset
+        self.surrogate_width = float(surrogate_width)
         self.w = nn.Parameter(torch.tensor(-math.log(init_tau / tau_min - 1.0)))
+        self.theta = nn.Parameter(torch.tensor(float(v_threshold)), requires_grad=learn_threshold)
+        self.record = False
+        self.stats: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     @property
     def tau(self) -> float:
         return float(self.tau_min / torch.sigmoid(self.w.detach()))
 
+    @property
+    def v_threshold(self) -> float:
+        return float(self.threshold().detach())
+
+    def threshold(self) -> torch.Tensor:
+        return self.theta.clamp(min=THRESHOLD_MIN) if self.theta.requires_grad else self.theta
+
     def forward(self, x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         decay = torch.sigmoid(self.w) / self.tau_min
         h = v + (x - v) * decay
-        s = spike_fn(h - self.v_threshold)
+        u = h - self.threshold()
+        s = spike_fn(u, self.surrogate_width)
+        if self.record:
+            with torch.no_grad():
+                self.stats.append((s.mean(), (1.0 / (1.0 + (math.pi * u / self.surrogate_width) ** 2)).mean()))
         reset = s.detach() if self.detach_reset else s
         return s, h * (1.0 - reset)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
+        # checkpoints from before the threshold was a parameter hold none: the fixed 1.0
+        state_dict.setdefault(prefix + "theta", torch.tensor(1.0))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def extra_repr(self) -> str:
-        return f"tau={self.tau:.3f}, tau_min={self.tau_min}, detach_reset={self.detach_reset}"
+        return (f"tau={self.tau:.3f}, tau_min={self.tau_min}, threshold={self.v_threshold:.3f}, "
+                f"surrogate_width={self.surrogate_width}, detach_reset={self.detach_reset}")
+
+
+THRESHOLD_MIN = 0.05

@@ -50,6 +50,7 @@ from runtime.tables import rows_to_csv
 from snn.models import ModelConfig, SliceSegNet, build_model
 from training.data import CachedCase, data_fingerprint, kfold_split, preprocess_dataset, view_sequence
 from training.fptt import FPTT
+from training.activity import ActivityMonitor
 from training.losses import bce_dice_loss
 from training.predict import predict_view
 
@@ -84,6 +85,10 @@ class TrainConfig:
     eval_average: bool = False
     state_reset: bool = False
     tau_min: float = 1.0
+    norm_gain: float = 1.0
+    learn_threshold: bool = False
+    surrogate_width: float = 1.0
+    init_from: str | None = None
     empty_keep: float = 1.0
     max_minutes: float | None = None
     progress: bool = True
@@ -176,8 +181,14 @@ class ViewTrainer:
         self.train_cases = [by_id[i] for i in train_ids]
         self.val_cases = [by_id[i] for i in val_ids]
         seed_everything(cfg.seed)
-        self.model_cfg = ModelConfig.preset(cfg.arch, cfg.preset, tau_min=cfg.tau_min)
-        self.model: SliceSegNet = build_model(self.model_cfg).to(self.device)
+        self.model_cfg = ModelConfig.preset(cfg.arch, cfg.preset, tau_min=cfg.tau_min, norm_gain=cfg.norm_gain,
+                                            learn_threshold=cfg.learn_threshold,
+                                            surrogate_width=cfg.surrogate_width)
+        self.model: SliceSegNet = build_model(self.model_cfg)
+        if cfg.init_from:
+            warm_start(self.model, Path(cfg.init_from))
+        self.model.to(self.device)
+        self.activity = ActivityMonitor(self.model)
         self.net = self.model
         if world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -205,7 +216,8 @@ class ViewTrainer:
                 "fptt": self.fptt.state_dict() if self.fptt else None,
                 "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
                 "epoch": self.epoch, "best_score": self.best_score, "best_epoch": self.best_epoch,
-                "history": self.history, "model_config": self.model_cfg.to_dict()}
+                "history": self.history, "model_config": self.model_cfg.to_dict(),
+                "activity": self.activity.state_dict()}
 
     def restore(self, ckpt: dict[str, Any]) -> None:
         self.model.load_state_dict(ckpt["model"])
@@ -217,9 +229,12 @@ class ViewTrainer:
         self.epoch = int(ckpt["epoch"])
         self.best_score, self.best_epoch = float(ckpt["best_score"]), int(ckpt["best_epoch"])
         self.history = list(ckpt["history"])
+        if ckpt.get("activity"):
+            self.activity.load_state_dict(ckpt["activity"])
 
     # -- one optimiser update ---------------------------------------------------------------
     def _update(self, x: torch.Tensor, y: torch.Tensor, state: list[torch.Tensor] | None):
+        self.activity.begin_update()
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
             logits, state = self.net(x, state, reset_every_step=self.cfg.state_reset)
             loss = bce_dice_loss(logits, y)
@@ -232,6 +247,7 @@ class ViewTrainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
             self.scaler.step(self.opt)
             self.scaler.update()
+        self.activity.end_update(self.epoch + 1)
         return float(loss.detach()), state
 
     def _batches(self, rng: np.random.Generator) -> list[list[CachedCase]]:
@@ -244,6 +260,7 @@ class ViewTrainer:
     def train_epoch(self) -> float:
         rng = seed_everything(self.cfg.seed * 100003 + self.epoch + 1)
         self.net.train()
+        self.activity.recording(True)
         losses = []
         batches = self._batches(rng)
         bar = tqdm(batches, desc=f"{self.cfg.view} epoch {self.epoch + 1}/{self.cfg.epochs}", unit="batch",
@@ -276,6 +293,7 @@ class ViewTrainer:
                     loss, state = self._update(xw, yw, state)
                     losses.append(loss)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        self.activity.recording(False)
         return float(np.mean(losses)) if losses else math.nan
 
     def validate(self) -> dict[str, float]:
@@ -307,8 +325,11 @@ class ViewTrainer:
             self.epoch += 1
             self.sched.step(val["val_dice_mean"])
             taus = [m.tau for m in self.model.modules() if hasattr(m, "tau_min")]
+            activity = self.activity.epoch_summary()
+            per_layer = {k: v for k, v in activity.items() if "/" in k}
             row = {"epoch": self.epoch, "train_loss": train_loss, **val, "lr": self.opt.param_groups[0]["lr"],
-                   "tau_mean": float(np.mean(taus)) if taus else math.nan, "seconds": time.time() - t0}
+                   "tau_mean": float(np.mean(taus)) if taus else math.nan,
+                   **{k: v for k, v in activity.items() if k not in per_layer}, "seconds": time.time() - t0}
             self.history.append(row)
             improved = val["val_dice_mean"] > self.best_score
             if improved:
@@ -318,8 +339,10 @@ class ViewTrainer:
                 if improved:
                     self._save_best(val)
                 write_text(self.run / "metrics.csv", rows_to_csv(self.history))
+                if self.activity.rows:
+                    write_text(self.run / "activity.csv", rows_to_csv(self.activity.rows))
                 if self.writer:
-                    for k, v in row.items():
+                    for k, v in {**row, **per_layer}.items():
                         if k != "epoch":
                             self.writer.add_scalar(k, v, self.epoch)
                 if self.cfg.progress:
@@ -343,6 +366,22 @@ class ViewTrainer:
         save_checkpoint(self.run / "checkpoints" / "best.pt",
                         {"model": weights, "model_config": self.model_cfg.to_dict(), "epoch": self.epoch,
                          "val": val})
+
+
+def warm_start(model: SliceSegNet, run: Path) -> None:
+    """Start a Spiking U-Seg-Net from a trained twin's weights (hybrid training: Rathi et al.,
+    ICLR 2020; Yue et al., Front. Neurosci. 2023). Same topology, so every conv and norm maps
+    one to one; only the neurons' own parameters (tau, threshold) start fresh."""
+    ckpt = load_checkpoint(run / "checkpoints" / "best.pt")
+    twin = ModelConfig.from_dict(ckpt["model_config"])
+    if twin.widths != model.cfg.widths or twin.arch == "useg-clstm":
+        raise InputError(run, f"cannot warm-start from a {twin.arch} of widths {list(twin.widths)}: "
+                              f"need a useg run of widths {list(model.cfg.widths)}")
+    result = model.load_state_dict(ckpt["model"], strict=False)
+    neuron_keys = [k for k in result.missing_keys if k.endswith((".act.w", ".act.theta"))]
+    if result.unexpected_keys or len(neuron_keys) != len(result.missing_keys):
+        raise InputError(run, f"weights do not map one to one (missing {result.missing_keys}, "
+                              f"unexpected {result.unexpected_keys})")
 
 
 # ---- entry point --------------------------------------------------------------------------

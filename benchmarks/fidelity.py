@@ -1,0 +1,221 @@
+"""Does the Spiking U-Seg-Net learn as well as its twin? One run, equal wall-clock budget, same cases.
+
+``python -m benchmarks.fidelity --train DIR --test DIR --out DIR --minutes M`` trains, per view
+(sagittal, coronal, axial), with the same budget of M minutes per view model:
+
+- ``snn``        the Spiking U-Seg-Net with the default recipe (``spikeseg train`` defaults);
+- ``snn-reset``  the same with the membrane reset every slice: does the state earn its keep?
+- ``twin``       the ReLU U-Seg-Net (per slice, stateless);
+- ``twin-clstm`` the ReLU U-Seg-Net + ConvLSTM (inter-slice context, the paper's best baseline);
+- ``snn-warm``   a twin trained for ``--warm-share`` of the budget, then the SNN started from
+                 its weights for the rest (the twin's time counted in the SNN's budget).
+
+and scores each view and the three-view ensemble (voxel-wise mean, as the runtime fuses) on
+held-out cases at their native resolution: Dice and HD95 per ET/TC/WT, NLL (does the
+ensemble beat its best view?), ECE, and operations per case (effective MACs + ACs of the SNN
+counted as NeuroBench does, dense MACs of the twins). Writes ``results.md`` and
+``results.csv``; training runs stay in ``OUT/runs`` (``metrics.csv``, ``activity.csv``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from runtime.atomic import write_text
+from runtime.case_io import find_cases, load_case
+from runtime.cli import main as cli
+from runtime.ensemble import fuse
+from runtime.labels import REGIONS, labels_to_regions
+from runtime.metrics import dice, ece, hd95, nll
+from runtime.preprocess import to_model_space, to_native_space
+from runtime.tables import rows_to_csv
+from snn.models import ops_from_map
+from training.predict import predict_view
+from training.trainer import load_run
+
+VIEWS = ("sagittal", "coronal", "axial")
+MODELS: dict[str, tuple[str, list[str]]] = {
+    "snn": ("spiking-useg", []),
+    "snn-reset": ("spiking-useg", ["--state-reset"]),
+    "twin": ("useg", []),
+    "twin-clstm": ("useg-clstm", []),
+    "snn-warm": ("spiking-useg", []),
+}
+
+
+def train_model(name: str, train_dir: Path, runs: Path, minutes: float, common: list[str],
+                warm_share: float) -> float:
+    """Train one model's three views; returns the wall-clock seconds spent."""
+    arch, extra = MODELS[name]
+    t0 = time.time()
+    for view in VIEWS:
+        run = runs / name / view
+        if (run / "summary.json").is_file():
+            continue
+        budget, init = minutes, []
+        if name == "snn-warm":
+            twin_run = runs / "snn-warm-twin" / view
+            if not (twin_run / "summary.json").is_file():
+                _train(train_dir, twin_run, "useg", view, minutes * warm_share, common)
+            budget, init = minutes * (1 - warm_share), ["--init-from", str(twin_run)]
+        _train(train_dir, run, arch, view, budget, common + extra + init)
+    return time.time() - t0
+
+
+def _train(train_dir: Path, run: Path, arch: str, view: str, minutes: float, args: list[str]) -> None:
+    rc = cli(["train", "--data", str(train_dir), "--out", str(run), "--arch", arch, "--view", view,
+              "--epochs", "100000", "--max-minutes", f"{minutes:.3f}", "--quiet", "--resume", *args])
+    if rc != 0:
+        raise SystemExit(f"training {run} failed (exit {rc})")
+
+
+def case_ops(model, image: np.ndarray, view: str, reset: bool) -> dict[str, float]:
+    """Operations for one case: effective MACs (analog input), ACs (spike input), dense MACs."""
+    from runtime.preprocess import to_view
+
+    seq = torch.from_numpy(np.ascontiguousarray(to_view(image, view), dtype=np.float32))
+    layers = model.connection_layers()
+    h, w = model.padded(*seq.shape[-2:])
+    dense_slice = 0.0
+    for _, layer, _ in layers:
+        size = _layer_input_size(model, layer, h, w)
+        dense_slice += float(ops_from_map(layer, torch.full((1, *size), float(layer.in_channels)))[0])
+    macs = acs = 0.0
+    model.count_ops = True
+    try:
+        state = model.init_state(1, *seq.shape[-2:])
+        with torch.no_grad():
+            for k in range(seq.shape[0]):
+                if reset:
+                    state = [torch.zeros_like(s) for s in state]
+                _, state, ops, _, _ = model.step(seq[k][None], state)
+                for (_, _, spikes), o in zip(layers, ops):
+                    if spikes:
+                        acs += float(o.sum())
+                    else:
+                        macs += float(o.sum())
+    finally:
+        model.count_ops = False
+    return {"effective_macs": macs, "effective_acs": acs, "dense_macs": dense_slice * seq.shape[0]}
+
+
+def _layer_input_size(model, layer, h: int, w: int) -> tuple[int, int]:
+    """Input resolution of a conv layer, found by a hook on a dry run of one zero slice."""
+    sizes: dict[int, tuple[int, int]] = getattr(model, "_input_sizes", {})
+    if not sizes:
+        hooks = [m.register_forward_hook(lambda mod, inp, out: sizes.__setitem__(id(mod), tuple(inp[0].shape[-2:])))
+                 for _, m, _ in model.connection_layers()]
+        with torch.no_grad():
+            model.step(torch.zeros(1, model.cfg.in_channels, h, w), model.init_state(1, h, w))
+        for hk in hooks:
+            hk.remove()
+        model._input_sizes = sizes
+    return sizes[id(layer)]
+
+
+def evaluate(runs: Path, names: list[str], test_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    cases = [load_case(c) for c in find_cases(test_dir)]
+    rows: list[dict[str, Any]] = []
+    extras: dict[str, Any] = {}
+    for name in names:
+        probs: dict[str, list[np.ndarray]] = {v: [] for v in VIEWS}
+        ops = None
+        for view in VIEWS:
+            model, info, params = load_run(runs / name / view)
+            reset = bool(info.get("state_reset"))
+            for i, case in enumerate(cases):
+                image, space = to_model_space(case.image, case.spacing, params)
+                p = predict_view(model, image, view, reset_every_step=reset)
+                probs[view].append(to_native_space(p, space))
+                if ops is None and view == "axial" and i == 0:
+                    ops = case_ops(model, image, view, reset)
+        for view in (*VIEWS, "ensemble"):
+            per_case = probs[view] if view != "ensemble" else [fuse([probs[v][i] for v in VIEWS])
+                                                               for i in range(len(cases))]
+            rows.append({"model": name, "view": view, **score(per_case, cases)})
+        extras[name] = {"ops_per_case_axial": ops}
+    return rows, extras
+
+
+def score(probs: list[np.ndarray], cases) -> dict[str, float]:
+    out: dict[str, list[float]] = {}
+    for prob, case in zip(probs, cases):
+        ref = labels_to_regions(case.label, case.files.convention).astype(bool)
+        for i, r in enumerate(REGIONS):
+            pred = prob[i] >= 0.5
+            d = dice(pred, ref[i])
+            out.setdefault(f"dice_{r}", []).append(1.0 if math.isnan(d) else d)
+            h = hd95(pred, ref[i], case.spacing)
+            out.setdefault(f"hd95_{r}", []).append(0.0 if math.isnan(h) else h)
+        out.setdefault("nll", []).append(nll(prob, ref))
+        out.setdefault("ece", []).append(ece(prob, ref))
+    return {k: float(np.mean(v)) for k, v in out.items()}
+
+
+def report(rows: list[dict[str, Any]], extras: dict[str, Any], seconds: dict[str, float],
+           minutes: float, args: argparse.Namespace) -> str:
+    lines = [f"# Fidelity: Spiking U-Seg-Net vs twins, equal budget ({minutes:g} min per view model)", "",
+             f"Train {args.train}, test {args.test} ({len(find_cases(args.test))} held-out cases), "
+             f"preset {args.preset}, {args.spacing} mm grid, seed {args.seed}. Dice/HD95 at native resolution.", "",
+             "| model | view | Dice ET | Dice TC | Dice WT | HD95 ET | HD95 TC | HD95 WT | NLL | ECE |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['view']} | {r['dice_ET']:.3f} | {r['dice_TC']:.3f} | {r['dice_WT']:.3f} | "
+                     f"{r['hd95_ET']:.1f} | {r['hd95_TC']:.1f} | {r['hd95_WT']:.1f} | {r['nll']:.4f} | {r['ece']:.4f} |")
+    lines += ["", "| model | train s (3 views) | ensemble NLL vs best view | ops per case (axial) |", "|---|---|---|---|"]
+    for name in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == name]
+        best = min(r["nll"] for r in mine if r["view"] != "ensemble")
+        ens = next(r["nll"] for r in mine if r["view"] == "ensemble")
+        o = extras[name]["ops_per_case_axial"]
+        ops = (f"{o['effective_macs']:.2e} MAC + {o['effective_acs']:.2e} AC (dense {o['dense_macs']:.2e})"
+               if MODELS[name][0] == "spiking-useg" else f"{o['dense_macs']:.2e} MAC (dense)")
+        lines.append(f"| {name} | {seconds.get(name, float('nan')):.0f} | {100 * (ens - best) / best:+.0f} % | {ops} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--train", type=Path, required=True, help="labelled training cases")
+    p.add_argument("--test", type=Path, required=True, help="labelled held-out cases")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--minutes", type=float, default=1.3, help="training budget per view model (default 1.3)")
+    p.add_argument("--models", default=",".join(MODELS), help=f"comma list from {','.join(MODELS)}")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--spacing", default="4")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--warm-share", type=float, default=0.5, help="share of snn-warm's budget spent on its twin")
+    p.add_argument("--train-args", default="", help="extra `spikeseg train` options for every model")
+    a = p.parse_args(argv)
+    torch.set_num_threads(2)
+    names = [n for n in a.models.split(",") if n]
+    unknown = set(names) - set(MODELS)
+    if unknown:
+        p.error(f"unknown models {sorted(unknown)}")
+    common = ["--preset", a.preset, "--spacing", a.spacing, "--seed", str(a.seed), *a.train_args.split()]
+    runs = a.out / "runs"
+    seconds = {}
+    for name in names:
+        print(f"== training {name} ({a.minutes:g} min per view)", flush=True)
+        seconds[name] = train_model(name, a.train, runs, a.minutes, common, a.warm_share)
+    print("== evaluating", flush=True)
+    rows, extras = evaluate(runs, names, a.test)
+    text = report(rows, extras, seconds, a.minutes, a)
+    write_text(a.out / "results.md", text)
+    write_text(a.out / "results.csv", rows_to_csv(rows))
+    write_text(a.out / "ops.json", json.dumps(extras, indent=2))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
