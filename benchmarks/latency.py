@@ -24,6 +24,7 @@ from benchmarks.bench import TorchEngine
 from export.graphs import export_onnx, onnx_to_openvino
 from export.quantize import calibration_feeds, quantize_onnxruntime, quantize_openvino
 from runtime.atomic import write_text
+from runtime.bundle import ModelFile
 from runtime.inference import OrtEngine, OvEngine
 from snn.models import ModelConfig, build_model
 
@@ -55,15 +56,15 @@ def run(preset: str, h: int, w: int, threads: int, steps: int, calib_items: int,
             params = sum(p.numel() for p in model.parameters())
             spec = export_onnx(model, h, w, tmp / f"{arch}.onnx")
             onnx_to_openvino(tmp / f"{arch}.onnx", tmp / f"{arch}.xml")
-            feeds = calibration_feeds(OrtEngine(str(tmp / f"{arch}.onnx"), "fp32", threads), spec, [volume], "axial",
+            feeds = calibration_feeds(OrtEngine(ModelFile.local(tmp / f"{arch}.onnx"), "fp32", threads), spec, [volume], "axial",
                                       max_items=calib_items)
             quantize_openvino(tmp / f"{arch}.xml", tmp / f"{arch}_int8.xml", feeds)
             quantize_onnxruntime(tmp / f"{arch}.onnx", tmp / f"{arch}_int8.onnx", feeds)
             engines = {"torch fp32": TorchEngine(model, spec, threads),
-                       "onnxruntime fp32": OrtEngine(str(tmp / f"{arch}.onnx"), "fp32", threads),
-                       "onnxruntime int8": OrtEngine(str(tmp / f"{arch}_int8.onnx"), "int8", threads),
-                       "openvino fp32": OvEngine(str(tmp / f"{arch}.xml"), "fp32", threads),
-                       "openvino int8": OvEngine(str(tmp / f"{arch}_int8.xml"), "int8", threads)}
+                       "onnxruntime fp32": OrtEngine(ModelFile.local(tmp / f"{arch}.onnx"), "fp32", threads),
+                       "onnxruntime int8": OrtEngine(ModelFile.local(tmp / f"{arch}_int8.onnx", "int8"), "int8", threads),
+                       "openvino fp32": OvEngine(ModelFile.local(tmp / f"{arch}.xml"), "fp32", threads),
+                       "openvino int8": OvEngine(ModelFile.local(tmp / f"{arch}_int8.xml", "int8"), "int8", threads)}
             base = None
             for name, engine in engines.items():
                 s = time_engine(engine, spec, seq[:steps])

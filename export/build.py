@@ -23,7 +23,7 @@ import numpy as np
 
 from runtime import __version__
 from runtime.atomic import atomic_dir, write_json
-from runtime.bundle import MANIFEST, SCHEMA_VERSION, file_entry
+from runtime.bundle import MANIFEST, SCHEMA_VERSION, ModelFile, file_entry
 from runtime.case_io import find_cases, load_case
 from runtime.errors import InputError
 from runtime.inference import OrtEngine, OvEngine, run_view
@@ -75,11 +75,11 @@ def _quantise_view(tmp: Path, view: str, spec: dict, feeds, holdout, budget: flo
     backends = [("openvino", f"{view}_fp32.xml", f"{view}_int8.xml", quantize_openvino, OvEngine),
                 ("onnxruntime", f"{view}_fp32.onnx", f"{view}_int8.onnx", quantize_onnxruntime, OrtEngine)]
     for backend, fp32_name, int8_name, quantise, engine_cls in backends:
-        base = _dice_table(engine_cls(str(tmp / fp32_name), "fp32", threads), spec, holdout, view)
+        base = _dice_table(engine_cls(ModelFile.local(tmp / fp32_name), "fp32", threads), spec, holdout, view)
         attempts = []
         for ignored in (None, float_modules):
             how = quantise(tmp / fp32_name, tmp / int8_name, feeds, ignored)
-            q = _dice_table(engine_cls(str(tmp / int8_name), "int8", threads), spec, holdout, view)
+            q = _dice_table(engine_cls(ModelFile.local(tmp / int8_name, "int8"), "int8", threads), spec, holdout, view)
             change = {r: q[r] - base[r] for r in REGIONS}
             attempts.append({"quantisation": how, "dice_fp32": base, "dice_int8": q, "dice_change": change})
             log(f"  {view} {backend} INT8 Dice change ET/TC/WT "
@@ -147,7 +147,7 @@ def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | 
                 holdout = holdout_cache[key]
                 if not holdout:
                     raise InputError(calib, "no labelled cases to check INT8 accuracy against")
-                fp32_engine = OrtEngine(str(tmp / f"{view}_fp32.onnx"), "fp32", threads)
+                fp32_engine = OrtEngine(ModelFile.local(tmp / f"{view}_fp32.onnx"), "fp32", threads)
                 feeds = calibration_feeds(fp32_engine, spec, (img for _, img, _ in calib_images), view,
                                           max_items=calib_items)
                 float_modules = [l["module"] for l in layers if l["name"] in RETRY_FLOAT_LAYERS]

@@ -14,7 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
-from runtime.bundle import Bundle
+from runtime.bundle import Bundle, ModelFile
 from runtime.errors import InputError
 from runtime.preprocess import from_view, to_view
 
@@ -34,8 +34,10 @@ class Engine(Protocol):
 class OrtEngine:
     backend = "onnxruntime"
 
-    def __init__(self, path: str, precision: str, threads: int) -> None:
+    def __init__(self, model: ModelFile, precision: str, threads: int) -> None:
         import onnxruntime as ort
+
+        path = str(model.path)
 
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
@@ -43,7 +45,10 @@ class OrtEngine:
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+            # from verified bytes: no path, so no external data file can be pulled in unhashed
+            self.session = ort.InferenceSession(model.model_bytes(), so, providers=["CPUExecutionProvider"])
+        except InputError:
+            raise
         except Exception as exc:
             raise InputError(path, f"ONNX Runtime cannot load the model: {exc}") from exc
         self.outputs = [o.name for o in self.session.get_outputs()]
@@ -57,14 +62,20 @@ class OrtEngine:
 class OvEngine:
     backend = "openvino"
 
-    def __init__(self, path: str, precision: str, threads: int) -> None:
+    def __init__(self, model: ModelFile, precision: str, threads: int) -> None:
         import openvino as ov
+
+        path = str(model.path)
 
         core = ov.Core()
         config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32",
                   "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
         try:
-            self.compiled = core.compile_model(path, "CPU", config)
+            weights = np.frombuffer(model.weights_bytes() or b"", dtype=np.uint8)
+            graph = core.read_model(model.model_bytes().decode(), ov.Tensor(weights))
+            self.compiled = core.compile_model(graph, "CPU", config)
+        except InputError:
+            raise
         except Exception as exc:
             raise InputError(path, f"OpenVINO cannot load the model: {exc}") from exc
         self.request = self.compiled.create_infer_request()
@@ -90,8 +101,8 @@ def open_engine(bundle: Bundle, view: str, backend: str, precision: str, threads
     if precision not in PRECISIONS:
         raise InputError(None, f"unknown precision {precision!r}; choose from {PRECISIONS}")
     if backend == "onnxruntime":
-        return OrtEngine(str(bundle.model_file(view, "onnx", precision).path), precision, threads)
-    return OvEngine(str(bundle.model_file(view, "openvino", precision).path), precision, threads)
+        return OrtEngine(bundle.model_file(view, "onnx", precision), precision, threads)
+    return OvEngine(bundle.model_file(view, "openvino", precision), precision, threads)
 
 
 @dataclass

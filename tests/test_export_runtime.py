@@ -58,7 +58,7 @@ def test_snn_step_matches_torch_under_teacher_forcing(bundles, phantom_root: Pat
     b = load_bundle(bundles["spiking-useg"])
     info = b.view_info("axial")
     mf = b.model_file("axial", "onnx" if backend == "onnxruntime" else "openvino", "fp32")
-    engine = (OrtEngine if backend == "onnxruntime" else OvEngine)(str(mf.path), "fp32", 2)
+    engine = (OrtEngine if backend == "onnxruntime" else OvEngine)(mf, "fp32", 2)
     seq = _axial_slices(sorted(phantom_root.iterdir())[0], params)
     h, w = seq.shape[-2:]
     state = model.init_state(1, h, w)
@@ -109,7 +109,7 @@ def test_twin_matches_torch_on_a_batch_of_slices(bundles, backend: str) -> None:
     model, _, params = _torch_model(bundles, "useg", "coronal")
     b = load_bundle(bundles["useg"])
     mf = b.model_file("coronal", "onnx" if backend == "onnxruntime" else "openvino", "fp32")
-    engine = (OrtEngine if backend == "onnxruntime" else OvEngine)(str(mf.path), "fp32", 2)
+    engine = (OrtEngine if backend == "onnxruntime" else OvEngine)(mf, "fp32", 2)
     h, w = params.slice_shape("coronal")
     x = torch.rand(5, 4, h, w)
     with torch.no_grad():
@@ -212,7 +212,6 @@ def test_cohort_reports_a_bad_case_and_goes_on(bundles, phantom_root: Path, tmp_
     assert not (out / bad.name).exists()
     again = run_cli("segment", bundles["useg"], cohort, out)
     assert again.returncode == 1 and "2 done earlier" in again.stdout + again.stderr
-    assert (out / "summary.csv").read_text().splitlines()[1:] != []
     assert sum(",ok," in row for row in (out / "summary.csv").read_text().splitlines()) == 2
 
 
