@@ -38,6 +38,7 @@ except ImportError:  # pragma: no cover - Windows
 SUMMARY = "summary.csv"
 SUMMARY_COLUMNS = ["case", "status", "seconds", "peak_rss_mb", "ET_ml", "TC_ml", "WT_ml", "folder", "message"]
 LOCKS = ".locks"
+FAILURES = ".failures"
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,41 @@ def case_lock(out: Path, case_id: str) -> Iterator[bool]:
             locks.rmdir()  # only when empty: other cases may be locked
 
 
+def parse_shard(spec: str | None) -> tuple[int, int] | None:
+    """``I/N`` (1-based) to (I, N): this process takes every N-th case of the sorted cohort."""
+    if not spec:
+        return None
+    try:
+        i, n = (int(x) for x in spec.split("/"))
+    except ValueError:
+        raise InputError(None, f"--shard {spec!r}: expected I/N, e.g. 2/8") from None
+    if not 1 <= i <= n:
+        raise InputError(None, f"--shard {spec!r}: need 1 <= I <= N")
+    return i, n
+
+
+def shard_of(cases: list[CohortCase], shard: tuple[int, int] | None) -> list[CohortCase]:
+    """The cases one shard runs; every shard sees the same sorted list, so shards never overlap."""
+    if shard is None:
+        return cases
+    i, n = shard
+    return [c for k, c in enumerate(cases) if k % n == i - 1]
+
+
+def _failure_path(out: Path, case: CohortCase) -> Path:
+    return out / FAILURES / f"{case.name}.txt"
+
+
+def record_outcome(out: Path, case: CohortCase, status: str, message: str) -> None:
+    """Keep a failure on disk (so another process's summary lists it); a success clears it."""
+    path = _failure_path(out, case)
+    if status == "failed":
+        path.parent.mkdir(exist_ok=True)
+        write_text(path, message)
+    elif status == "ok":
+        path.unlink(missing_ok=True)
+
+
 def _row_from_report(out: Path, case: CohortCase, fresh: bool) -> dict[str, Any] | None:
     path = report_path(out, case.case_id) if case.case_id else None
     if path is None or not path.is_file():
@@ -181,15 +217,18 @@ def _row_from_report(out: Path, case: CohortCase, fresh: bool) -> dict[str, Any]
 
 
 def write_summary(out: Path, cases: list[CohortCase], outcomes: dict[Path, tuple[str, str]]) -> list[dict]:
-    """``summary.csv`` for every case of the input, from the reports on disk; ``outcomes``
-    holds (status, message) of cases this run did not finish (failed, busy)."""
+    """``summary.csv`` for every case of the input, from what is on disk (reports, recorded
+    failures), so it is complete whichever process or shard writes it last; ``outcomes`` holds
+    (status, message) of this process's cases that left nothing on disk (busy)."""
     rows = []
     for case in cases:
         status, message = outcomes.get(case.folder, ("", ""))
         row = _row_from_report(out, case, fresh=status == "ok")
+        if row is None and _failure_path(out, case).is_file():
+            status, message = "failed", _failure_path(out, case).read_text()
         if row is None:
-            row = {"case": case.name, "status": status or "missing", "folder": str(case.folder),
-                   "message": message or "no result on disk"}
+            row = {"case": case.name, "status": status or "pending", "folder": str(case.folder),
+                   "message": message or "not run yet (another shard, or an interrupted run)"}
         rows.append(row)
     write_text(out / SUMMARY, rows_to_csv(rows, SUMMARY_COLUMNS))
     return rows

@@ -1,4 +1,4 @@
-"""``spikeseg evaluate``: score predicted label maps against reference case folders.
+"""``spikeseg evaluate``: score predicted label maps against reference label maps.
 
 Predictions are found by :func:`find_prediction`. Each must be on the reference's exact grid;
 orientation is handled through the headers.
@@ -7,17 +7,19 @@ orientation is handled through the headers.
 from __future__ import annotations
 
 import math
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from runtime.case_io import find_case, find_cases, load_label_file
+from runtime.case_io import check_case_id, load_label_file
 from runtime.cohort import prediction_name
 from runtime.errors import InputError
-from runtime.labels import REGIONS, labels_to_regions
+from runtime.labels import REGIONS, LabelConvention, convention_for_scheme, labels_to_regions
 from runtime.metrics import region_metrics
 
-METRICS = ("dice", "hd95", "sensitivity", "specificity")
+_REFERENCE = re.compile(r"^(?P<id>[^.].*?)(?P<sep>[_-])seg\.nii(\.gz)?$")
 
 
 def find_prediction(pred_root: Path, case_id: str) -> Path:
@@ -36,16 +38,40 @@ def find_prediction(pred_root: Path, case_id: str) -> Path:
                                 f"(looked for {candidates[0].relative_to(pred_root)} and similar)")
 
 
-def evaluate_case(pred_path: Path, ref_folder: Path) -> dict[str, float | str]:
+@dataclass(frozen=True)
+class Reference:
+    """One reference label map: ``<id>_seg`` (BraTS 2017-2021) or ``<id>-seg`` (2023+)."""
+
+    case_id: str
+    path: Path
+    convention: LabelConvention
+
+
+def find_references(root: Path) -> list[Reference]:
+    """Reference label maps in ``root`` or its case folders, with or without the images beside
+    them (organisers and most users keep ground truth as label maps only)."""
+    if not root.is_dir():
+        raise InputError(root, "no such folder")
+    found = []
+    for folder in [root, *sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))]:
+        for f in sorted(folder.iterdir()):
+            m = _REFERENCE.match(f.name)
+            if m and f.is_file():
+                scheme = "brats2021" if m.group("sep") == "_" else "brats2023"
+                found.append(Reference(check_case_id(m.group("id"), f), f, convention_for_scheme(scheme)))
+    if not found:
+        raise InputError(root, "no reference label maps (<id>_seg.nii.gz or <id>-seg.nii.gz) here or in "
+                               "its sub-folders")
+    return found
+
+
+def evaluate_case(pred_path: Path, ref: Reference) -> dict[str, float | str]:
     """Metrics of one case: a row with ``<REGION>_<metric>`` columns."""
-    files = find_case(ref_folder)
-    if files.seg is None:
-        raise InputError(ref_folder, "no reference label map (<id>_seg / <id>-seg)")
-    ref, geometry = load_label_file(files.seg, files.convention)
-    pred, _ = load_label_file(pred_path, files.convention, like=geometry)
-    ref_regions = labels_to_regions(ref, files.convention)
-    pred_regions = labels_to_regions(pred, files.convention)
-    row: dict[str, float | str] = {"case": files.case_id}
+    ref_labels, geometry = load_label_file(ref.path, ref.convention)
+    pred, _ = load_label_file(pred_path, ref.convention, like=geometry)
+    ref_regions = labels_to_regions(ref_labels, ref.convention)
+    pred_regions = labels_to_regions(pred, ref.convention)
+    row: dict[str, float | str] = {"case": ref.case_id}
     for i, region in enumerate(REGIONS):
         for name, value in region_metrics(pred_regions[i], ref_regions[i], geometry.canonical_spacing).items():
             row[f"{region}_{name}"] = value
@@ -74,13 +100,11 @@ def evaluate_dirs(pred_root: str | Path, ref_root: str | Path) -> tuple[list[dic
     """Evaluate every reference case; a bad case is reported and the rest go on."""
     pred_root, ref_root = Path(pred_root), Path(ref_root)
     rows, failures = [], []
-    for folder in find_cases(ref_root):
+    for ref in find_references(ref_root):
         try:
-            files = find_case(folder)
-            pred = find_prediction(pred_root, files.case_id)
-            rows.append(evaluate_case(pred, folder))
+            rows.append(evaluate_case(find_prediction(pred_root, ref.case_id), ref))
         except InputError as exc:
-            failures.append((folder.name, str(exc)))
+            failures.append((ref.case_id, str(exc)))
     return rows, failures
 
 

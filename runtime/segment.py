@@ -15,7 +15,6 @@ so a failed case leaves nothing behind):
 from __future__ import annotations
 
 import platform
-import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from runtime.atomic import atomic_dir, write_json
 from runtime.bundle import Bundle, load_bundle
 from runtime.case_io import Case, load_case, save_like
 from runtime.cohort import (SUMMARY, CohortCase, case_lock, check_output_apart, check_writable, discover,
-                            prediction_name, report_name, write_summary)
+                            parse_shard, prediction_name, record_outcome, report_name, shard_of, write_summary)
 from runtime.energy import energy_table
 from runtime.ensemble import fuse, uncertainty_map
 from runtime.errors import InputError
@@ -61,7 +60,13 @@ def peak_rss_mb() -> float:
                 return int(line.split()[1]) / 1024.0
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    try:
+        import resource  # POSIX only: the runtime must still start on Windows
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    except ImportError:
+        import psutil
+        info = psutil.Process().memory_info()
+        return getattr(info, "peak_wset", info.rss) / 2**20
 
 
 def view_operations(info: dict[str, Any], res: ViewResult) -> dict[str, Any]:
@@ -174,8 +179,9 @@ class Segmenter:
 
 def segment(bundle_path: Path, input_path: Path, out: Path, backend: str = "openvino", precision: str = "fp32",
             views: str = "all", threads: int = 2, png: bool = False, save_prob: bool = False,
-            overwrite: bool = False, et_min_voxels: int = 0, progress: bool = True) -> int:
-    """Segment one case or a cohort; returns the exit status (1 if any case failed).
+            overwrite: bool = False, et_min_voxels: int = 0, progress: bool = True,
+            shard: str | None = None) -> int:
+    """Segment one case or a cohort; returns the exit status (1 if a case this process ran failed).
 
     Everything that can be refused is refused before the engines are compiled: the bundle, an
     output folder that overlaps the input, an output folder that cannot be written."""
@@ -191,21 +197,24 @@ def segment(bundle_path: Path, input_path: Path, out: Path, backend: str = "open
         raise InputError(None, cases[0].error)
     if single and not overwrite and (out / cases[0].case_id).exists():
         raise InputError(out / cases[0].case_id, "output exists; pass --overwrite to replace it")
+    mine = shard_of(cases, parse_shard(shard))
     check_writable(out)
     seg = Segmenter(bundle, backend, precision, chosen, threads, et_min_voxels)
     outcomes: dict[Path, tuple[str, str]] = {}
-    for case in tqdm(cases, desc="segment", unit="case", disable=not progress or single):
+    for case in tqdm(mine, desc="segment", unit="case", disable=not progress or single):
         outcomes[case.folder] = status = _run_case(seg, case, out, overwrite, png, save_prob, single)
-        if status[0] != "ok":
-            tqdm.write(f"{case.name}: {status[0].upper() if status[0] == 'failed' else status[0]}: {status[1]}")
+        if not single:
+            record_outcome(out, case, *status)
+        if status[0] in ("failed", "busy"):
+            tqdm.write(f"{case.name}: {'FAILED' if status[0] == 'failed' else 'busy'}: {status[1]}")
     if single:
         return 0
     rows = write_summary(out, cases, outcomes)
-    counts = {k: sum(1 for r in rows if r["status"] == k) for k in ("ok", "failed", "busy")}
+    counts = {k: sum(1 for r in rows if r["status"] == k) for k in ("ok", "failed", "busy", "pending")}
     fresh = sum(1 for st, _ in outcomes.values() if st == "ok")
     print(f"{fresh} segmented, {counts['ok'] - fresh} done earlier, {counts['busy']} in progress elsewhere, "
-          f"{counts['failed']} failed; summary: {out / SUMMARY}")
-    return 1 if counts["failed"] else 0
+          f"{counts['pending']} pending, {counts['failed']} failed; summary: {out / SUMMARY}")
+    return 1 if any(st == "failed" for st, _ in outcomes.values()) else 0  # this process's own cases
 
 
 def _run_case(seg: Segmenter, case: CohortCase, out: Path, overwrite: bool, png: bool, save_prob: bool,

@@ -247,3 +247,75 @@ def test_hostile_headers_fail_fast_with_the_file_named(bundles, cohort: Path, tm
     r = run_cli("segment", bundles["useg"], cohort, tmp_path / "cohort-out", *FAST, timeout=120)
     assert r.returncode == 1 and message in r.stdout + r.stderr
     assert sum(row["status"] == "ok" for row in summary(tmp_path / "cohort-out").values()) == 2
+
+
+def test_shards_split_the_cohort_and_each_summary_is_complete(bundles, cohort: Path, tmp_path: Path) -> None:
+    bad = sorted(cohort.iterdir())[1]
+    (bad / f"{bad.name}_flair.nii.gz").unlink()
+    before = tree_digest(cohort)
+    single, sharded = tmp_path / "single", tmp_path / "sharded"
+    assert run_cli("segment", bundles["useg"], cohort, single, *FAST).returncode == 1
+    first = run_cli("segment", bundles["useg"], cohort, sharded, "--shard", "1/2", *FAST)
+    assert first.returncode == 0, first.stderr  # shard 1 holds cases 0 and 2: both fine
+    assert summary(sharded)[bad.name]["status"] == "pending"
+    second = run_cli("segment", bundles["useg"], cohort, sharded, "--shard", "2/2", *FAST)
+    assert second.returncode == 1
+    rows = summary(sharded)
+    assert [r["status"] for r in rows.values()].count("ok") == 2 and rows[bad.name]["status"] == "failed"
+    assert "missing modality flair" in rows[bad.name]["message"]
+    for case in (c.name for c in sorted(cohort.iterdir()) if c.name != bad.name):
+        a = nib.load(str(single / case / f"{case}_pred.nii.gz"))
+        b = nib.load(str(sharded / case / f"{case}_pred.nii.gz"))
+        assert np.array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj))
+    again = run_cli("segment", bundles["useg"], cohort, sharded, "--shard", "1/2", *FAST)
+    assert again.returncode == 0  # its own cases are fine; the summary still shows shard 2's failure
+    assert summary(sharded)[bad.name]["status"] == "failed"
+    assert tree_digest(cohort) == before
+    r = run_cli("segment", bundles["useg"], cohort, sharded, "--shard", "3/2", *FAST)
+    assert r.returncode == 2 and "1 <= I <= N" in r.stderr
+
+
+def test_kill_in_the_middle_then_rerun_leaves_no_partial_and_redoes_nothing(bundles, cohort: Path,
+                                                                            tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    for i in range(3):  # six cases, so the kill lands mid-cohort
+        shutil.copytree(sorted(cohort.iterdir())[i], cohort / f"zz{i}", dirs_exist_ok=False)
+        for f in (cohort / f"zz{i}").iterdir():
+            f.rename(f.with_name(f.name.replace(sorted(cohort.iterdir())[i].name, f"Extra_{i:05d}")))
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "segment", str(bundles["useg"]), str(cohort),
+                             str(out), "--views", "axial,coronal", "--quiet"], cwd=Path(__file__).parents[1],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len([p for p in out.glob("*/*_report.json")]) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = {p.parent.name for p in out.glob("*/*_report.json")}
+    assert 2 <= len(done) < 6
+    for folder in (p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        assert (folder / f"{folder.name}_report.json").is_file()  # no partial case in view
+    mtimes = {c: (out / c / f"{c}_pred.nii.gz").stat().st_mtime_ns for c in done}
+    r = run_cli("segment", bundles["useg"], cohort, out, "--views", "axial,coronal", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert f"{len(done)} done earlier" in r.stdout
+    assert {c: (out / c / f"{c}_pred.nii.gz").stat().st_mtime_ns for c in done} == mtimes
+    assert not [p for p in out.iterdir() if ".partial-" in p.name or ".old-" in p.name]
+    assert all(row["status"] == "ok" for row in summary(out).values()) and len(summary(out)) == 6
+
+
+def test_evaluate_against_label_maps_only(bundles, cohort: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert run_cli("segment", bundles["useg"], cohort, out, *FAST).returncode == 0
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    for case in sorted(cohort.iterdir()):
+        shutil.copy(case / f"{case.name}_seg.nii.gz", labels)
+    full = run_cli("evaluate", out, cohort, "--out", tmp_path / "a.csv")
+    only = run_cli("evaluate", out, labels, "--out", tmp_path / "b.csv", block_torch=True)
+    assert full.returncode == only.returncode == 0, only.stderr
+    assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()
