@@ -56,7 +56,7 @@ def quantize_openvino(fp32_xml: Path, out_xml: Path, feeds: list[dict[str, np.nd
     model = ov.Core().read_model(str(fp32_xml))
     # comparisons too: NNCF would put FakeQuantize on both sides of the membrane-update counter's
     # Equal, and two quantisers with different ranges never compare equal (every membrane counted)
-    keep_float = ["Multiply", "Add", "Subtract", "ReduceSum", "MatMul", "Equal", "NotEqual", "GreaterEqual"]
+    keep_float = ["Multiply", "Add", "Subtract", "ReduceSum", "MatMul", "Equal", "NotEqual", "GreaterEqual", "Greater"]
     weights = {weight_name(m) for m in ignored_layers or []}
     names = [op.get_friendly_name() for op in model.get_ordered_ops()
              if op.get_type_name() in ("Convolution", "ConvolutionBackpropData")

@@ -63,7 +63,8 @@ def _train(args: argparse.Namespace) -> int:
                       lr=args.lr, seed=args.seed, device=args.device, amp=not args.no_amp,
                       spacing_mm=args.spacing, eval_average=args.eval_average, state_reset=args.state_reset,
                       tau_min=args.tau_min, norm_gain=args.norm_gain, learn_threshold=args.learn_threshold,
-                      surrogate_width=args.surrogate_width,
+                      surrogate_width=args.surrogate_width, neuron=args.neuron,
+                      readout_lr_scale=args.readout_lr_scale, readout_input=args.readout_input, window_sampling=args.window_sampling, burn_in=args.burn_in, tumour_share=args.tumour_share,
                       init_from=str(args.init_from) if args.init_from else None,
                       empty_keep=args.empty_keep, max_minutes=args.max_minutes,
                       progress=not args.quiet)
@@ -88,7 +89,8 @@ def _segment(args: argparse.Namespace) -> int:
 
     return segment(args.bundle, args.input, args.out, backend=args.backend, precision=args.precision,
                    views=args.views, threads=args.threads, png=args.png, save_prob=args.save_prob,
-                   overwrite=args.overwrite, et_min_voxels=args.et_min_voxels, progress=not args.quiet)
+                   overwrite=args.overwrite, et_min_voxels=args.et_min_voxels, progress=not args.quiet,
+                   shard=args.shard)
 
 
 @_command("profile")
@@ -145,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "mean, counted in the n_undefined row); one empty: Dice 0, "
                                     "HD95 373.13 mm.")
     ev.add_argument("pred", type=Path, help="predictions: OUT/<case>/<case>_pred.nii.gz (what segment writes), or flat <case>_pred.nii.gz / <case>.nii.gz files")
-    ev.add_argument("ref", type=Path, help="reference: a case folder or a folder of case folders")
+    ev.add_argument("ref", type=Path, help="reference label maps (<id>_seg / <id>-seg .nii.gz): a folder of them, "
+                    "a case folder, or a folder of case folders (images beside them are not needed)")
     ev.add_argument("--out", type=Path, help="write the table as CSV here")
     ev.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
@@ -173,6 +176,22 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--spacing", type=float, default=2.0,
                     help="model voxel spacing in mm (default 2: 80x96x76 grid; the paper used 1)")
     tr.add_argument("--tau-min", type=float, default=1.0, help="floor under PLIF tau (default 1: none)")
+    tr.add_argument("--readout-input", choices=["spikes", "membrane"], default="spikes",
+                    help="spiking-useg: the readout integrator reads the last layer's spikes (binary) or its "
+                         "membrane potential (analog; the 3-channel readout then costs MACs)")
+    tr.add_argument("--readout-lr-scale", type=float,
+                    help="learning rate of the readout conv relative to --lr (default: 10 for spiking-useg, "
+                         "the SNN recipe; 1 for the twins)")
+    tr.add_argument("--window-sampling", choices=["sequential", "random"], default="sequential",
+                    help="fptt/tbptt: windows front to back through each volume, or each update at a random "
+                         "(tumour-biased) position after --burn-in slices without gradient")
+    tr.add_argument("--burn-in", type=int, default=8,
+                    help="random windows: slices run without gradient before each window (default 8)")
+    tr.add_argument("--tumour-share", type=float, default=0.5,
+                    help="random windows: share of windows placed on tumour slices (default 0.5)")
+    tr.add_argument("--neuron", choices=["plif", "snntorch-leaky"], default="plif",
+                    help="spiking-useg: PLIF (the paper's; learnable tau, input divided by tau, hard reset) "
+                         "or snnTorch's Leaky (learnable beta, reset to zero one step late)")
     tr.add_argument("--norm-gain", type=float, default=1.0,
                     help="spiking-useg: initial GroupNorm scale before each PLIF layer; 2 = tdBN's "
                          "threshold-matched scale for tau 2 (default 1)")
@@ -229,7 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--et-min-voxels", type=int, default=0,
                     help="post-processing: ET components smaller than this become NCR (default off)")
     sg.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
-    sg.add_argument("--quiet", action="store_true")
+    sg.add_argument("--shard", metavar="I/N",
+                    help="run only shard I of N (1-based) of the sorted cohort, e.g. a job array's task; "
+                         "shards never overlap, and each writes a summary of the whole cohort from disk")
+    sg.add_argument("--quiet", action="store_true", help="no progress bar")
 
     pr = sub.add_parser("profile", help="operations, spike rates and energy per hardware profile",
                         description="Per view and for the ensemble: dense MACs (from the exported graph), "

@@ -28,7 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from snn.neurons import PLIF
+from snn.neurons import PLIF, LeakyZero, SpikingLayer
+
+NEURONS = ("plif", "snntorch-leaky")
 
 ARCHS = ("spiking-useg", "useg", "useg-clstm")
 PRESETS: dict[str, dict[str, Any]] = {
@@ -57,11 +59,20 @@ class ModelConfig:
     norm_gain: float = 1.0
     learn_threshold: bool = False
     surrogate_width: float = 1.0
+    neuron: str = "plif"
+    #: what the readout integrator reads: the last layer's "spikes" (binary: the readout costs
+    #: ACs) or its "membrane" potential before reset (analog: the readout's 3 output channels
+    #: cost MACs; every other layer stays binary)
+    readout_input: str = "spikes"
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
             raise ValueError(f"unknown architecture {self.arch!r}; choose from {ARCHS}")
+        if self.readout_input not in ("spikes", "membrane"):
+            raise ValueError(f"readout_input must be spikes or membrane, got {self.readout_input!r}")
+        if self.neuron not in NEURONS:
+            raise ValueError(f"unknown neuron {self.neuron!r}; choose from {NEURONS}")
 
     @classmethod
     def preset(cls, arch: str, preset: str, **overrides: Any) -> "ModelConfig":
@@ -88,7 +99,10 @@ def tdbn_gain(init_tau: float, v_threshold: float = 1.0) -> float:
     return v_threshold * init_tau
 
 
-def _plif(cfg: "ModelConfig") -> PLIF:
+def _neuron(cfg: "ModelConfig") -> SpikingLayer:
+    if cfg.neuron == "snntorch-leaky":
+        return LeakyZero(1.0 - 1.0 / cfg.init_tau, learn_threshold=cfg.learn_threshold,
+                         surrogate_width=cfg.surrogate_width)
     return PLIF(cfg.init_tau, cfg.tau_min, detach_reset=cfg.detach_reset, learn_threshold=cfg.learn_threshold,
                 surrogate_width=cfg.surrogate_width)
 
@@ -167,7 +181,7 @@ class ConvBlock(nn.Module):
         self.conv = nn.Conv2d(cin, cout, 3, padding=1)
         self.norm = _norm(cout, cfg, spiking)
         self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
-        self.act = _plif(cfg) if spiking else nn.ReLU()
+        self.act = _neuron(cfg) if spiking else nn.ReLU()
         self.tap = ActivationTap()
 
     def forward(self, x: torch.Tensor, v: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -183,7 +197,7 @@ class UpBlock(nn.Module):
         super().__init__()
         self.up = nn.ConvTranspose2d(cin, cout, 2, stride=2)
         self.norm = _norm(cout, cfg, spiking)
-        self.act = _plif(cfg) if spiking else nn.ReLU()
+        self.act = _neuron(cfg) if spiking else nn.ReLU()
         self.tap = ActivationTap()
         self.block = ConvBlock(2 * cout, cout, cfg, spiking)
 
@@ -275,7 +289,7 @@ class SliceSegNet(nn.Module):
             out.append(("clstm.gates", self.clstm.gates, False))
         for j, blk in enumerate(self.up):
             out += [(f"up{j}.deconv", blk.up, self.spiking), (f"up{j}.conv", blk.block.conv, self.spiking)]
-        out.append(("readout", self.readout, self.spiking))
+        out.append(("readout", self.readout, self.spiking and self.cfg.readout_input == "spikes"))
         return out
 
     # ---- one slice --------------------------------------------------------------------------
@@ -351,6 +365,11 @@ class SliceSegNet(nn.Module):
                 x_map = _nonzero_map(x, binary=spk)
                 acts.append(x_map.sum(dim=(1, 2)))
             up_states += [updated(v1, v1_new), updated(v2, v2_new)]
+        if self.spiking and self.cfg.readout_input == "membrane":
+            last = self.up[-1].block if len(self.up) else self.down[0]
+            x = last.act.potential
+            if count:
+                x_map = _nonzero_map(x, binary=False)
         if count:
             ops.append(ops_from_map(self.readout, x_map))
         logits = self.readout(x)[..., :h, :w]
@@ -381,7 +400,3 @@ class SliceSegNet(nn.Module):
 
 def build_model(cfg: ModelConfig) -> SliceSegNet:
     return SliceSegNet(cfg)
-
-
-def plif_layers(model: nn.Module) -> list[PLIF]:
-    return [m for m in model.modules() if isinstance(m, PLIF)]

@@ -17,16 +17,20 @@ import snntorch
 import torch
 from torch import nn
 
-from snn.neurons import PLIF
+from snn.neurons import SpikingLayer
 
 
 class HookablePLIF(snntorch.SpikingNeuron):
     """A PLIF behind snnTorch's neuron interface: same arithmetic, membrane mirrored in ``.mem``."""
 
-    def __init__(self, plif: PLIF) -> None:
+    def __init__(self, plif: SpikingLayer) -> None:
         super().__init__(threshold=plif.v_threshold, reset_mechanism="zero")
         self.plif = plif
         self.mem = torch.zeros(0)  # snnTorch's "not initialised yet"; NeuroBench skips the first pre
+
+    @property
+    def potential(self) -> torch.Tensor:
+        return self.plif.potential
 
     def forward(self, x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s, v_next = self.plif(x, v)
@@ -39,6 +43,6 @@ def hookable(model: nn.Module) -> nn.Module:
     model = copy.deepcopy(model)
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, PLIF):
+            if isinstance(child, SpikingLayer):
                 setattr(parent, name, HookablePLIF(child))
     return model

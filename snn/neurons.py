@@ -52,34 +52,25 @@ def spike_fn(x: torch.Tensor, width: float = 1.0) -> torch.Tensor:
     return (x >= 0).to(x.dtype)
 
 
-class PLIF(nn.Module):
-    """One layer of PLIF neurons sharing a learnable time constant.
+class SpikingLayer(nn.Module):
+    """What every neuron layer here shares: a threshold, binary spikes with the arctan surrogate,
+    and activity recording. Subclasses define one step ``(x, v) -> (spikes, v_next)`` with the
+    membrane state explicit, so the exported step graph carries it as an input and an output.
 
-    ``learn_threshold``: the firing threshold is a parameter of the layer too (DIET-SNN, Rathi &
+    ``learn_threshold``: the firing threshold is a parameter of the layer (DIET-SNN, Rathi &
     Roy 2021: learned leak and threshold), kept above :data:`THRESHOLD_MIN`.
     ``record``: keep, per call, the layer's firing rate and the mean surrogate factor
     ``1 / (1 + (pi (h - theta) / w)^2)`` (the share of its peak gradient the neurons pass), so
     training can show whether the layer is silent or its gradient starved."""
 
-    def __init__(self, init_tau: float = 2.0, tau_min: float = 1.0, v_threshold: float = 1.0,
-                 detach_reset: bool = False, learn_threshold: bool = False,
-                 surrogate_width: float = 1.0) -> None:
+    def __init__(self, v_threshold: float, learn_threshold: bool, surrogate_width: float) -> None:
         super().__init__()
-        if not init_tau > tau_min >= 1.0:
-            raise ValueError(f"need init_tau > tau_min >= 1, got {init_tau}, {tau_min}")
         if surrogate_width <= 0 or v_threshold <= THRESHOLD_MIN:
             raise ValueError(f"need surrogate_width > 0 and v_threshold > {THRESHOLD_MIN}")
-        self.tau_min = float(tau_min)
-        self.detach_reset = detach_reset
         self.surrogate_width = float(surrogate_width)
-        self.w = nn.Parameter(torch.tensor(-math.log(init_tau / tau_min - 1.0)))
         self.theta = nn.Parameter(torch.tensor(float(v_threshold)), requires_grad=learn_threshold)
         self.record = False
         self.stats: list[tuple[torch.Tensor, torch.Tensor]] = []
-
-    @property
-    def tau(self) -> float:
-        return float(self.tau_min / torch.sigmoid(self.w.detach()))
 
     @property
     def v_threshold(self) -> float:
@@ -88,25 +79,74 @@ class PLIF(nn.Module):
     def threshold(self) -> torch.Tensor:
         return self.theta.clamp(min=THRESHOLD_MIN) if self.theta.requires_grad else self.theta
 
-    def forward(self, x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        decay = torch.sigmoid(self.w) / self.tau_min
-        h = v + (x - v) * decay
+    def fire(self, h: torch.Tensor) -> torch.Tensor:
+        self.potential = h  # the charged membrane before reset, for a membrane readout
         u = h - self.threshold()
         s = spike_fn(u, self.surrogate_width)
         if self.record:
             with torch.no_grad():
                 self.stats.append((s.mean(), (1.0 / (1.0 + (math.pi * u / self.surrogate_width) ** 2)).mean()))
-        reset = s.detach() if self.detach_reset else s
-        return s, h * (1.0 - reset)
+        return s
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
         # checkpoints from before the threshold was a parameter hold none: the fixed 1.0
         state_dict.setdefault(prefix + "theta", torch.tensor(1.0))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+
+class PLIF(SpikingLayer):
+    """One layer of PLIF neurons sharing a learnable time constant (the paper's neuron)."""
+
+    def __init__(self, init_tau: float = 2.0, tau_min: float = 1.0, v_threshold: float = 1.0,
+                 detach_reset: bool = False, learn_threshold: bool = False,
+                 surrogate_width: float = 1.0) -> None:
+        super().__init__(v_threshold, learn_threshold, surrogate_width)
+        if not init_tau > tau_min >= 1.0:
+            raise ValueError(f"need init_tau > tau_min >= 1, got {init_tau}, {tau_min}")
+        self.tau_min = float(tau_min)
+        self.detach_reset = detach_reset
+        self.w = nn.Parameter(torch.tensor(-math.log(init_tau / tau_min - 1.0)))
+
+    @property
+    def tau(self) -> float:
+        return float(self.tau_min / torch.sigmoid(self.w.detach()))
+
+    def forward(self, x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        decay = torch.sigmoid(self.w) / self.tau_min
+        h = v + (x - v) * decay
+        s = self.fire(h)
+        reset = s.detach() if self.detach_reset else s
+        return s, h * (1.0 - reset)
+
     def extra_repr(self) -> str:
         return (f"tau={self.tau:.3f}, tau_min={self.tau_min}, threshold={self.v_threshold:.3f}, "
                 f"surrogate_width={self.surrogate_width}, detach_reset={self.detach_reset}")
+
+
+class LeakyZero(SpikingLayer):
+    """snnTorch's ``Leaky(beta, reset_mechanism="zero", learn_beta=True)`` (snntorch 1.0) as an
+    explicit-state step, tested equal to snnTorch's own module step by step:
+
+        r  = Heaviside(v - theta)           (reset decided from the stored membrane, detached)
+        v' = clamp(beta, 0, 1) * (1 - r) * v + x
+        s  = Heaviside(v' - theta)          (arctan surrogate)
+
+    Unlike PLIF the input is not divided by tau and the reset lands one step late (snnTorch's
+    ``reset_delay``): the stored membrane is the potential before reset. ``beta = 0.5`` matches
+    PLIF's initial leak (tau = 2)."""
+
+    def __init__(self, beta: float = 0.5, v_threshold: float = 1.0, learn_threshold: bool = False,
+                 surrogate_width: float = 1.0) -> None:
+        super().__init__(v_threshold, learn_threshold, surrogate_width)
+        self.beta = nn.Parameter(torch.tensor(float(beta)))
+
+    def forward(self, x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        reset = (v > self.threshold()).to(v.dtype).detach()
+        h = self.beta.clamp(0, 1) * (1.0 - reset) * v + x
+        return self.fire(h), h
+
+    def extra_repr(self) -> str:
+        return f"beta={float(self.beta):.3f}, threshold={self.v_threshold:.3f}, surrogate_width={self.surrogate_width}"
 
 
 THRESHOLD_MIN = 0.05

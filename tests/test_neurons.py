@@ -61,3 +61,35 @@ def test_surrogate_is_the_papers_arctan() -> None:
     xs = x.detach().clone().requires_grad_(True)
     (torch.atan(torch.pi * xs) / torch.pi + 0.5).sum().backward()
     torch.testing.assert_close(x.grad, xs.grad)
+
+
+def test_leaky_zero_matches_snntorch_step_by_step() -> None:
+    """``--neuron snntorch-leaky`` is snnTorch's own Leaky (reset to zero, learnable beta):
+    same spikes, membranes, and input and beta gradients over a sequence."""
+    import snntorch
+    from snntorch import surrogate
+
+    from snn.neurons import LeakyZero
+
+    torch.manual_seed(0)
+    T, shape = 12, (3, 5, 7)
+    x = (torch.randn(T, *shape) * 1.2 + 0.4).requires_grad_(True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    ref = snntorch.Leaky(beta=0.5, threshold=1.0, spike_grad=surrogate.atan(), reset_mechanism="zero",
+                         learn_beta=True)
+    ours = LeakyZero(beta=0.5)
+    v, mem = torch.zeros(shape), torch.zeros(shape)
+    spikes, vs, spikes_ref, vs_ref = [], [], [], []
+    for t in range(T):
+        s, v = ours(x[t], v)
+        s_ref, mem = ref(x_ref[t], mem)
+        spikes.append(s), vs.append(v), spikes_ref.append(s_ref), vs_ref.append(mem)
+    s, s_ref = torch.stack(spikes), torch.stack(spikes_ref)
+    assert 0.05 < s.mean() < 0.95
+    assert torch.equal(s, s_ref)
+    torch.testing.assert_close(torch.stack(vs), torch.stack(vs_ref), atol=1e-6, rtol=0)
+    g, gv = torch.randn(T, *shape), torch.randn(T, *shape)
+    ((s * g).sum() + (torch.stack(vs) * gv).sum()).backward()
+    ((s_ref * g).sum() + (torch.stack(vs_ref) * gv).sum()).backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(ours.beta.grad, ref.beta.grad, atol=1e-5, rtol=1e-5)

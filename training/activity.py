@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from snn.neurons import PLIF
+from snn.neurons import SpikingLayer
 
 
 class ActivityMonitor:
     def __init__(self, model: nn.Module, first: int = 200, every: int = 25) -> None:
-        self.layers = [(name.replace(".act", ""), m) for name, m in model.named_modules() if isinstance(m, PLIF)]
+        self.layers = [(name.replace(".act", ""), m) for name, m in model.named_modules() if isinstance(m, SpikingLayer)]
         self.first, self.every = first, every
         self.updates = 0
         self.rows: list[dict[str, Any]] = []

@@ -1,0 +1,136 @@
+"""The SNN training recipe's pieces, each against an independent reference (formula or autograd)."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from snn.models import ModelConfig, build_model, tdbn_gain
+from snn.neurons import PLIF, ATanSpike
+from tests.conftest import TRAIN
+from tests.helpers import run_cli
+
+
+def test_surrogate_width_is_the_derivative_of_a_wider_arctan() -> None:
+    """d/dx [(w/pi) arctan(pi x / w)] = 1 / (1 + (pi x / w)^2): peak 1, width w."""
+    for width in (0.5, 1.0, 3.0):
+        x = torch.linspace(-3, 3, 61, requires_grad=True)
+        ATanSpike.apply(x, width).sum().backward()
+        xs = x.detach().clone().requires_grad_(True)
+        (width / math.pi * torch.atan(math.pi * xs / width)).sum().backward()
+        torch.testing.assert_close(x.grad, xs.grad)
+
+
+def test_learnable_threshold_gradient_matches_the_surrogate_formula() -> None:
+    """dL/dtheta = -sum(dL/ds * sg(h - theta)) on one step from rest (no reset path in play)."""
+    torch.manual_seed(0)
+    n = PLIF(init_tau=2.0, v_threshold=0.8, learn_threshold=True)
+    x = torch.randn(64) * 2
+    g = torch.randn(64)
+    s, _ = n(x, torch.zeros(64))
+    (s * g).sum().backward()
+    h = x / 2.0
+    expected = -(g / (1 + (math.pi * (h - 0.8)) ** 2)).sum()
+    torch.testing.assert_close(n.theta.grad, expected)
+    fixed = PLIF(init_tau=2.0)
+    assert not fixed.theta.requires_grad
+
+
+def test_tdbn_gain_puts_the_first_charge_at_threshold_scale() -> None:
+    """With gain = V_th * tau, the first slice's charge x / tau has unit std (tdBN, alpha = 1),
+    and ~16 % of neurons fire (P(z > 1)) instead of ~2.3 % (P(z > 2)) at gain 1."""
+    torch.manual_seed(0)
+    assert tdbn_gain(2.0) == 2.0
+    rates = {}
+    for gain in (1.0, tdbn_gain(2.0)):
+        model = build_model(ModelConfig(arch="spiking-useg", widths=(16, 32), dropout=0.0, norm_gain=gain))
+        layer = model.down[0].act
+        layer.record = True
+        charges = []
+        model.down[0].norm.register_forward_hook(lambda m, i, o: charges.append(o / 2.0))
+        with torch.no_grad():
+            model.step(torch.randn(8, 4, 32, 32), model.init_state(8, 32, 32))
+        rates[gain] = float(layer.stats[0][0])
+        if gain != 1.0:
+            assert float(charges[0].std()) == pytest.approx(1.0, abs=0.05)
+    assert rates[1.0] == pytest.approx(0.023, abs=0.01) and rates[2.0] == pytest.approx(0.159, abs=0.03)
+
+
+def test_warm_start_copies_every_twin_weight_and_refuses_a_mismatch(phantom5: Path, tmp_path: Path) -> None:
+    from training.trainer import load_run, warm_start
+
+    twin_run = tmp_path / "twin"
+    r = run_cli("train", "--data", phantom5, "--out", twin_run, "--arch", "useg", *TRAIN[:6], "--epochs", "1", "--quiet")
+    assert r.returncode == 0, r.stderr
+    twin, _, _ = load_run(twin_run)
+    snn = build_model(ModelConfig.preset("spiking-useg", "tiny"))
+    warm_start(snn, twin_run)
+    t = twin.state_dict()
+    for k, v in snn.state_dict().items():
+        if k.endswith((".act.w", ".act.theta")):
+            continue
+        assert torch.equal(v, t[k]), k
+    from runtime.errors import InputError
+    with pytest.raises(InputError, match="cannot warm-start"):
+        warm_start(build_model(ModelConfig.preset("spiking-useg", "small")), twin_run)
+
+
+@pytest.mark.parametrize("options", [[], ["--window-sampling", "random", "--burn-in", "3"]])
+def test_training_logs_firing_rates_inside_a_sane_band(phantom5: Path, tmp_path: Path, options: list[str]) -> None:
+    """A few FPTT updates: activity.csv has per-layer rates and surrogate factors per update, and
+    no layer is silent or saturated (0.2 % < rate < 60 %)."""
+    run = tmp_path / "snn"
+    r = run_cli("train", "--data", phantom5, "--out", run, "--arch", "spiking-useg", *TRAIN, *options)
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader((run / "activity.csv").open()))
+    assert len(rows) >= 4 and [int(x["update"]) for x in rows[:3]] == [1, 2, 3]
+    rates = [float(v) for row in rows for k, v in row.items() if k.startswith("rate.")]
+    sgs = [float(v) for row in rows for k, v in row.items() if k.startswith("surrogate.")]
+    assert len(rates) == len(rows) * 7
+    assert 0.002 < min(rates) and max(rates) < 0.6
+    assert all(0 < g <= 1 for g in sgs)
+    metrics = list(csv.DictReader((run / "metrics.csv").open()))
+    assert 0 < float(metrics[-1]["rate_mean"]) < 0.6 and float(metrics[-1]["rate_min_layer"]) > 0
+
+
+def test_recipe_defaults_apply_to_the_snn_only(phantom5: Path, tmp_path: Path) -> None:
+    import json
+
+    from training.trainer import RECIPE_READOUT_LR_SCALE, TrainConfig, param_groups
+    assert TrainConfig(data="", out="", arch="spiking-useg").resolved_readout_lr_scale() == RECIPE_READOUT_LR_SCALE
+    assert TrainConfig(data="", out="", arch="useg").resolved_readout_lr_scale() == 1.0
+    assert TrainConfig(data="", out="", arch="spiking-useg", readout_lr_scale=2).resolved_readout_lr_scale() == 2
+    model = build_model(ModelConfig.preset("spiking-useg", "tiny"))
+    groups = param_groups(model, 1e-3, 10.0)
+    assert groups[1]["lr"] == pytest.approx(1e-2) and len(groups[1]["params"]) == 2  # readout weight, bias
+    assert sum(p.numel() for g in groups for p in g["params"]) == sum(p.numel() for p in model.parameters())
+
+
+def test_snntorch_leaky_with_membrane_readout_trains_exports_and_segments(phantom5: Path, phantom_root: Path,
+                                                                          tmp_path: Path) -> None:
+    """``--neuron snntorch-leaky`` and ``--readout-input membrane`` go through the same chain:
+    trained, exported (the step graph carries the membranes), run without torch."""
+    import json
+
+    run = tmp_path / "leaky"
+    r = run_cli("train", "--data", phantom5, "--out", run, "--arch", "spiking-useg", "--neuron", "snntorch-leaky",
+                "--readout-input", "membrane", *TRAIN[:6], "--epochs", "1", "--quiet")
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads((run / "config.json").read_text())["model_config"]
+    assert cfg["neuron"] == "snntorch-leaky" and cfg["readout_input"] == "membrane"
+    r = run_cli("export", run, "--out", tmp_path / "bundle")
+    assert r.returncode == 0, r.stderr
+    case = sorted(phantom_root.iterdir())[0]
+    r = run_cli("segment", tmp_path / "bundle", case, tmp_path / "out", "--backend", "onnxruntime", "--quiet",
+                block_torch=True)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((tmp_path / "out" / case.name / f"{case.name}_report.json").read_text())
+    ops = rep["operations"]["axial"]
+    assert ops["effective_acs"] > 0 and ops["membrane_updates"] > 0
+    layers = {l["name"]: l for l in json.loads((tmp_path / "bundle" / "manifest.json").read_text())
+              ["views"]["axial"]["layers"]}
+    assert layers["readout"]["spike_input"] is False  # the membrane readout is counted as MACs
