@@ -1,9 +1,9 @@
 # Two commands for a fresh machine: `make demo` and `make test`. Both install into .venv first;
-# the install is skipped while setup.cfg and the constraints are unchanged (stamp keyed by hash).
+# the install is skipped while setup.cfg, the constraints and the version are unchanged (stamp keyed by hash).
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
-HASH    := $(shell cat setup.cfg requirements/constraints.txt | sha256sum | cut -c1-16)
+HASH    := $(shell cat setup.cfg requirements/constraints.txt spikeseg/__init__.py | sha256sum | cut -c1-16)
 STAMP   := $(VENV)/.installed-$(HASH)
 # Declared deps of these two (torchvision/torchaudio) do not load beside CPU torch: --no-deps.
 NODEPS  := spikingjelly==2.0.0 neurobench==2.3.0
@@ -13,11 +13,11 @@ PIP     := $(BIN)/pip install -q --disable-pip-version-check -c requirements/con
 
 install: $(STAMP)
 
-$(STAMP): setup.cfg requirements/constraints.txt
+$(STAMP): setup.cfg requirements/constraints.txt spikeseg/__init__.py
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@rm -f $(VENV)/.installed-*
 	@echo "installing spikeseg and its pinned dependencies into $(VENV) (log: $(VENV)/install.log)"
-	@( $(PIP) -e '.[train,test]' && $(PIP) --no-deps $(NODEPS) ) > $(VENV)/install.log 2>&1 \
+	@( $(PIP) -e '.[train,test,cluster]' && $(PIP) --no-deps $(NODEPS) ) > $(VENV)/install.log 2>&1 \
 		|| { tail -n 40 $(VENV)/install.log; exit 1; }
 	@touch $@
 
@@ -25,7 +25,7 @@ test: install
 	@$(BIN)/python -m pytest
 
 demo: install
-	@$(BIN)/python -m benchmarks.demo --out demo
+	@$(BIN)/python -m spikeseg.benchmarks.demo --out demo
 
 # Cross-built linux-aarch64 package, installed and run under qemu user emulation (root, minutes).
 arm64-check: install

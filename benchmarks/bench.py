@@ -21,17 +21,19 @@ from typing import Any
 
 import numpy as np
 
-from runtime.atomic import write_text
-from runtime.bundle import Bundle, load_bundle
-from runtime.case_io import find_cases, load_case
-from runtime.energy import energy_table, host_profile
-from runtime.ensemble import fuse
-from runtime.inference import open_engine, run_view
-from runtime.labels import REGIONS, labels_to_regions
-from runtime.metrics import dice, hd95, nll
-from runtime.preprocess import to_model_space, to_native_space
-from runtime.segment import peak_rss_mb, reset_peak_rss, view_operations
-from runtime.tables import rows_to_csv
+from spikeseg.runtime.atomic import write_text
+from spikeseg.runtime.bundle import Bundle, load_bundle
+from spikeseg.runtime.bundle_spec import ViewSpec
+from spikeseg.runtime.case_io import find_cases
+from spikeseg.runtime.energy import energy_table, host_profile
+from spikeseg.runtime.ensemble import fuse
+from spikeseg.runtime.inference import open_engine, run_view
+from spikeseg.runtime.labels import REGIONS, labels_to_regions
+from spikeseg.runtime.metrics import dice, hd95, nll
+from spikeseg.runtime.preprocess import load_model_space, to_native_space
+from spikeseg.runtime.opcount import view_operations
+from spikeseg.runtime.system import peak_rss_mb, reset_peak_rss
+from spikeseg.runtime.tables import rows_to_csv
 
 
 class TorchEngine:
@@ -40,23 +42,22 @@ class TorchEngine:
     backend = "torch"
     compute_precision = "fp32"
 
-    def __init__(self, model, info: dict[str, Any], threads: int) -> None:
+    def __init__(self, model, spec: ViewSpec, threads: int) -> None:
         import torch
 
-        from export.graphs import StepGraph, output_names
+        from spikeseg.export.graphs import StepGraph
 
         torch.set_num_threads(threads)
         self.torch = torch
-        model.count_ops = True
         self.graph = StepGraph(model.eval())
-        self.states = [s["input"] for s in info["states"]]
-        self.names = output_names(info)
+        self.inputs = spec.input_names()
+        self.names = spec.output_names()
         self.precision = "fp32"
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         t = self.torch
         with t.no_grad():
-            outs = self.graph(t.from_numpy(feeds["x"]), *[t.from_numpy(feeds[s]) for s in self.states])
+            outs = self.graph(*[t.from_numpy(feeds[name]) for name in self.inputs])
         return {n: o.numpy() for n, o in zip(self.names, outs)}
 
 
@@ -73,12 +74,12 @@ class Config:
 
 def _engines(cfg: Config, threads: int) -> dict[str, Any]:
     if cfg.backend == "torch":
-        from training.trainer import load_run
+        from spikeseg.training.run_folder import load_run
         out = {}
         for view in cfg.bundle.views:
-            run = cfg.bundle.view_info(view)["training"].get("run")
+            run = cfg.bundle.view(view).training_run
             model, _, _ = load_run(run)
-            out[view] = TorchEngine(model, cfg.bundle.view_info(view), threads)
+            out[view] = TorchEngine(model, cfg.bundle.view(view), threads)
         return out
     return {v: open_engine(cfg.bundle, v, cfg.backend, cfg.precision, threads) for v in cfg.bundle.views}
 
@@ -87,7 +88,7 @@ def _torch_available(bundle: Bundle) -> bool:
     import importlib.util
     if importlib.util.find_spec("torch") is None:
         return False
-    runs = [bundle.view_info(v)["training"].get("run") for v in bundle.views]
+    runs = [bundle.view(v).training_run for v in bundle.views]
     return all(r and (Path(r) / "checkpoints" / "best.pt").is_file() for r in runs)
 
 
@@ -105,11 +106,11 @@ def evaluate_config(cfg: Config, cases: list[tuple[Any, np.ndarray, Any]], threa
             t = 0.0
             probs = []
             for view in cfg.bundle.views:
-                res = run_view(engines[view], cfg.bundle.view_info(view), image, view)
+                res = run_view(engines[view], cfg.bundle.view(view), image, view)
                 t += res.seconds
                 probs.append(res.prob)
                 if rep == 0:
-                    c = view_operations(cfg.bundle.view_info(view), res)
+                    c = view_operations(cfg.bundle.view(view), res)
                     agg = per_view_counts.setdefault(view, dict.fromkeys(count_keys + ("slices",), 0.0))
                     for k in agg:
                         agg[k] += c[k]
@@ -140,7 +141,7 @@ def evaluate_config(cfg: Config, cases: list[tuple[Any, np.ndarray, Any]], threa
            "nll": float(np.mean(nlls)), **{k: float(np.nanmean(v)) for k, v in per_view.items()},
            "latency_s": latency, "peak_rss_mb": peak_rss_mb(),
            **totals, "achieved_gmacs": totals["dense_macs"] / latency / 1e9}
-    energy = energy_table(counts, {v: cfg.bundle.view_info(v) for v in counts},
+    energy = energy_table(counts, {v: cfg.bundle.view(v) for v in counts},
                           "int8" if cfg.precision == "int8" else "fp32")
     for name, e in energy.items():
         row[f"energy_j_{name}"] = e["joules_per_case"]
@@ -223,7 +224,7 @@ def _preprocess_key(bundle: Bundle) -> str:
 def run_bench(data: Path, bundle_paths: list[Path], out: Path, threads: int = 2, repeats: int = 1,
               max_cases: int | None = None, training: str | None = None, overwrite: bool = False,
               log=print) -> list[dict[str, Any]]:
-    from runtime.errors import InputError
+    from spikeseg.runtime.errors import InputError
 
     if (out / "results.csv").exists() and not overwrite:
         raise InputError(out, "results exist; pass --overwrite to replace them")
@@ -238,11 +239,8 @@ def run_bench(data: Path, bundle_paths: list[Path], out: Path, threads: int = 2,
             continue
         prepared[key] = []
         for d in case_dirs:
-            case = load_case(d)
-            if case.label is None:
-                raise InputError(d, "benchmark cases need a reference label map")
-            image, space = to_model_space(case.image, case.spacing, b.preprocess)
-            prepared[key].append((case, image, space))
+            m = load_model_space(d, b.preprocess, label="required")
+            prepared[key].append((m.case, m.image, m.space))
     host = host_profile()
     configs = []
     for b in bundles:
@@ -268,7 +266,7 @@ def run_bench(data: Path, bundle_paths: list[Path], out: Path, threads: int = 2,
         r["pct_host_peak"] = 100 * r["achieved_gmacs"] * 1e9 / host["peak_macs_per_s"]["fp32"]
     md = to_markdown(rows, host, threads, len(case_dirs)) + per_view_markdown(rows)
     if training:
-        from benchmarks.train_memory import markdown, run as run_train
+        from spikeseg.benchmarks.train_memory import markdown, run as run_train
         slices = [int(s) for s in training.split(",")]
         trows = run_train(slices, log=log)
         md += "\n" + markdown(trows, 4, 80, 96, 1, "tiny")

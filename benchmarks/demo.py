@@ -3,8 +3,9 @@
 Steps 1-3 are skipped when their output is already there (a bundle made by an older spikeseg is
 exported again), so a second run is quick; steps 4-6 always run, over the demo's own folders:
   1. phantoms: training cases and held-out test cases, both on the hard setting;
-  2. train the tiny Spiking U-Seg-Net (FPTT) and its U-Seg-Net twin, one model per view, on a
-     4 mm grid with a time budget per model;
+  2. train the tiny U-Seg-Net twin, then the Spiking U-Seg-Net warm-started from the twin's
+     weights and trained with FPTT (the recipe that measured best, see ``benchmarks/fidelity.py``),
+     one model per view, on a 4 mm grid with a time budget per model;
   3. export both to ONNX and OpenVINO, FP32 and INT8 (calibrated on training cases);
   4. segment the held-out cases with the torch-free runtime (uncertainty, reports, PNGs);
   5. evaluate against the reference labels; 6. benchmark FP32 vs INT8 vs SNN; 7. say where it all is.
@@ -17,9 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-from runtime.bundle import load_bundle
-from runtime.cli import main as cli
-from runtime.errors import InputError
+from spikeseg.runtime.bundle import load_bundle
+from spikeseg.cli import main as cli
+from spikeseg.runtime.errors import InputError
 
 TRAIN_CASES, TEST_CASES = 12, 4
 SPACING_MM = "4"
@@ -52,15 +53,16 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"{folder}: already there")
 
-    step("2/7 training: Spiking U-Seg-Net (FPTT) and U-Seg-Net twin, three views each")
-    runs = {"snn": ("spiking-useg", out / "runs" / "snn"), "twin": ("useg", out / "runs" / "twin")}
+    step("2/7 training: U-Seg-Net twin, then the Spiking U-Seg-Net started from it (FPTT), three views each")
+    runs = {"twin": ("useg", out / "runs" / "twin"), "snn": ("spiking-useg", out / "runs" / "snn")}
+    recipe = {"twin": [], "snn": ["--init-from", runs["twin"][1]]}
     for name, (arch, folder) in runs.items():
         if all((folder / v / "summary.json").is_file() for v in ("sagittal", "coronal", "axial")):
             print(f"{folder}: already trained")
             continue
         run("train", "--data", data_train, "--out", folder, "--arch", arch, "--view", "all", "--preset", "tiny",
             "--spacing", SPACING_MM, "--epochs", "400", "--max-minutes", a.minutes_per_model, "--quiet",
-            "--resume")
+            "--resume", *recipe[name])
 
     step("3/7 export: ONNX + OpenVINO, FP32 + INT8")
     bundles = {}

@@ -1,6 +1,6 @@
 """Does the Spiking U-Seg-Net learn as well as its twin? One run, equal wall-clock budget, same cases.
 
-``python -m benchmarks.fidelity --train DIR --test DIR --out DIR --minutes M`` trains, per view
+``python -m spikeseg.benchmarks.fidelity --train DIR --test DIR --out DIR --minutes M`` trains, per view
 (sagittal, coronal, axial), with the same budget of M minutes per view model:
 
 - ``snn``        the Spiking U-Seg-Net with the default recipe (``spikeseg train`` defaults);
@@ -23,24 +23,23 @@ import argparse
 import json
 import math
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from runtime.atomic import write_text
-from runtime.case_io import find_cases, load_case
-from runtime.cli import main as cli
-from runtime.ensemble import fuse
-from runtime.labels import REGIONS, labels_to_regions
-from runtime.metrics import dice, ece, hd95, nll
-from runtime.preprocess import to_model_space, to_native_space
-from runtime.tables import rows_to_csv
-from snn.models import ops_from_map
-from training.predict import predict_view
-from training.trainer import load_run
+from spikeseg.cli import main as cli
+from spikeseg.export.graphs import layer_table
+from spikeseg.runtime.atomic import write_text
+from spikeseg.runtime.case_io import find_cases, load_case
+from spikeseg.runtime.ensemble import fuse
+from spikeseg.runtime.labels import REGIONS, labels_to_regions
+from spikeseg.runtime.metrics import dice, ece, hd95, nll
+from spikeseg.runtime.preprocess import model_space, to_native_space
+from spikeseg.runtime.tables import rows_to_csv
+from spikeseg.training.predict import predict_view
+from spikeseg.training.run_folder import load_run
 
 VIEWS = ("sagittal", "coronal", "axial")
 MODELS: dict[str, tuple[str, list[str]]] = {
@@ -54,21 +53,27 @@ MODELS: dict[str, tuple[str, list[str]]] = {
 
 def train_model(name: str, train_dir: Path, runs: Path, minutes: float, common: list[str],
                 warm_share: float) -> float:
-    """Train one model's three views; returns the wall-clock seconds spent."""
+    """Train one model's three views (views already finished in ``runs`` are kept, so an
+    interrupted benchmark resumes); returns the training seconds the runs recorded."""
     arch, extra = MODELS[name]
-    t0 = time.time()
+    spent = 0.0
     for view in VIEWS:
         run = runs / name / view
-        if (run / "summary.json").is_file():
-            continue
         budget, init = minutes, []
         if name == "snn-warm":
             twin_run = runs / "snn-warm-twin" / view
             if not (twin_run / "summary.json").is_file():
                 _train(train_dir, twin_run, "useg", view, minutes * warm_share, common)
+            spent += _seconds(twin_run)
             budget, init = minutes * (1 - warm_share), ["--init-from", str(twin_run)]
-        _train(train_dir, run, arch, view, budget, common + extra + init)
-    return time.time() - t0
+        if not (run / "summary.json").is_file():
+            _train(train_dir, run, arch, view, budget, common + extra + init)
+        spent += _seconds(run)
+    return spent
+
+
+def _seconds(run: Path) -> float:
+    return float(json.loads((run / "summary.json").read_text())["seconds"])
 
 
 def _train(train_dir: Path, run: Path, arch: str, view: str, minutes: float, args: list[str]) -> None:
@@ -80,46 +85,25 @@ def _train(train_dir: Path, run: Path, arch: str, view: str, minutes: float, arg
 
 def case_ops(model, image: np.ndarray, view: str, reset: bool) -> dict[str, float]:
     """Operations for one case: effective MACs (analog input), ACs (spike input), dense MACs."""
-    from runtime.preprocess import to_view
+    from spikeseg.runtime.preprocess import to_view
 
     seq = torch.from_numpy(np.ascontiguousarray(to_view(image, view), dtype=np.float32))
     layers = model.connection_layers()
-    h, w = model.padded(*seq.shape[-2:])
-    dense_slice = 0.0
-    for _, layer, _ in layers:
-        size = _layer_input_size(model, layer, h, w)
-        dense_slice += float(ops_from_map(layer, torch.full((1, *size), float(layer.in_channels)))[0])
+    # dense MACs as the bundle states them (what OpenVINO counts in the graph)
+    dense_slice = sum(layer.dense_macs_per_slice for layer in layer_table(model, *seq.shape[-2:]))
     macs = acs = 0.0
-    model.count_ops = True
-    try:
-        state = model.init_state(1, *seq.shape[-2:])
-        with torch.no_grad():
-            for k in range(seq.shape[0]):
-                if reset:
-                    state = [torch.zeros_like(s) for s in state]
-                _, state, ops, _, _ = model.step(seq[k][None], state)
-                for (_, _, spikes), o in zip(layers, ops):
-                    if spikes:
-                        acs += float(o.sum())
-                    else:
-                        macs += float(o.sum())
-    finally:
-        model.count_ops = False
+    state = model.init_state(1, *seq.shape[-2:])
+    with torch.no_grad():
+        for k in range(seq.shape[0]):
+            if reset:
+                state = [torch.zeros_like(s) for s in state]
+            _, state, ops, _, _ = model.step_counted(seq[k][None], state)
+            for (_, _, spikes), o in zip(layers, ops):
+                if spikes:
+                    acs += float(o.sum())
+                else:
+                    macs += float(o.sum())
     return {"effective_macs": macs, "effective_acs": acs, "dense_macs": dense_slice * seq.shape[0]}
-
-
-def _layer_input_size(model, layer, h: int, w: int) -> tuple[int, int]:
-    """Input resolution of a conv layer, found by a hook on a dry run of one zero slice."""
-    sizes: dict[int, tuple[int, int]] = getattr(model, "_input_sizes", {})
-    if not sizes:
-        hooks = [m.register_forward_hook(lambda mod, inp, out: sizes.__setitem__(id(mod), tuple(inp[0].shape[-2:])))
-                 for _, m, _ in model.connection_layers()]
-        with torch.no_grad():
-            model.step(torch.zeros(1, model.cfg.in_channels, h, w), model.init_state(1, h, w))
-        for hk in hooks:
-            hk.remove()
-        model._input_sizes = sizes
-    return sizes[id(layer)]
 
 
 def evaluate(runs: Path, names: list[str], test_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -133,7 +117,8 @@ def evaluate(runs: Path, names: list[str], test_dir: Path) -> tuple[list[dict[st
             model, info, params = load_run(runs / name / view)
             reset = bool(info.get("state_reset"))
             for i, case in enumerate(cases):
-                image, space = to_model_space(case.image, case.spacing, params)
+                prepared = model_space(case, params)
+                image, space = prepared.image, prepared.space
                 p = predict_view(model, image, view, reset_every_step=reset)
                 probs[view].append(to_native_space(p, space))
                 if ops is None and view == "axial" and i == 0:

@@ -5,7 +5,7 @@ Latency does not depend on the weights, so this uses freshly initialised ``paper
 (widths 64-512) and calibrates INT8 on a random volume: the figures are speed, not accuracy.
 Ratios to torch FP32 are measured in the same run, on the same inputs.
 
-    python -m benchmarks.latency --height 160 --width 192 --threads 2 --out bench/latency
+    python -m spikeseg.benchmarks.latency --height 160 --width 192 --threads 2 --out bench/latency
 """
 
 from __future__ import annotations
@@ -20,25 +20,29 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.bench import TorchEngine
-from export.graphs import export_onnx, onnx_to_openvino
-from export.quantize import calibration_feeds, quantize_onnxruntime, quantize_openvino
-from runtime.atomic import write_text
-from runtime.bundle import ModelFile
-from runtime.inference import OrtEngine, OvEngine
-from snn.models import ModelConfig, build_model
+from spikeseg.benchmarks.bench import TorchEngine
+from spikeseg.export.graphs import export_onnx, onnx_to_openvino
+from spikeseg.export.quantize import calibration_feeds, quantize_onnxruntime, quantize_openvino
+from spikeseg.runtime.atomic import write_text
+from spikeseg.runtime.bundle import ModelFile
+from spikeseg.runtime.bundle_spec import ViewSpec
+from spikeseg.runtime.inference import OrtEngine, OvEngine, feed_back
+from spikeseg.snn.models import ModelConfig, build_model
 
 
-def time_engine(engine, spec: dict, seq: np.ndarray, warmup: int = 2) -> float:
-    """Median seconds per slice over the sequence, state fed back as in the runtime."""
-    states = {s["input"]: np.zeros([1] + s["shape"], np.float32) for s in spec["states"]}
+def time_engine(engine, spec: ViewSpec, seq: np.ndarray, warmup: int = 2) -> float:
+    """Median seconds per slice over the sequence, one slice per call, state fed back as in the
+    runtime; only the engine call is timed."""
     times = []
-    for t in range(seq.shape[0]):
-        feeds = {"x": seq[t:t + 1], **states}
+
+    def timed(feeds: dict) -> dict:
         t0 = time.perf_counter()
         out = engine(feeds)
         times.append(time.perf_counter() - t0)
-        states = {s["input"]: out[s["output"]] for s in spec["states"]}
+        return out
+
+    for _ in feed_back(timed, spec, seq, batch=1):
+        pass
     return statistics.median(times[warmup:])
 
 
@@ -73,7 +77,6 @@ def run(preset: str, h: int, w: int, threads: int, steps: int, calib_items: int,
                              "ms_per_slice": 1000 * s, "x_vs_torch_fp32": base / s, "parameters": params})
                 log(f"{arch:<13} {name:<17} {1000 * s:8.1f} ms/slice  x{base / s:4.1f} vs torch fp32  "
                     f"({engine.compute_precision})")
-            model.count_ops = False
     return rows
 
 

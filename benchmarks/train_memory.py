@@ -17,10 +17,10 @@ from pathlib import Path
 _CHILD = r"""
 import json, sys, time
 import torch
-from runtime.segment import peak_rss_mb, reset_peak_rss
-from snn.models import ModelConfig, build_model
-from training.fptt import FPTT
-from training.losses import bce_dice_loss
+from spikeseg.runtime.system import peak_rss_mb, reset_peak_rss
+from spikeseg.snn.models import ModelConfig, build_model
+from spikeseg.training.fptt import FPTT
+from spikeseg.training.losses import bce_dice_loss
 trainer, slices, batch, h, w, window, preset = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), sys.argv[7]
 torch.manual_seed(0)
 model = build_model(ModelConfig.preset("spiking-useg", preset))
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     md = markdown(rows, a.batch, a.height, a.width, a.window, a.preset)
     print(md)
     if a.out:
-        from runtime.atomic import write_json, write_text
+        from spikeseg.runtime.atomic import write_json, write_text
         a.out.mkdir(parents=True, exist_ok=True)
         write_json(a.out / "train_memory.json", rows)
         write_text(a.out / "train_memory.md", md)

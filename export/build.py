@@ -14,25 +14,25 @@ end: a failed export leaves nothing behind.
 from __future__ import annotations
 
 import json
-import math
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from runtime import __version__
-from runtime.atomic import atomic_dir, write_json
-from runtime.bundle import MANIFEST, SCHEMA_VERSION, ModelFile, file_entry
-from runtime.case_io import find_cases, load_case
-from runtime.errors import InputError
-from runtime.inference import OrtEngine, OvEngine, run_view
-from runtime.labels import REGIONS, labels_to_regions
-from runtime.metrics import dice
-from runtime.opcount import static_counts
-from runtime.preprocess import VIEWS, PreprocessParams, regions_to_model_space, to_model_space
-from export.graphs import export_onnx, layer_table, onnx_to_openvino
-from export.quantize import calibration_feeds, quantize_onnxruntime, quantize_openvino
+from spikeseg.runtime import __version__
+from spikeseg.runtime.atomic import atomic_dir, write_json
+from spikeseg.runtime.bundle import MANIFEST, ModelFile
+from spikeseg.runtime.bundle_spec import SCHEMA_VERSION, ModelEntry, ViewSpec
+from spikeseg.runtime.case_io import find_cases
+from spikeseg.runtime.errors import InputError
+from spikeseg.runtime.inference import OrtEngine, OvEngine, run_view
+from spikeseg.runtime.labels import REGIONS
+from spikeseg.runtime.metrics import region_dice
+from spikeseg.runtime.opcount import static_counts
+from spikeseg.runtime.preprocess import VIEWS, PreprocessParams, load_model_space
+from spikeseg.export.graphs import export_onnx, onnx_to_openvino
+from spikeseg.export.quantize import calibration_feeds, quantize_onnxruntime, quantize_openvino
 
 RETRY_FLOAT_LAYERS = ["down0.conv", "readout"]
 
@@ -40,12 +40,8 @@ RETRY_FLOAT_LAYERS = ["down0.conv", "readout"]
 def _load_model_space(case_dirs: list[Path], params: PreprocessParams) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
     out = []
     for d in case_dirs:
-        case = load_case(d)
-        image, space = to_model_space(case.image, case.spacing, params)
-        target = None
-        if case.label is not None:
-            target = regions_to_model_space(labels_to_regions(case.label, case.files.convention), space)
-        out.append((case.case_id, image, target))
+        prepared = load_model_space(d, params, label="optional")
+        out.append((prepared.case.case_id, prepared.image, prepared.regions))
     return out
 
 
@@ -58,18 +54,16 @@ def _holdout_dirs(info: dict[str, Any]) -> list[Path]:
     return [d for d in find_cases(data) if d.name in ids]
 
 
-def _dice_table(engine, spec: dict, holdout, view: str) -> dict[str, float]:
+def _dice_table(engine, spec: ViewSpec, holdout, view: str) -> dict[str, float]:
     scores = {r: [] for r in REGIONS}
     for _, image, target in holdout:
-        prob = run_view(engine, spec, image, view).prob
-        for i, r in enumerate(REGIONS):
-            d = dice(prob[i] >= 0.5, target[i])
-            scores[r].append(1.0 if math.isnan(d) else d)
+        for r, d in region_dice(run_view(engine, spec, image, view).prob, target).items():
+            scores[r].append(d)
     return {r: float(np.mean(v)) for r, v in scores.items()}
 
 
-def _quantise_view(tmp: Path, view: str, spec: dict, feeds, holdout, budget: float, allow_drop: bool,
-                   threads: int, float_modules: list[str], log) -> tuple[list[dict], dict[str, Any]]:
+def _quantise_view(tmp: Path, view: str, spec: ViewSpec, feeds, holdout, budget: float, allow_drop: bool,
+                   threads: int, float_modules: list[str], log) -> tuple[list[ModelEntry], dict[str, Any]]:
     """INT8 for both backends, with the accuracy check and one retry; returns model entries."""
     entries, report = [], {}
     backends = [("openvino", f"{view}_fp32.xml", f"{view}_int8.xml", quantize_openvino, OvEngine),
@@ -94,18 +88,14 @@ def _quantise_view(tmp: Path, view: str, spec: dict, feeds, holdout, budget: flo
                                    f"points, over the {100 * budget:.2f}-point budget even with the first conv and "
                                    f"readout in float; pass --allow-accuracy-drop to write it anyway")
         report[backend] = {"attempts": attempts, **final}
-        if backend == "openvino":
-            entries.append({**file_entry(tmp, tmp / int8_name), "format": "openvino", "precision": "int8",
-                            "weights": file_entry(tmp, (tmp / int8_name).with_suffix(".bin"))})
-        else:
-            entries.append({**file_entry(tmp, tmp / int8_name), "format": "onnx", "precision": "int8"})
+        entries.append(ModelFile.local(tmp / int8_name, "int8").entry)
     return entries, report
 
 
 def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | None = None,
                  overwrite: bool = False, allow_accuracy_drop: bool = False, budget: float = 0.01,
                  threads: int = 2, calib_items: int = 300, log=print) -> Path:
-    from training.trainer import load_run
+    from spikeseg.training.run_folder import load_run
 
     out = Path(out)
     if out.exists() and not overwrite:
@@ -131,13 +121,10 @@ def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | 
             view = info["view"]
             h, w = params.slice_shape(view)
             log(f"exporting {view} ({info['arch']}, {h}x{w} slices)")
-            spec = export_onnx(model, h, w, tmp / f"{view}_fp32.onnx")
+            spec = export_onnx(model, h, w, tmp / f"{view}_fp32.onnx", params.model_shape[VIEWS[view]])
             onnx_to_openvino(tmp / f"{view}_fp32.onnx", tmp / f"{view}_fp32.xml")
-            models = [{**file_entry(tmp, tmp / f"{view}_fp32.onnx"), "format": "onnx", "precision": "fp32"},
-                      {**file_entry(tmp, tmp / f"{view}_fp32.xml"), "format": "openvino", "precision": "fp32",
-                       "weights": file_entry(tmp, tmp / f"{view}_fp32.bin")}]
+            models = [ModelFile.local(tmp / f"{view}_fp32.onnx").entry, ModelFile.local(tmp / f"{view}_fp32.xml").entry]
             quant = None
-            layers = layer_table(model, h, w)
             if int8:
                 holdout_dirs = _holdout_dirs(info)
                 key = tuple(holdout_dirs)
@@ -150,7 +137,7 @@ def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | 
                 fp32_engine = OrtEngine(ModelFile.local(tmp / f"{view}_fp32.onnx"), "fp32", threads)
                 feeds = calibration_feeds(fp32_engine, spec, (img for _, img, _ in calib_images), view,
                                           max_items=calib_items)
-                float_modules = [l["module"] for l in layers if l["name"] in RETRY_FLOAT_LAYERS]
+                float_modules = [layer.module for layer in spec.layers if layer.name in RETRY_FLOAT_LAYERS]
                 entries, quant = _quantise_view(tmp, view, spec, feeds, holdout, budget, allow_accuracy_drop,
                                                 threads, float_modules, log)
                 models += entries
@@ -158,20 +145,18 @@ def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | 
                                     "cases": [c for c, _, _ in holdout]}
                 quant["calibration_cases"] = [c for c, _, _ in calib_images]
             static = static_counts(tmp / f"{view}_fp32.onnx")
-            manifest_views[view] = {
-                **spec, "slices_per_case": params.model_shape[VIEWS[view]], "slice_shape": [h, w],
-                "layers": layers, "dense_macs_per_slice": sum(l["dense_macs_per_slice"] for l in layers),
-                "parameters": int(sum(p.numel() for p in model.parameters())),
-                "static_ops": {"macs_per_slice": static["macs_per_slice"], "conv_params": static["conv_params"],
-                               "source": "OpenVINO graph of the FP32 ONNX model"},
-                "models": models, "quantisation": quant,
-                "training": {"run": info["run_dir"], "trainer": info["trainer"], "fold": info["fold"],
-                             "folds": info["folds"], "epochs": info["epochs"], "best": info["best"], "seed": info["seed"],
-                             "data_fingerprint": info["data_fingerprint"], "preset": info["preset"]}}
+            spec = spec.with_models(
+                models, quantisation=quant,
+                static_ops={"macs_per_slice": static["macs_per_slice"], "conv_params": static["conv_params"],
+                            "source": "OpenVINO graph of the FP32 ONNX model"},
+                training={"run": info["run_dir"], "trainer": info["trainer"], "fold": info["fold"],
+                          "folds": info["folds"], "epochs": info["epochs"], "best": info["best"], "seed": info["seed"],
+                          "data_fingerprint": info["data_fingerprint"], "preset": info["preset"]})
+            manifest_views[view] = spec.to_dict()
         first = loaded[0][1]
         manifest = {"schema_version": SCHEMA_VERSION, "spikeseg_version": __version__,
                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    "architecture": first["arch"], "stateful": first["arch"] != "useg",
+                    "architecture": first["arch"],
                     "model_config": first["model_config"], "views": manifest_views,
                     "preprocess": params.to_dict(), "voxel_spacing_mm": list(params.spacing_mm),
                     "regions": list(REGIONS), "output": "sigmoid probabilities of the nested regions ET, TC, WT",

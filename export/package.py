@@ -2,7 +2,8 @@
 
 Contents::
 
-    app/runtime/        the torch-free runtime's source (the only code that runs on the board)
+    app/spikeseg/       the torch-free runtime's source: spikeseg/{__init__,cli}.py and spikeseg/runtime/
+                        (the only code that runs on the board)
     bundle/             the deployment bundle (ONNX / OpenVINO IR + manifest with checksums)
     wheels/             the runtime's pinned wheels for the target (pip download --platform ...)
     requirements.txt    the pins, installed with --no-index from wheels/
@@ -29,11 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runtime import __version__
-from runtime.atomic import atomic_dir, write_json, write_text
-from runtime.bundle import load_bundle, sha256_file
-from runtime.energy import builtin_profiles
-from runtime.errors import InputError
+from spikeseg.runtime import __version__
+from spikeseg.runtime.atomic import atomic_dir, write_json, write_text
+from spikeseg.runtime.bundle import load_bundle, sha256_file
+from spikeseg.runtime.energy import builtin_profiles
+from spikeseg.runtime.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,11 +60,42 @@ _MANYLINUX = re.compile(r"^manylinux_(\d+)_(\d+)_(\w+)$")
 _LEGACY = {"manylinux2014": (2, 17), "manylinux2010": (2, 12), "manylinux1": (2, 5)}
 
 
+def copy_runtime_source(app: Path) -> None:
+    """The board's code: the ``spikeseg`` dispatcher and ``spikeseg.runtime``, nothing else
+    (no training, export or benchmark code)."""
+    import spikeseg
+    import spikeseg.runtime
+
+    (app / "spikeseg").mkdir(parents=True)
+    root = Path(spikeseg.__file__).parent
+    for name in ("__init__.py", "cli.py"):
+        shutil.copy2(root / name, app / "spikeseg" / name)
+    shutil.copytree(Path(spikeseg.runtime.__file__).parent, app / "spikeseg" / "runtime",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+
+
 def runtime_requirements() -> list[str]:
-    """The runtime layer's pins, read from setup.cfg (one source of truth)."""
+    """The runtime layer's exact pins: its packages from setup.cfg's ``install_requires`` (which
+    holds ranges), each at the version ``requirements/constraints.txt`` tests. A board gets
+    exactly what CI ran, never whatever the registry has that day."""
     cfg = configparser.ConfigParser()
     cfg.read(REPO / "setup.cfg")
-    return [r.strip() for r in cfg["options"]["install_requires"].strip().splitlines() if r.strip()]
+    names = [re.split(r"[<>=!~;\[ ]", r.strip(), maxsplit=1)[0]
+             for r in cfg["options"]["install_requires"].strip().splitlines() if r.strip()]
+    pins = {}
+    for line in (REPO / "requirements" / "constraints.txt").read_text().splitlines():
+        name, sep, ver = line.strip().partition("==")
+        if sep:
+            pins[_normal(name)] = f"{name}=={ver}"
+    missing = [n for n in names if _normal(n) not in pins]
+    if missing:
+        raise InputError(REPO / "requirements" / "constraints.txt", f"no pin for the runtime's {missing}")
+    return [pins[_normal(n)] for n in names]
+
+
+def _normal(name: str) -> str:
+    """A distribution name as PEP 503 compares them."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def wheel_glibc(platform_tags: str, machine: str) -> tuple[int, int] | None:
@@ -139,7 +171,7 @@ set -eu
 HERE=$(cd "$(dirname "$0")" && pwd)
 [ $# -ge 2 ] || {{ echo "usage: spikeseg-run CASE_OR_COHORT OUT [--backend openvino] [--precision int8] ..." >&2; exit 2; }}
 case_dir=$1; out=$2; shift 2
-PYTHONPATH="$HERE/app" exec "$HERE/venv/bin/python" -m runtime.cli segment "$HERE/bundle" "$case_dir" "$out" \\
+PYTHONPATH="$HERE/app" exec "$HERE/venv/bin/python" -m spikeseg.cli segment "$HERE/bundle" "$case_dir" "$out" \\
     --backend {backend} --threads "${{SPIKESEG_THREADS:-{threads}}}" "$@"
 """
 
@@ -176,8 +208,7 @@ def build_package(bundle_path: Path, target_name: str, out: Path, python: str = 
         else:
             wheels = download_wheels(tmp / "wheels", target, python, reqs)
         fit = check_wheels(wheels, target, python)
-        shutil.copytree(REPO / "runtime", tmp / "app" / "runtime",
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "phantoms.py"))
+        copy_runtime_source(tmp / "app")
         shutil.copytree(bundle.root, tmp / "bundle")
         write_text(tmp / "requirements.txt", "\n".join(reqs) + "\n")
         write_text(tmp / "install.sh", _INSTALL.format(python=python, machine=target.machine))

@@ -2,9 +2,10 @@
 
 Calibration uses real slices: for the SNN, whole slice sequences run through the FP32 model
 with the membrane states fed back, so the quantiser sees the membrane values the network
-really meets (REFERENCE.md 4). Only convolutions and deconvolutions are quantised: the
-membrane arithmetic (leak, reset) and the operation counters stay in f32, which keeps the
-spike threshold test exact and the counts integral.
+really meets (NNCF's post-training quantisation wants calibration data representative of
+inference, and a stateful step's inputs include its states). Only convolutions and
+deconvolutions are quantised: the membrane arithmetic (leak, reset) and the operation counters
+stay in f32, which keeps the spike threshold test exact and the counts integral.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from runtime.inference import Engine
-from runtime.preprocess import to_view
+from spikeseg.runtime.bundle_spec import INPUT, ViewSpec
+from spikeseg.runtime.inference import Engine, feed_back
+from spikeseg.runtime.preprocess import to_view
 
 CONV_TYPES_ORT = ["Conv", "ConvTranspose"]
 
@@ -27,19 +29,16 @@ def weight_name(module_path: str) -> str:
     return f"model.{module_path}.weight"
 
 
-def calibration_feeds(engine: Engine, info: dict[str, Any], images: Iterable[np.ndarray], view: str,
+def calibration_feeds(engine: Engine, spec: ViewSpec, images: Iterable[np.ndarray], view: str,
                       max_items: int = 300, seed: int = 0) -> list[dict[str, np.ndarray]]:
     """Per-step input dicts (slice + fed-back states) from real volumes, subsampled evenly."""
     items: list[dict[str, np.ndarray]] = []
     for image in images:
         seq = to_view(image, view)
-        states = {s["input"]: np.zeros([1] + s["shape"], np.float32) for s in info["states"]}
-        for t in range(seq.shape[0]):
-            feeds = {"x": np.ascontiguousarray(seq[t:t + 1], dtype=np.float32), **states}
-            items.append(feeds)
-            if states:
-                out = engine(feeds)
-                states = {s["input"]: out[s["output"]] for s in info["states"]}
+        if spec.stateful:
+            items += [feeds for _, feeds, _ in feed_back(engine, spec, seq)]
+        else:  # nothing to feed back: the slices alone, no need to run the model
+            items += [{INPUT: np.ascontiguousarray(seq[t:t + 1], dtype=np.float32)} for t in range(seq.shape[0])]
     if len(items) > max_items:
         keep = np.random.default_rng(seed).choice(len(items), max_items, replace=False)
         items = [items[i] for i in sorted(keep)]

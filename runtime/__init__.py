@@ -6,4 +6,6 @@ inference on ONNX Runtime / OpenVINO) and nothing that imports torch, so that
 import from here, never the other way round.
 """
 
-__version__ = "0.1.0"
+from spikeseg import __version__
+
+__all__ = ["__version__"]

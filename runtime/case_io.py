@@ -15,9 +15,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from runtime.atomic import atomic_path, nifti_suffix
-from runtime.errors import InputError
-from runtime.labels import LabelConvention, convention_for_scheme
+from spikeseg.runtime.atomic import atomic_path, nifti_suffix
+from spikeseg.runtime.errors import InputError
+from spikeseg.runtime.labels import LabelConvention, convention_for_scheme
 
 #: Channel order of every model input, whatever the file names say.
 MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
@@ -71,10 +71,6 @@ class Geometry:
     def of(cls, img: nib.spatialimages.SpatialImage) -> "Geometry":
         return cls(tuple(int(s) for s in img.shape[:3]), img.affine.copy(), img.header.copy(),
                    type(img), nib.orientations.io_orientation(img.affine))
-
-    @property
-    def canonical_shape(self) -> tuple[int, int, int]:
-        return tuple(int(self.shape[int(ax)]) for ax in np.argsort(self.ornt[:, 0]))
 
     @property
     def canonical_spacing(self) -> tuple[float, float, float]:

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from runtime.atomic import sweep_partials, write_text
-from runtime.case_io import find_case, find_cases
-from runtime.errors import InputError
-from runtime.tables import rows_to_csv
+from spikeseg.runtime.atomic import sweep_partials, write_text
+from spikeseg.runtime.case_io import find_case, find_cases
+from spikeseg.runtime.errors import InputError
+from spikeseg.runtime.tables import rows_to_csv
 
 try:  # POSIX; elsewhere runs on one output folder are not coordinated (documented)
     import fcntl

@@ -19,12 +19,13 @@ import platform
 import time
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
-from runtime.atomic import write_json
-from runtime.errors import InputError
+from spikeseg.runtime.atomic import write_json
+from spikeseg.runtime.bundle_spec import LayerSpec, ViewSpec
+from spikeseg.runtime.errors import InputError
 
 PROFILES_FILE = Path(__file__).with_name("hardware_profiles.json")
 HOST_CACHE_VERSION = 1
@@ -136,20 +137,19 @@ def roofline_seconds(dense_macs: float, bytes_moved: float, precision: str, prof
     return t
 
 
-def bytes_per_slice(layers: list[dict[str, Any]], precision: str) -> float:
+def bytes_per_slice(layers: Iterable[LayerSpec], precision: str) -> float:
     """Weights plus each layer's input and output activations, once per slice (a lower bound)."""
     width = 1 if precision == "int8" else 4
     total = 0.0
-    for l in layers:
-        kh, kw = l["kernel"]
-        h, w = l["grid"]
-        weights = l["in_channels"] * l["out_channels"] * kh * kw
-        scale = 4 if l["type"] == "ConvTranspose2d" else 1
-        total += (weights + l["in_channels"] * h * w + l["out_channels"] * h * w * scale) * width
+    for layer in layers:
+        (kh, kw), (h, w) = layer.kernel, layer.grid
+        weights = layer.in_channels * layer.out_channels * kh * kw
+        activations = layer.in_channels * h * w + layer.out_channels * h * w * layer.output_scale
+        total += (weights + activations) * width
     return total
 
 
-def energy_table(view_counts: dict[str, dict[str, Any]], view_infos: dict[str, dict[str, Any]], precision: str,
+def energy_table(view_counts: dict[str, dict[str, Any]], view_specs: dict[str, ViewSpec], precision: str,
                  names: str = "all") -> dict[str, Any]:
     """Per profile: energy per view and for the ensemble, and the roofline latency."""
     out: dict[str, Any] = {}
@@ -163,7 +163,7 @@ def energy_table(view_counts: dict[str, dict[str, Any]], view_infos: dict[str, d
                 complete = False
             else:
                 total += e["joules"]
-            moved = bytes_per_slice(view_infos[view]["layers"], precision) * counts["slices"]
+            moved = bytes_per_slice(view_specs[view].layers, precision) * counts["slices"]
             t = roofline_seconds(counts["dense_macs"], moved, precision, prof)
             latency = None if t is None or latency is None else latency + t
         out[name] = {"execution": prof["execution"], "joules_per_case": total if complete else None,

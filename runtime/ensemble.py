@@ -35,9 +35,3 @@ def spread(view_probs: list[np.ndarray]) -> np.ndarray:
 def uncertainty_map(view_probs: list[np.ndarray]) -> np.ndarray:
     """(X, Y, Z): the largest per-region spread across views."""
     return spread(view_probs).max(axis=0)
-
-
-def predictive_entropy(prob: np.ndarray) -> np.ndarray:
-    """(X, Y, Z) binary entropy in bits, summed over the regions of a fused (3, ...) map."""
-    p = np.clip(prob.astype(np.float32), 1e-7, 1 - 1e-7)
-    return (-(p * np.log2(p) + (1 - p) * np.log2(1 - p))).sum(axis=0)

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.case_io import check_case_id, load_label_file
-from runtime.cohort import prediction_name
-from runtime.errors import InputError
-from runtime.labels import REGIONS, LabelConvention, convention_for_scheme, labels_to_regions
-from runtime.metrics import region_metrics
+from spikeseg.runtime.case_io import check_case_id, load_label_file
+from spikeseg.runtime.cohort import prediction_name
+from spikeseg.runtime.errors import InputError
+from spikeseg.runtime.labels import REGIONS, LabelConvention, convention_for_scheme, labels_to_regions
+from spikeseg.runtime.lesionwise import CHALLENGES, lesion_wise
+from spikeseg.runtime.metrics import region_metrics
 
 _REFERENCE = re.compile(r"^(?P<id>[^.].*?)(?P<sep>[_-])seg\.nii(\.gz)?$")
 
@@ -65,8 +66,11 @@ def find_references(root: Path) -> list[Reference]:
     return found
 
 
-def evaluate_case(pred_path: Path, ref: Reference) -> dict[str, float | str]:
-    """Metrics of one case: a row with ``<REGION>_<metric>`` columns."""
+def evaluate_case(pred_path: Path, ref: Reference, challenge: str = "BraTS-GLI") -> dict[str, float | str]:
+    """Metrics of one case: a row with ``<REGION>_<metric>`` columns, voxel-wise (``dice``,
+    ``hd95``, ...) and lesion-wise under ``challenge``'s rules (``lw_dice``, ``lw_hd95``,
+    ``lw_tp``/``lw_fn``/``lw_fp`` lesion counts)."""
+    dilation, min_volume = CHALLENGES[challenge]
     ref_labels, geometry = load_label_file(ref.path, ref.convention)
     pred, _ = load_label_file(pred_path, ref.convention, like=geometry)
     ref_regions = labels_to_regions(ref_labels, ref.convention)
@@ -75,6 +79,9 @@ def evaluate_case(pred_path: Path, ref: Reference) -> dict[str, float | str]:
     for i, region in enumerate(REGIONS):
         for name, value in region_metrics(pred_regions[i], ref_regions[i], geometry.canonical_spacing).items():
             row[f"{region}_{name}"] = value
+        lw = lesion_wise(pred_regions[i], ref_regions[i], geometry.canonical_spacing, dilation, min_volume)
+        row.update({f"{region}_lw_dice": lw.dice, f"{region}_lw_hd95": lw.hd95, f"{region}_lw_tp": lw.true_positives,
+                    f"{region}_lw_fn": lw.false_negatives, f"{region}_lw_fp": lw.false_positives})
     return row
 
 
@@ -96,20 +103,21 @@ def summarise(rows: list[dict[str, float | str]]) -> list[dict[str, float | str]
     return out
 
 
-def evaluate_dirs(pred_root: str | Path, ref_root: str | Path) -> tuple[list[dict], list[tuple[str, str]]]:
+def evaluate_dirs(pred_root: str | Path, ref_root: str | Path,
+                  challenge: str = "BraTS-GLI") -> tuple[list[dict], list[tuple[str, str]]]:
     """Evaluate every reference case; a bad case is reported and the rest go on."""
     pred_root, ref_root = Path(pred_root), Path(ref_root)
     rows, failures = [], []
     for ref in find_references(ref_root):
         try:
-            rows.append(evaluate_case(find_prediction(pred_root, ref.case_id), ref))
+            rows.append(evaluate_case(find_prediction(pred_root, ref.case_id), ref, challenge))
         except InputError as exc:
             failures.append((ref.case_id, str(exc)))
     return rows, failures
 
 
-def format_table(rows: list[dict[str, float | str]], metrics: tuple[str, ...] = ("dice", "hd95")) -> str:
-    """A compact text table for the terminal: Dice and HD95 per region."""
+def format_table(rows: list[dict[str, float | str]], metrics: tuple[str, ...] = ("dice", "hd95", "lw_dice")) -> str:
+    """A compact text table for the terminal: voxel-wise Dice and HD95, lesion-wise Dice per region."""
     cols = [f"{r}_{m}" for m in metrics for r in REGIONS]
     width = max(len(str(r["case"])) for r in rows) + 2
     lines = ["case".ljust(width) + "".join(c.rjust(12) for c in cols)]

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Iterator, Protocol
 
 import numpy as np
 
-from runtime.bundle import Bundle, ModelFile
-from runtime.errors import InputError
-from runtime.preprocess import from_view, to_view
+from spikeseg.runtime.bundle import Bundle, ModelFile
+from spikeseg.runtime.bundle_spec import INPUT, LOGITS, ViewSpec, act_output, mem_output, ops_output
+from spikeseg.runtime.errors import InputError
+from spikeseg.runtime.preprocess import from_view, to_view
 
 BACKENDS = ("openvino", "onnxruntime")
 PRECISIONS = ("fp32", "int8")
@@ -120,33 +121,42 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
 
 
-def run_view(engine: Engine, info: dict, image: np.ndarray, view: str) -> ViewResult:
+def feed_back(engine: Engine, spec: ViewSpec, seq: np.ndarray,
+              batch: int = STATELESS_BATCH) -> Iterator[tuple[int, dict, dict]]:
+    """Run a slice sequence (T, C, H, W) through a step graph as its spec's execution says: the
+    one state-feedback loop, which inference, INT8 calibration and the latency benchmark all
+    step through. ``slice-sequence``: one slice per step, front to back, each step's state
+    outputs fed back as the next step's state inputs (zeros before the first slice);
+    ``slice-batches``: ``batch`` slices per step, no state. Yields (index of the step's first
+    slice, feeds, outputs)."""
+    states = spec.zero_states()
+    step = 1 if spec.stateful else batch
+    for k in range(0, seq.shape[0], step):
+        feeds = {INPUT: np.ascontiguousarray(seq[k:k + step], dtype=np.float32), **states}
+        out = engine(feeds)
+        yield k, feeds, out
+        states = {s.input: out[s.output] for s in spec.states}
+
+
+def run_view(engine: Engine, spec: ViewSpec, image: np.ndarray, view: str) -> ViewResult:
     """(4, X, Y, Z) model-space image to (3, X, Y, Z) probabilities and operation counts."""
     seq = to_view(image, view)  # a view of the array: slices are copied one batch at a time
     t_total = seq.shape[0]
     logits = np.empty((t_total, 3) + seq.shape[2:], dtype=np.float32)
-    ops_names, act_names, mem_names = (info["outputs"][k] for k in ("ops", "acts", "mems"))
-    ops = dict.fromkeys(ops_names, 0.0)
-    acts = dict.fromkeys(act_names, 0.0)
-    mems = dict.fromkeys(mem_names, 0.0)
+    ops = dict.fromkeys(spec.ops, 0.0)
+    acts = dict.fromkeys(spec.acts, 0.0)
+    mems = dict.fromkeys(spec.mems, 0.0)
     # NeuroBench's convention: the first step writes every membrane (initialisation), later
     # steps count the membranes that changed
-    mem_numel = {n: float(np.prod(info["activation_shapes"][n])) for n in mem_names}
-    states = {s["input"]: np.zeros([1] + s["shape"], np.float32) for s in info["states"]}
-    batch = 1 if states else STATELESS_BATCH
+    mem_numel = {n: float(np.prod(spec.activation_shapes[n])) for n in spec.mems}
     start = time.perf_counter()
-    for k in range(0, t_total, batch):
-        feeds = {"x": np.ascontiguousarray(seq[k:k + batch], dtype=np.float32)}
-        feeds.update(states)
-        out = engine(feeds)
-        logits[k:k + batch] = out["logits"]
-        for s in info["states"]:
-            states[s["input"]] = out[s["output"]]
-        for n in ops_names:
-            ops[n] += float(out[f"ops.{n}"].sum())
-        for n in act_names:
-            acts[n] += float(out[f"act.{n}"].sum())
-        for n in mem_names:
-            mems[n] += mem_numel[n] if k == 0 else float(out[f"mem.{n}"].sum())
+    for k, _, out in feed_back(engine, spec, seq):
+        logits[k:k + len(out[LOGITS])] = out[LOGITS]
+        for n in spec.ops:
+            ops[n] += float(out[ops_output(n)].sum())
+        for n in spec.acts:
+            acts[n] += float(out[act_output(n)].sum())
+        for n in spec.mems:
+            mems[n] += mem_numel[n] if k == 0 else float(out[mem_output(n)].sum())
     seconds = time.perf_counter() - start
     return ViewResult(view, from_view(sigmoid(logits), view), seconds, t_total, ops, acts, mems)

@@ -1,8 +1,9 @@
-"""Static operation counts read from an exported graph (OpenVINO reads ONNX and IR; no torch).
+"""Operation counts: static ones read from an exported graph (OpenVINO reads ONNX and IR; no
+torch), and a case's effective ones from the step graph's in-graph counters.
 
-MACs per slice of every convolution, deconvolution and matmul, the parameters they hold, and
-the model's bytes on disk. The in-graph counters (ReduceSum / Multiply) are not counted: they
-are bookkeeping, not the network.
+Static: MACs per slice of every convolution, deconvolution and matmul, the parameters they
+hold, and the model's bytes on disk. The in-graph counters (ReduceSum / Multiply) are not
+counted: they are bookkeeping, not the network.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from spikeseg.runtime.bundle_spec import ViewSpec
+from spikeseg.runtime.inference import ViewResult
 
 _CONV = {"Convolution", "ConvolutionBackpropData", "MatMul", "GroupConvolution"}
 
@@ -45,3 +49,21 @@ def static_counts(model_path: str | Path) -> dict[str, Any]:
     return {"layers": layers, "macs_per_slice": sum(l["macs"] for l in layers),
             "conv_params": sum(l["params"] for l in layers),
             "model_bytes": sum(f.stat().st_size for f in files if f.exists())}
+
+
+def view_operations(spec: ViewSpec, res: ViewResult) -> dict[str, Any]:
+    """Per-view counts for one case: dense MACs, effective MACs (analog input), ACs (spikes),
+    membrane updates (NeuroBench's count, and the dense count a clocked chip pays)."""
+    spikes_in = {layer.name: layer.spike_input for layer in spec.layers}
+    eff_macs = sum(v for n, v in res.ops.items() if not spikes_in[n])
+    acs = sum(v for n, v in res.ops.items() if spikes_in[n])
+    numel = {n: float(np.prod(s)) * res.slices for n, s in spec.activation_shapes.items()}
+    rates = {n: res.acts[n] / numel[n] for n in res.acts}
+    total_act = sum(res.acts.values())
+    return {"slices": res.slices, "dense_macs": float(spec.dense_macs_per_slice * res.slices),
+            "membrane_updates": sum(res.mems.values()),
+            "membrane_updates_dense": sum(numel[n] for n in res.mems),
+            "effective_macs": float(eff_macs), "effective_acs": float(acs),
+            "activation_rates": rates,
+            "activation_sparsity": 1.0 - total_act / sum(numel.values()) if numel else None,
+            "per_layer_ops": res.ops, "per_layer_membrane_updates": res.mems}

@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from runtime.errors import InputError
+from spikeseg.runtime.case_io import MODALITIES, Case, load_case
+from spikeseg.runtime.errors import InputError
+from spikeseg.runtime.labels import labels_to_regions
 
 VIEWS: dict[str, int] = {"sagittal": 0, "coronal": 1, "axial": 2}
 NORMALISATIONS = ("minmax", "zscore")
@@ -34,12 +36,15 @@ class PreprocessParams:
     crop_mm: tuple[float, float, float] = (160.0, 192.0, 152.0)
     spacing_mm: tuple[float, float, float] = (2.0, 2.0, 2.0)
     normalisation: str = "minmax"
-    modalities: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
+    modalities: tuple[str, ...] = MODALITIES  # the input channels, in order
     version: int = PARAMS_VERSION
 
     def __post_init__(self) -> None:
         if self.normalisation not in NORMALISATIONS:
             raise ValueError(f"normalisation must be one of {NORMALISATIONS}")
+        if tuple(self.modalities) != MODALITIES:
+            raise ValueError(f"the model reads modalities {list(self.modalities)} in that order; spikeseg "
+                             f"loads cases as {list(MODALITIES)}")
 
     @property
     def model_shape(self) -> tuple[int, int, int]:
@@ -60,10 +65,13 @@ class PreprocessParams:
             raise InputError(source, f"preprocessing record version {d.get('version')!r}; "
                                      f"this spikeseg reads version {PARAMS_VERSION}")
         kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        return cls(**kw)
+        try:
+            return cls(**kw)
+        except (TypeError, ValueError) as exc:
+            raise InputError(source, f"preprocessing record: {exc}") from exc
 
     def save(self, path: str | Path) -> None:
-        from runtime.atomic import write_json
+        from spikeseg.runtime.atomic import write_json
         write_json(path, self.to_dict())
 
     @classmethod
@@ -159,6 +167,39 @@ def regions_to_model_space(regions: np.ndarray, space: SpaceMap) -> np.ndarray:
     """Region masks to the model grid (majority of each resampled voxel), for training targets."""
     boxed = crop(regions.astype(np.float32), space.start, space.size)
     return resample(boxed, space.model_shape, order=1) >= 0.5
+
+
+@dataclass(frozen=True)
+class ModelSpaceCase:
+    """A case as every stage sees it: the loaded case, its model-grid image, the way back, and
+    (when the case has a label map) the region targets on the model grid."""
+
+    case: Case
+    image: np.ndarray
+    space: SpaceMap
+    regions: np.ndarray | None = None
+
+
+def model_space(case: Case, params: PreprocessParams) -> ModelSpaceCase:
+    """The one way from a loaded case to the model grid, shared by training, export, runtime and
+    benchmarks so they cannot drift apart."""
+    image, space = to_model_space(case.image, case.spacing, params)
+    regions = None
+    if case.label is not None:
+        regions = regions_to_model_space(labels_to_regions(case.label, case.files.convention), space)
+    return ModelSpaceCase(case, image, space, regions)
+
+
+def load_model_space(folder: str | Path, params: PreprocessParams, label: str = "ignore") -> ModelSpaceCase:
+    """:func:`model_space` of a case folder. ``label``: ``ignore`` (segmentation: the label is not
+    read), ``optional`` (used when present) or ``required`` (training and scoring: a case
+    without one is an input error naming the folder)."""
+    if label not in ("ignore", "optional", "required"):
+        raise ValueError(f"label must be ignore, optional or required, not {label!r}")
+    case = load_case(folder, with_label=label != "ignore")
+    if label == "required" and case.label is None:
+        raise InputError(case.files.folder, "this step needs a reference label map (<id>_seg)")
+    return model_space(case, params)
 
 
 def to_native_space(maps: np.ndarray, space: SpaceMap, order: int = 1) -> np.ndarray:

@@ -7,14 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from runtime.bundle import Bundle, load_bundle
-from runtime.case_io import load_case
-from runtime.energy import energy_table, profiles
-from runtime.errors import InputError
-from runtime.inference import open_engine, run_view
-from runtime.opcount import static_counts
-from runtime.preprocess import to_model_space
-from runtime.segment import view_operations
+from spikeseg.runtime.bundle import Bundle, load_bundle
+from spikeseg.runtime.energy import energy_table, profiles
+from spikeseg.runtime.errors import InputError
+from spikeseg.runtime.inference import open_engine, run_view
+from spikeseg.runtime.opcount import static_counts, view_operations
+from spikeseg.runtime.preprocess import load_model_space
 
 
 def bundle_counts(bundle: Bundle, case_dir: Path | None, backend: str, precision: str,
@@ -23,11 +21,10 @@ def bundle_counts(bundle: Bundle, case_dir: Path | None, backend: str, precision
     out: dict[str, dict[str, Any]] = {}
     image = None
     if case_dir is not None:
-        case = load_case(case_dir, with_label=False)
-        image, _ = to_model_space(case.image, case.spacing, bundle.preprocess)
+        image = load_model_space(case_dir, bundle.preprocess).image
     for view in bundle.views:
-        info = bundle.view_info(view)
-        slices = info["slices_per_case"]
+        spec = bundle.view(view)
+        slices = spec.slices_per_case
         static = static_counts(bundle.model_file(view, "onnx", "fp32").path)
         if image is None:
             dense = float(static["macs_per_slice"] * slices)
@@ -35,8 +32,8 @@ def bundle_counts(bundle: Bundle, case_dir: Path | None, backend: str, precision
                          "membrane_updates": None, "activation_sparsity": None}
             continue
         engine = open_engine(bundle, view, backend, precision, threads)
-        res = run_view(engine, info, image, view)
-        out[view] = view_operations(info, res)
+        res = run_view(engine, spec, image, view)
+        out[view] = view_operations(spec, res)
         out[view]["static_dense_macs"] = float(static["macs_per_slice"] * slices)
     return out
 
@@ -80,7 +77,7 @@ def profile_table(bundles: dict[str, tuple[Bundle, dict]], precision: str, hardw
         have_eff = all(c["effective_macs"] is not None for c in counts.values())
         table = energy_table(counts if have_eff else {v: {**c, "effective_macs": 0.0, "effective_acs": 0.0}
                                                       for v, c in counts.items()},
-                             {v: bundle.view_info(v) for v in views}, precision, hardware)
+                             {v: bundle.view(v) for v in views}, precision, hardware)
         for name, row in table.items():
             event = row["execution"] == "event-driven"
             per = [None if (event and not have_eff) else row["per_view"][v] for v in views]

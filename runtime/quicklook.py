@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.atomic import atomic_path
+from spikeseg.runtime.atomic import atomic_path
 
 _COLOURS = {"ed": (0, 200, 0), "ncr": (40, 90, 255), "et": (255, 30, 30)}
 

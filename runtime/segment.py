@@ -14,77 +14,26 @@ so a failed case leaves nothing behind):
 
 from __future__ import annotations
 
-import platform
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from runtime import __version__
-from runtime.atomic import atomic_dir, write_json
-from runtime.bundle import Bundle, load_bundle
-from runtime.case_io import Case, load_case, save_like
-from runtime.cohort import (SUMMARY, CohortCase, case_lock, check_output_apart, check_writable, discover,
-                            parse_shard, prediction_name, record_outcome, report_name, shard_of, write_summary)
-from runtime.energy import energy_table
-from runtime.ensemble import fuse, uncertainty_map
-from runtime.errors import InputError
-from runtime.inference import ViewResult, open_engine, run_view
-from runtime.labels import REGIONS, labels_to_regions, regions_to_labels, relabel_small_et
-from runtime.preprocess import parse_views, to_model_space, to_native_space
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def reset_peak_rss() -> None:
-    """Linux: writing 5 to clear_refs resets VmHWM, so each case gets its own peak."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
-def peak_rss_mb() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    try:
-        import resource  # POSIX only: the runtime must still start on Windows
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    except ImportError:
-        import psutil
-        info = psutil.Process().memory_info()
-        return getattr(info, "peak_wset", info.rss) / 2**20
-
-
-def view_operations(info: dict[str, Any], res: ViewResult) -> dict[str, Any]:
-    """Per-view counts for one case: dense MACs, effective MACs (analog input), ACs (spikes),
-    membrane updates (NeuroBench's count, and the dense count a clocked chip pays)."""
-    layers = {l["name"]: l for l in info["layers"]}
-    eff_macs = sum(v for n, v in res.ops.items() if not layers[n]["spike_input"])
-    acs = sum(v for n, v in res.ops.items() if layers[n]["spike_input"])
-    numel = {n: float(np.prod(s)) * res.slices for n, s in info["activation_shapes"].items()}
-    rates = {n: res.acts[n] / numel[n] for n in res.acts}
-    total_act = sum(res.acts.values())
-    return {"slices": res.slices, "dense_macs": float(info["dense_macs_per_slice"] * res.slices),
-            "membrane_updates": sum(res.mems.values()),
-            "membrane_updates_dense": sum(numel[n] for n in res.mems),
-            "effective_macs": float(eff_macs), "effective_acs": float(acs),
-            "activation_rates": rates,
-            "activation_sparsity": 1.0 - total_act / sum(numel.values()) if numel else None,
-            "per_layer_ops": res.ops, "per_layer_membrane_updates": res.mems}
+from spikeseg.runtime import __version__
+from spikeseg.runtime.atomic import atomic_dir, write_json
+from spikeseg.runtime.bundle import Bundle, load_bundle
+from spikeseg.runtime.case_io import Case, load_case, save_like
+from spikeseg.runtime.cohort import (SUMMARY, CohortCase, case_lock, check_output_apart, check_writable, discover,
+                                     parse_shard, prediction_name, record_outcome, report_name, shard_of, write_summary)
+from spikeseg.runtime.energy import energy_table
+from spikeseg.runtime.ensemble import fuse, uncertainty_map
+from spikeseg.runtime.errors import InputError
+from spikeseg.runtime.inference import open_engine, run_view
+from spikeseg.runtime.labels import REGIONS, labels_to_regions, regions_to_labels, relabel_small_et
+from spikeseg.runtime.opcount import view_operations
+from spikeseg.runtime.preprocess import model_space, parse_views, to_native_space
+from spikeseg.runtime.system import cpu_model, machine, peak_rss_mb, reset_peak_rss
 
 
 class Segmenter:
@@ -109,14 +58,15 @@ class Segmenter:
         case = load_case(case_dir, with_label=False)
         times["load"] = time.perf_counter() - t
         t = time.perf_counter()
-        image, space = to_model_space(case.image, case.spacing, self.params)
+        prepared = model_space(case, self.params)
+        image, space = prepared.image, prepared.space
         times["preprocess"] = time.perf_counter() - t
         view_probs, operations = [], {}
         for view in self.views:
-            res = run_view(self.engines[view], self.bundle.view_info(view), image, view)
+            res = run_view(self.engines[view], self.bundle.view(view), image, view)
             times[f"view_{view}"] = res.seconds
             view_probs.append(res.prob)
-            operations[view] = view_operations(self.bundle.view_info(view), res)
+            operations[view] = view_operations(self.bundle.view(view), res)
         t = time.perf_counter()
         fused = fuse(view_probs)
         prob = to_native_space(fused, space)
@@ -150,7 +100,7 @@ class Segmenter:
                        "architecture": self.bundle.architecture},
             "backend": self.backend, "precision": self.precision,
             "compute_precision": engine.compute_precision, "threads": self.threads,
-            "cpu": cpu_model(), "machine": platform.machine(),
+            "cpu": cpu_model(), "machine": machine(),
             "views": self.views,
             "uncertainty": ("max over ET/TC/WT of the std across views" if unc is not None
                             else "not available: a single view gives no ensemble spread"),
@@ -160,7 +110,7 @@ class Segmenter:
                                if self.et_min_voxels else None),
             "seconds": times, "engine_compile_seconds": self.compile_seconds,
             "operations": operations,
-            "energy": energy_table(operations, {v: self.bundle.view_info(v) for v in operations}, self.precision),
+            "energy": energy_table(operations, {v: self.bundle.view(v) for v in operations}, self.precision),
         }
 
     @staticmethod
@@ -172,7 +122,7 @@ class Segmenter:
         if save_prob:
             save_like(prob, g, folder / f"{case.case_id}_prob.nii.gz", np.float32)
         if png:
-            from runtime.quicklook import quicklook
+            from spikeseg.runtime.quicklook import quicklook
             quicklook(folder / f"{case.case_id}_quicklook.png", case.image[3], labels,
                       unc if unc is not None else np.zeros(labels.shape, np.float32), case.files.convention)
 
@@ -180,8 +130,9 @@ class Segmenter:
 def segment(bundle_path: Path, input_path: Path, out: Path, backend: str = "openvino", precision: str = "fp32",
             views: str = "all", threads: int = 2, png: bool = False, save_prob: bool = False,
             overwrite: bool = False, et_min_voxels: int = 0, progress: bool = True,
-            shard: str | None = None) -> int:
+            shard: str | None = None, dask: str | None = None) -> int:
     """Segment one case or a cohort; returns the exit status (1 if a case this process ran failed).
+    ``dask``: run the cohort's cases as tasks on a Dask cluster ("local" or a scheduler address).
 
     Everything that can be refused is refused before the engines are compiled: the bundle, an
     output folder that overlaps the input, an output folder that cannot be written."""
@@ -199,10 +150,16 @@ def segment(bundle_path: Path, input_path: Path, out: Path, backend: str = "open
         raise InputError(out / cases[0].case_id, "output exists; pass --overwrite to replace it")
     mine = shard_of(cases, parse_shard(shard))
     check_writable(out)
-    seg = Segmenter(bundle, backend, precision, chosen, threads, et_min_voxels)
     outcomes: dict[Path, tuple[str, str]] = {}
-    for case in tqdm(mine, desc="segment", unit="case", disable=not progress or single):
-        outcomes[case.folder] = status = _run_case(seg, case, out, overwrite, png, save_prob, single)
+    if dask and not single:
+        from spikeseg.runtime.cluster import run_on_dask
+        key = (str(bundle.root.resolve()), backend, precision, tuple(chosen), threads, et_min_voxels)
+        done = run_on_dask(dask, key, mine, out, overwrite, png, save_prob)
+    else:
+        seg = Segmenter(bundle, backend, precision, chosen, threads, et_min_voxels)
+        done = ((case, run_case(seg, case, out, overwrite, png, save_prob, single)) for case in mine)
+    for case, status in tqdm(done, total=len(mine), desc="segment", unit="case", disable=not progress or single):
+        outcomes[case.folder] = status
         if not single:
             record_outcome(out, case, *status)
         if status[0] in ("failed", "busy"):
@@ -217,7 +174,7 @@ def segment(bundle_path: Path, input_path: Path, out: Path, backend: str = "open
     return 1 if any(st == "failed" for st, _ in outcomes.values()) else 0  # this process's own cases
 
 
-def _run_case(seg: Segmenter, case: CohortCase, out: Path, overwrite: bool, png: bool, save_prob: bool,
+def run_case(seg: Segmenter, case: CohortCase, out: Path, overwrite: bool, png: bool, save_prob: bool,
               single: bool) -> tuple[str, str]:
     """(status, message) of one case; a bad case raises only when it is the whole input."""
     if case.error:

@@ -13,7 +13,7 @@ concatenation, and a 3x3 "readout integrator" conv giving ET/TC/WT logits per sl
 
 Every model has two entry points over the same weights: :meth:`SliceSegNet.forward` over a
 whole sequence (training) and :meth:`SliceSegNet.step` over one slice with the state as a flat
-list of tensors (export). With ``count_ops`` the step also returns, per conv layer, the
+list of tensors (export). :meth:`SliceSegNet.step_counted` also returns, per conv layer, the
 effective synaptic operations counted the NeuroBench way: ``sum(binary_layer(x != 0))``, and
 per PLIF layer the membranes this step changed (NeuroBench's ``MembraneUpdates``).
 """
@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from snn.neurons import PLIF, LeakyZero, SpikingLayer
+from spikeseg.snn.neurons import PLIF, LeakyZero, SpikingLayer
 
 NEURONS = ("plif", "snntorch-leaky")
 
@@ -219,6 +219,16 @@ class ConvLSTMCell(nn.Module):
         return h, c
 
 
+class CountedStep(NamedTuple):
+    """One slice's outputs with its counters (empty lists from :meth:`SliceSegNet.step`)."""
+
+    logits: torch.Tensor
+    state: list[torch.Tensor]
+    ops: list[torch.Tensor]
+    acts: list[torch.Tensor]
+    mems: list[torch.Tensor]
+
+
 class SliceSegNet(nn.Module):
     """The shared U topology; ``cfg.arch`` picks spiking, ReLU, or ReLU + ConvLSTM."""
 
@@ -235,7 +245,6 @@ class SliceSegNet(nn.Module):
         # Tumour is ~1 % of voxels: start the readout at that prior (RetinaNet's trick) so the
         # first few hundred updates are not spent learning the background bias (measured: ~500).
         nn.init.constant_(self.readout.bias, -math.log((1 - READOUT_PRIOR) / READOUT_PRIOR))
-        self.count_ops = False
 
     # ---- shapes and state -------------------------------------------------------------------
     @property
@@ -259,6 +268,19 @@ class SliceSegNet(nn.Module):
             shape = (widths[i], ph // 2**i, pw // 2**i)
             specs += [(f"up{j}.deconv", shape), (f"up{j}.conv", shape)]
         return specs
+
+    def layer_grids(self, h: int, w: int) -> dict[str, tuple[int, int]]:
+        """Input grid of every conv/deconv (:meth:`connection_layers` names) for an h x w slice."""
+        ph, pw = self.padded(h, w)
+        depth = len(self.cfg.widths)
+        grids = {f"down{i}.conv": (ph // 2**i, pw // 2**i) for i in range(depth)}
+        if self.clstm is not None:
+            grids["clstm.gates"] = (ph // 2 ** (depth - 1), pw // 2 ** (depth - 1))
+        for j, i in enumerate(reversed(range(depth - 1))):
+            grids[f"up{j}.deconv"] = (ph // 2 ** (i + 1), pw // 2 ** (i + 1))
+            grids[f"up{j}.conv"] = (ph // 2**i, pw // 2**i)
+        grids["readout"] = (ph, pw)
+        return grids
 
     def state_specs(self, h: int, w: int) -> list[tuple[str, tuple[int, int, int]]]:
         """Names and per-sample shapes (C, H, W) of the state tensors for an h x w slice.
@@ -294,14 +316,22 @@ class SliceSegNet(nn.Module):
 
     # ---- one slice --------------------------------------------------------------------------
     def activation_names(self) -> list[str]:
-        """Names of the activation outputs whose nonzero counts ``count_ops`` reports, in order."""
+        """Names of the activation outputs whose nonzero counts :meth:`step_counted` reports, in order."""
         return [name for name, _ in self.activation_specs(1, 1)]
 
-    def step(self, x: torch.Tensor, state: list[torch.Tensor]):
-        """One slice: (logits, new state); with ``count_ops`` also the per-layer effective
-        synaptic operations (:meth:`connection_layers` order), the per-layer counts of nonzero
-        activations (:meth:`activation_names` order) and, for the SNN, the per-PLIF-layer counts
-        of changed membranes (:meth:`state_specs` order), each shaped (B,)."""
+    def step(self, x: torch.Tensor, state: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """One slice: (logits, new state)."""
+        counted = self._step(x, state, count=False)
+        return counted.logits, counted.state
+
+    def step_counted(self, x: torch.Tensor, state: list[torch.Tensor]) -> "CountedStep":
+        """One slice with its operation counters (what the exported step graph outputs): the
+        per-layer effective synaptic operations (:meth:`connection_layers` order), the per-layer
+        counts of nonzero activations (:meth:`activation_names` order) and, for the SNN, the
+        per-PLIF-layer counts of changed membranes (:meth:`state_specs` order), each (B,)."""
+        return self._step(x, state, count=True)
+
+    def _step(self, x: torch.Tensor, state: list[torch.Tensor], count: bool) -> "CountedStep":
         # plain ints: under ONNX tracing, shape values would otherwise become graph tensors and
         # the padding a dynamic computation (OpenVINO 2026.4 mis-evaluates that subgraph)
         h, w = int(x.shape[-2]), int(x.shape[-1])
@@ -311,7 +341,6 @@ class SliceSegNet(nn.Module):
         ops: list[torch.Tensor] = []
         acts: list[torch.Tensor] = []
         mems: list[torch.Tensor] = []
-        count = self.count_ops
         it = iter(state)
 
         def membrane() -> torch.Tensor | None:
@@ -376,7 +405,7 @@ class SliceSegNet(nn.Module):
         new_state = [v for v in down_states + up_states if v is not None]
         if self.clstm is not None:
             new_state += clstm_state
-        return (logits, new_state, ops, acts, mems) if count else (logits, new_state)
+        return CountedStep(logits, new_state, ops, acts, mems)
 
     # ---- a whole sequence -------------------------------------------------------------------
     def forward(self, seq: torch.Tensor, state: list[torch.Tensor] | None = None,
@@ -393,7 +422,7 @@ class SliceSegNet(nn.Module):
         for k in range(t):
             if reset_every_step and k > 0:
                 state = [torch.zeros_like(s) for s in state]
-            logits, state = self.step(seq[:, k], state)[:2]
+            logits, state = self.step(seq[:, k], state)
             outs.append(logits)
         return torch.stack(outs, 1), state
 

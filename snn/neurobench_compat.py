@@ -17,7 +17,7 @@ import snntorch
 import torch
 from torch import nn
 
-from snn.neurons import SpikingLayer
+from spikeseg.snn.neurons import SpikingLayer
 
 
 class HookablePLIF(snntorch.SpikingNeuron):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.phantoms import make_case, write_case
+from spikeseg.training.phantoms import make_case, write_case
 from tests.helpers import run_cli
 
 

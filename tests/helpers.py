@@ -17,7 +17,7 @@ class _BlockTorch:
             raise ImportError("torch is blocked in this test: the runtime must not need it")
         return None
 sys.meta_path.insert(0, _BlockTorch())
-from runtime.cli import main
+from spikeseg.cli import main
 rc = main(sys.argv[1:])
 assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules), "torch was imported"
 sys.exit(rc)
@@ -25,6 +25,6 @@ sys.exit(rc)
 
 
 def run_cli(*args: str, block_torch: bool = False, timeout: float = 600) -> subprocess.CompletedProcess:
-    code = _NO_TORCH if block_torch else "import sys; from runtime.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = _NO_TORCH if block_torch else "import sys; from spikeseg.cli import main; sys.exit(main(sys.argv[1:]))"
     return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, cwd=REPO)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from benchmarks.train_memory import run as train_memory
+from spikeseg.benchmarks.train_memory import run as train_memory
 from tests.helpers import run_cli
 
 

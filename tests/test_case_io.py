@@ -8,9 +8,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from runtime.case_io import find_case, find_cases, load_case, load_label_file, save_like
-from runtime.errors import InputError
-from runtime.labels import BRATS2021, BRATS2023, labels_to_regions, regions_to_labels
+from spikeseg.runtime.case_io import find_case, find_cases, load_case, load_label_file, save_like
+from spikeseg.runtime.errors import InputError
+from spikeseg.runtime.labels import BRATS2021, BRATS2023, labels_to_regions, regions_to_labels
 
 SHAPE = (12, 14, 10)
 

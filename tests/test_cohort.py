@@ -6,6 +6,7 @@ would (issues "Hardening the runtime" and "Cohorts that never lose data")."""
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
 import os
 import shutil
@@ -16,7 +17,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from runtime.atomic import atomic_dir
+from spikeseg.runtime.atomic import atomic_dir
 from tests.helpers import run_cli
 
 FAST = ("--views", "axial", "--quiet")
@@ -287,7 +288,7 @@ def test_kill_in_the_middle_then_rerun_leaves_no_partial_and_redoes_nothing(bund
         for f in (cohort / f"zz{i}").iterdir():
             f.rename(f.with_name(f.name.replace(sorted(cohort.iterdir())[i].name, f"Extra_{i:05d}")))
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "segment", str(bundles["useg"]), str(cohort),
+    proc = subprocess.Popen([sys.executable, "-m", "spikeseg.cli", "segment", str(bundles["useg"]), str(cohort),
                              str(out), "--views", "axial,coronal", "--quiet"], cwd=Path(__file__).parents[1],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -319,3 +320,55 @@ def test_evaluate_against_label_maps_only(bundles, cohort: Path, tmp_path: Path)
     only = run_cli("evaluate", out, labels, "--out", tmp_path / "b.csv", block_torch=True)
     assert full.returncode == only.returncode == 0, only.stderr
     assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()
+
+
+def test_a_dask_cluster_gives_the_single_process_outputs_and_summary(bundles, cohort: Path, tmp_path: Path) -> None:
+    """A LocalCluster of worker processes: the same segmentations as one process, one complete
+    summary with the bad case failed, exit 1, the inputs byte-identical."""
+    pytest.importorskip("distributed")
+    bad = sorted(cohort.iterdir())[1]
+    (bad / f"{bad.name}_flair.nii.gz").unlink()
+    before = tree_digest(cohort)
+    single, clustered = tmp_path / "single", tmp_path / "dask"
+    assert run_cli("segment", bundles["useg"], cohort, single, *FAST).returncode == 1
+    r = run_cli("segment", bundles["useg"], cohort, clustered, "--dask", "local", "--threads", "1", *FAST)
+    assert r.returncode == 1, r.stderr
+    rows = summary(clustered)
+    assert {c: row["status"] for c, row in rows.items()} == {c: row["status"] for c, row in summary(single).items()}
+    assert rows[bad.name]["status"] == "failed" and "missing modality flair" in rows[bad.name]["message"]
+    for case in (c.name for c in sorted(cohort.iterdir()) if c.name != bad.name):
+        a, b = (gzip.decompress((o / case / f"{case}_pred.nii.gz").read_bytes()) for o in (single, clustered))
+        assert a == b, case
+    assert tree_digest(cohort) == before
+    assert not list(clustered.glob(".*partial*"))
+
+
+def test_a_killed_dask_worker_has_its_case_run_elsewhere(bundles, cohort: Path, tmp_path: Path) -> None:
+    """A worker process that dies in the middle of a case (kill -9, OOM killer) costs a retry,
+    not the case: the scheduler reruns it on a live worker and the output is the single-process one."""
+    pytest.importorskip("distributed")
+    from spikeseg.runtime.bundle import load_bundle
+    from spikeseg.runtime.cluster import _segment_task, run_on_dask
+    from spikeseg.runtime.cohort import case_lock, discover
+
+    victim = sorted(cohort.iterdir())[0].name
+    marker = tmp_path / "killed-once"
+
+    def dies_once(key, case, out, *args):  # local: cloudpickle ships it to the workers by value
+        if case.name == victim and not marker.exists():
+            marker.touch()
+            with case_lock(out, case.case_id):  # dies holding the case's lock
+                os._exit(9)
+        return _segment_task(key, case, out, *args)
+
+    single, clustered = tmp_path / "single", tmp_path / "dask"
+    assert run_cli("segment", bundles["useg"], cohort, single, *FAST).returncode == 0
+    clustered.mkdir()
+    key = (str(load_bundle(bundles["useg"]).root.resolve()), "openvino", "fp32", ("axial",), 1, 0)
+    outcomes = {c.name: s for c, s in run_on_dask("local", key, discover(cohort), clustered, False, False, False,
+                                                  task=dies_once)}
+    assert marker.exists()  # the worker really died
+    assert all(s[0] == "ok" for s in outcomes.values()), outcomes
+    for case in outcomes:
+        a, b = (gzip.decompress((o / case / f"{case}_pred.nii.gz").read_bytes()) for o in (single, clustered))
+        assert a == b, case

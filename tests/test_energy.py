@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from runtime.bundle import load_bundle
-from runtime.energy import builtin_profiles, case_energy, roofline_seconds
-from runtime.opcount import static_counts
+from spikeseg.runtime.bundle import load_bundle
+from spikeseg.runtime.energy import builtin_profiles, case_energy, roofline_seconds
+from spikeseg.runtime.opcount import static_counts
 from tests.helpers import run_cli
 
 
@@ -19,12 +19,12 @@ def test_static_counts_from_the_graph_match_the_torch_layer_table(bundles) -> No
     for arch in ("spiking-useg", "useg"):
         b = load_bundle(bundles[arch])
         for view in b.views:
-            info = b.view_info(view)
+            spec = b.view(view)
             for fmt in ("onnx", "openvino"):
                 counts = static_counts(b.model_file(view, fmt, "fp32").path)
-                assert counts["macs_per_slice"] == info["dense_macs_per_slice"]
-                assert [l["macs"] for l in counts["layers"]] == [l["dense_macs_per_slice"] for l in info["layers"]]
-            assert info["static_ops"]["macs_per_slice"] == info["dense_macs_per_slice"]
+                assert counts["macs_per_slice"] == spec.dense_macs_per_slice
+                assert [l["macs"] for l in counts["layers"]] == [l.dense_macs_per_slice for l in spec.layers]
+            assert spec.report["static_ops"]["macs_per_slice"] == spec.dense_macs_per_slice
 
 
 def test_runtime_counts_match_neurobench_on_the_same_case(bundles, phantom_root: Path, tmp_path: Path) -> None:
@@ -34,11 +34,11 @@ def test_runtime_counts_match_neurobench_on_the_same_case(bundles, phantom_root:
     from neurobench.metrics.workload import MembraneUpdates, SynapticOperations
     from neurobench.models import TorchModel
 
-    from runtime.case_io import load_case
-    from runtime.preprocess import to_model_space, to_view
-    from snn.models import ActivationTap
-    from snn.neurobench_compat import hookable
-    from training.trainer import load_run
+    from spikeseg.runtime.case_io import load_case
+    from spikeseg.runtime.preprocess import to_model_space, to_view
+    from spikeseg.snn.models import ActivationTap
+    from spikeseg.snn.neurobench_compat import hookable
+    from spikeseg.training.run_folder import load_run
 
     case = sorted(phantom_root.iterdir())[2]
     r = run_cli("segment", bundles["spiking-useg"], case, tmp_path / "o", "--backend", "onnxruntime",
@@ -46,9 +46,9 @@ def test_runtime_counts_match_neurobench_on_the_same_case(bundles, phantom_root:
     assert r.returncode == 0, r.stderr
     rep = json.loads((tmp_path / "o" / case.name / f"{case.name}_report.json").read_text())
     ops = rep["operations"]["axial"]
-    info = load_bundle(bundles["spiking-useg"]).view_info("axial")
-    conv_layers = {l["name"] for l in info["layers"] if l["type"] == "Conv2d"}
-    spike_in = {l["name"]: l["spike_input"] for l in info["layers"]}
+    spec = load_bundle(bundles["spiking-useg"]).view("axial")
+    conv_layers = {layer.name for layer in spec.layers if layer.kind == "conv"}
+    spike_in = {layer.name: layer.spike_input for layer in spec.layers}
     ours_mac = sum(v for n, v in ops["per_layer_ops"].items() if n in conv_layers and not spike_in[n])
     ours_ac = sum(v for n, v in ops["per_layer_ops"].items() if n in conv_layers and spike_in[n])
 

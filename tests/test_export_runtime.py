@@ -11,40 +11,46 @@ import numpy as np
 import pytest
 import torch
 
-from runtime.bundle import load_bundle
-from runtime.errors import InputError
-from runtime.inference import OrtEngine, OvEngine
-from runtime.preprocess import to_view
+from spikeseg.runtime.bundle import load_bundle
+from spikeseg.runtime.bundle_spec import ViewSpec
+from spikeseg.runtime.errors import InputError
+from spikeseg.runtime.inference import OrtEngine, OvEngine
+from spikeseg.runtime.preprocess import to_view
 from tests.helpers import run_cli
 
 def _axial_slices(case_dir: Path, params) -> np.ndarray:
     """A phantom case's axial slices in model space, as the runtime feeds them."""
-    from runtime.case_io import load_case
-    from runtime.preprocess import to_model_space
+    from spikeseg.runtime.case_io import load_case
+    from spikeseg.runtime.preprocess import to_model_space
     case = load_case(case_dir)
     image, _ = to_model_space(case.image, case.spacing, params)
     return np.ascontiguousarray(to_view(image, "axial"), dtype=np.float32)
 
 
 def _torch_model(bundles, arch: str, view: str):
-    from training.trainer import load_run
+    from spikeseg.training.run_folder import load_run
     return load_run(bundles["runs"] / arch / view)
 
 
 def test_manifest_lists_every_model_with_checksums(bundles) -> None:
     b = load_bundle(bundles["spiking-useg"])
     assert b.stateful and b.architecture == "spiking-useg" and b.views == ["coronal", "axial"]
-    info = b.view_info("axial")
-    kinds = {(m["format"], m["precision"]) for m in info["models"]}
+    spec = b.view("axial")
+    kinds = {(m.format, m.precision) for m in spec.models}
     assert kinds == {("onnx", "fp32"), ("openvino", "fp32"), ("onnx", "int8"), ("openvino", "int8")}
-    assert all(len(m["sha256"]) == 64 for m in info["models"])
-    assert info["states"] and info["states"][0]["input"].startswith("state.")
-    q = info["quantisation"]
+    assert all(len(f.sha256) == 64 for m in spec.models for f in m.files())
+    assert spec.execution == "slice-sequence" and spec.states and spec.states[0].input.startswith("state.")
+    q = spec.report["quantisation"]
     for backend in ("openvino", "onnxruntime"):
         assert set(q[backend]["dice_change"]) == {"ET", "TC", "WT"}
         assert "within_budget" in q[backend]
     assert q["holdout"]["source"] == "run validation split"
-    assert info["training"]["trainer"] == "fptt" and info["dense_macs_per_slice"] > 0
+    assert spec.report["training"]["trainer"] == "fptt" and spec.dense_macs_per_slice > 0
+    # the manifest's stated totals agree with its layers, and it reads back to the same spec
+    raw = json.loads((bundles["spiking-useg"] / "manifest.json").read_text())["views"]["axial"]
+    assert raw["dense_macs_per_slice"] == sum(layer["dense_macs_per_slice"] for layer in raw["layers"])
+    assert ViewSpec.parse(spec.to_dict(), "axial", None) == spec
+    assert load_bundle(bundles["useg"]).view("axial").execution == "slice-batches"
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
@@ -56,7 +62,7 @@ def test_snn_step_matches_torch_under_teacher_forcing(bundles, phantom_root: Pat
     """
     model, _, params = _torch_model(bundles, "spiking-useg", "axial")
     b = load_bundle(bundles["spiking-useg"])
-    info = b.view_info("axial")
+    spec = b.view("axial")
     mf = b.model_file("axial", "onnx" if backend == "onnxruntime" else "openvino", "fp32")
     engine = (OrtEngine if backend == "onnxruntime" else OvEngine)(mf, "fp32", 2)
     seq = _axial_slices(sorted(phantom_root.iterdir())[0], params)
@@ -64,19 +70,17 @@ def test_snn_step_matches_torch_under_teacher_forcing(bundles, phantom_root: Pat
     state = model.init_state(1, h, w)
     flips = total = 0
     worst = 0.0
-    model.count_ops = True
     with torch.no_grad():
         for t in range(seq.shape[0]):
-            feeds = {"x": seq[t:t + 1], **{s["input"]: st.numpy() for s, st in zip(info["states"], state)}}
+            feeds = {"x": seq[t:t + 1], **{s.input: st.numpy() for s, st in zip(spec.states, state)}}
             out = engine(feeds)
-            logits, state, *_ = model.step(torch.from_numpy(seq[t:t + 1]), state)
-            for s, st in zip(info["states"], state):
-                diff = np.abs(out[s["output"]] - st.numpy())
+            logits, state = model.step(torch.from_numpy(seq[t:t + 1]), state)
+            for s, st in zip(spec.states, state):
+                diff = np.abs(out[s.output] - st.numpy())
                 flips += int((diff > 0.5).sum())  # a spike flip changes the reset membrane by ~1
                 total += diff.size
             if flips == 0:
                 worst = max(worst, float(np.abs(out["logits"] - logits.numpy()).max()))
-    model.count_ops = False
     assert worst < 1e-4
     assert flips / total < 1e-3
 
@@ -87,21 +91,21 @@ def test_membrane_counters_agree_with_the_graphs_own_states(bundles, phantom_roo
                                                             precision: str) -> None:
     """mem.<layer> == membranes whose state output differs from the state input, every step,
     in every exported model (quantisers must not touch the counter's comparison)."""
-    from runtime.inference import open_engine
+    from spikeseg.runtime.inference import open_engine
     b = load_bundle(bundles["spiking-useg"])
-    info = b.view_info("axial")
+    spec = b.view("axial")
     engine = open_engine(b, "axial", backend, precision, 2)
     seq = _axial_slices(sorted(phantom_root.iterdir())[0], b.preprocess)
-    states = {s["input"]: np.zeros([1] + s["shape"], np.float32) for s in info["states"]}
+    states = spec.zero_states()
     counted = changed = 0.0
     for t in range(seq.shape[0] // 2, seq.shape[0] // 2 + 4):
         out = engine({"x": seq[t:t + 1], **states})
-        for s, name in zip(info["states"], info["outputs"]["mems"]):
+        for s, name in zip(spec.states, spec.mems):
             counted += float(out[f"mem.{name}"].sum())
-            changed += float((out[s["output"]] != states[s["input"]]).sum())
-            states[s["input"]] = out[s["output"]]
+            changed += float((out[s.output] != states[s.input]).sum())
+            states[s.input] = out[s.output]
     assert counted == changed
-    assert 0 < changed < 4 * sum(np.prod(s["shape"]) for s in info["states"])
+    assert 0 < changed < 4 * sum(np.prod(s.shape) for s in spec.states)
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
@@ -174,9 +178,9 @@ def test_segment_writes_outputs_in_input_geometry_without_torch(bundles, phantom
     assert ops["dense_macs"] > 0 and ops["effective_macs"] > 0
     if arch == "spiking-useg":
         assert ops["effective_acs"] > 0 and 0 <= ops["activation_sparsity"] <= 1
-        info = load_bundle(bundles[arch]).view_info("axial")
-        neurons = sum(int(np.prod(shape)) for shape in info["activation_shapes"].values())
-        assert ops["membrane_updates_dense"] == neurons * info["slices_per_case"]
+        spec = load_bundle(bundles[arch]).view("axial")
+        neurons = sum(int(np.prod(shape)) for shape in spec.activation_shapes.values())
+        assert ops["membrane_updates_dense"] == neurons * spec.slices_per_case
         assert 0 < ops["membrane_updates"] <= ops["membrane_updates_dense"]
         assert all(0 <= r <= 1 for r in ops["activation_rates"].values())
     else:
@@ -264,12 +268,12 @@ def test_segment_refuses_existing_output_and_tampered_bundle(bundles, phantom_ro
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 def test_retry_keeps_first_conv_and_readout_in_float(bundles, tmp_path: Path, backend: str) -> None:
-    from export.quantize import quantize_onnxruntime, quantize_openvino, weight_name
+    from spikeseg.export.quantize import quantize_onnxruntime, quantize_openvino, weight_name
     b = load_bundle(bundles["useg"])
-    info = b.view_info("axial")
-    keep = [l["module"] for l in info["layers"] if l["name"] in ("down0.conv", "readout")]
+    spec = b.view("axial")
+    keep = [layer.module for layer in spec.layers if layer.name in ("down0.conv", "readout")]
     assert keep == ["down.0.conv", "readout"]
-    h, w = info["slice_shape"]
+    h, w = spec.slice_shape
     rng = np.random.default_rng(0)
     feeds = [{"x": rng.random((1, 4, h, w), dtype=np.float32)} for _ in range(8)]
     if backend == "onnxruntime":
@@ -299,3 +303,25 @@ def test_retry_keeps_first_conv_and_readout_in_float(bundles, tmp_path: Path, ba
 
         fq_input = [quantised_input(op.input(0).get_source_output().get_node()) for op in convs]
         assert not fq_input[0] and not fq_input[-1] and all(fq_input[1:-1])
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_same_case_and_bundle_give_identical_outputs(bundles, phantom_root: Path, tmp_path: Path, backend: str) -> None:
+    """Run twice, the segmentation, the uncertainty map, the probabilities and the quick-look are
+    the same bytes (image data, header and all; only the report's timings may differ)."""
+    import gzip
+
+    case = sorted(phantom_root.iterdir())[0]
+    outs = []
+    for k in range(2):
+        r = run_cli("segment", bundles["spiking-useg"], case, tmp_path / str(k), "--backend", backend, "--png",
+                    "--save-prob", "--quiet", block_torch=True)
+        assert r.returncode == 0, r.stderr
+        outs.append(tmp_path / str(k) / case.name)
+    files = sorted(p.name for p in outs[0].iterdir() if not p.name.endswith("_report.json"))
+    assert len(files) == 4 and files == sorted(p.name for p in outs[1].iterdir() if not p.name.endswith("_report.json"))
+    for name in files:
+        a, b = ((o / name).read_bytes() for o in outs)
+        if name.endswith(".gz"):
+            a, b = gzip.decompress(a), gzip.decompress(b)
+        assert a == b, name

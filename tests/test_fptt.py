@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training.fptt import FPTT
+from spikeseg.training.fptt import FPTT
 
 
 def _quadratic_setup(w0: float = 1.0, lr: float = 0.5, alpha: float = 0.1):

@@ -16,10 +16,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from runtime.bundle import MANIFEST, load_bundle, sha256_file
-from runtime.case_io import load_case
-from runtime.errors import InputError
-from runtime.inference import open_engine
+from spikeseg.runtime.bundle import MANIFEST, load_bundle, sha256_file
+from spikeseg.runtime.case_io import load_case
+from spikeseg.runtime.errors import InputError
+from spikeseg.runtime.inference import open_engine
 from tests.helpers import run_cli
 
 
@@ -151,7 +151,7 @@ HEADER_FIELDS = ["dim", "pixdim", "datatype", "bitpix", "vox_offset", "scl_slope
 def test_fuzz_case_headers_fail_cleanly(phantom_root: Path, tmp_path: Path) -> None:
     """120 seeded header mutations of one modality: load_case succeeds or raises an InputError
     that names the file; a claimed size never drives memory past a few hundred MB."""
-    from runtime.segment import peak_rss_mb, reset_peak_rss
+    from spikeseg.runtime.system import peak_rss_mb, reset_peak_rss
     reset_peak_rss()
     src = sorted(phantom_root.iterdir())[0]
     rng = np.random.default_rng(1)

@@ -10,8 +10,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from runtime.labels import BRATS2021
-from runtime.metrics import HD95_PENALTY_MM, brier, dice, ece, hd95, nll, sensitivity, specificity
+from spikeseg.runtime.labels import BRATS2021
+from spikeseg.runtime.metrics import HD95_PENALTY_MM, brier, dice, ece, hd95, nll, sensitivity, specificity
 
 CONFIG = Path(__file__).parent / "data" / "panoptica_brats2021.yaml"
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from snn.models import ARCHS, ActivationTap, ModelConfig, build_model
+from spikeseg.snn.models import ARCHS, ActivationTap, ModelConfig, build_model
 
 
 def _model(arch: str, widths=(4, 8, 16), seed: int = 0):
@@ -63,15 +63,13 @@ def test_presets_and_config_round_trip() -> None:
 
 def _count(model, x):
     """Per-layer totals over batch and steps of ops, nonzero activations and changed membranes."""
-    model.count_ops = True
     state = model.init_state(x.shape[0], *x.shape[-2:])
     totals = None
     with torch.no_grad():
         for t in range(x.shape[1]):
-            _, state, *counts = model.step(x[:, t], state)
+            _, state, *counts = model.step_counted(x[:, t], state)
             sums = [[float(c.sum()) for c in group] for group in counts]
             totals = sums if totals is None else [[a + b for a, b in zip(ga, gb)] for ga, gb in zip(totals, sums)]
-    model.count_ops = False
     return totals
 
 
@@ -121,21 +119,19 @@ def test_membrane_updates_match_neurobench() -> None:
     from neurobench.metrics.workload import MembraneUpdates
     from neurobench.models import TorchModel
 
-    from snn.neurobench_compat import hookable
+    from spikeseg.snn.neurobench_compat import hookable
 
     model = _model("spiking-useg")
     x = _spiky_input()
     b, t = x.shape[:2]
-    model.count_ops = True
     state = model.init_state(b, *x.shape[-2:])
     first = sum(s[0].numel() for s in state)  # per sample
     ours = float(first)
     with torch.no_grad():
         for k in range(t):
-            _, state, _, _, mems = model.step(x[:, k], state)
+            _, state, _, _, mems = model.step_counted(x[:, k], state)
             if k:
                 ours += sum(float(m.sum()) for m in mems) / b
-    model.count_ops = False
 
     twin = hookable(model)
     nb = TorchModel(twin)
@@ -154,7 +150,7 @@ def test_membrane_updates_match_neurobench() -> None:
 
 def test_deconvolution_ops_match_a_binary_copy_of_the_layer() -> None:
     """NeuroBench's definition, sum(binary_layer(x != 0)), applied to the layer it skips."""
-    from snn.models import effective_ops
+    from spikeseg.snn.models import effective_ops
     layer = nn.ConvTranspose2d(6, 3, 2, stride=2)
     x = (torch.rand(2, 6, 5, 7) > 0.7).float()
     ref = copy.deepcopy(layer)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from snn.neurons import PLIF
+from spikeseg.snn.neurons import PLIF
 
 
 @pytest.mark.parametrize("detach_reset", [False, True])
@@ -55,7 +55,7 @@ def test_tau_floor() -> None:
 
 def test_surrogate_is_the_papers_arctan() -> None:
     """d/dx [arctan(pi x)/pi + 1/2] = 1 / (1 + (pi x)^2)."""
-    from snn.neurons import ATanSpike
+    from spikeseg.snn.neurons import ATanSpike
     x = torch.linspace(-2, 2, 41, requires_grad=True)
     ATanSpike.apply(x).sum().backward()
     xs = x.detach().clone().requires_grad_(True)
@@ -69,7 +69,7 @@ def test_leaky_zero_matches_snntorch_step_by_step() -> None:
     import snntorch
     from snntorch import surrogate
 
-    from snn.neurons import LeakyZero
+    from spikeseg.snn.neurons import LeakyZero
 
     torch.manual_seed(0)
     T, shape = 12, (3, 5, 7)

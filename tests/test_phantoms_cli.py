@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from runtime.phantoms import make_case
+from spikeseg.training.phantoms import make_case
 from tests.helpers import run_cli
 
 
@@ -73,8 +73,12 @@ def test_evaluate_known_answers_without_torch(phantom_root: Path, tmp_path: Path
     for row in rows[:2]:
         for region in ("ET", "TC", "WT"):
             assert float(row[f"{region}_dice"]) == 1.0 and float(row[f"{region}_hd95"]) == 0.0
+            assert (float(row[f"{region}_lw_dice"]), float(row[f"{region}_lw_hd95"]), float(row[f"{region}_lw_fp"])) \
+                == (1.0, 0.0, 0.0)
     for region in ("ET", "TC", "WT"):
         assert float(rows[2][f"{region}_dice"]) == 0.0 and float(rows[2][f"{region}_hd95"]) == pytest.approx(373.13, abs=0.01)
+        assert (float(rows[2][f"{region}_lw_dice"]), float(rows[2][f"{region}_lw_hd95"])) == (0.0, 374.0)
+        assert float(rows[2][f"{region}_lw_fn"]) >= 1 and float(rows[2][f"{region}_lw_tp"]) == 0
         assert float(rows[3][f"{region}_dice"]) == pytest.approx(2 / 3)  # the mean
     r2 = run_cli("evaluate", pred, phantom_root, "--out", out)
     assert r2.returncode == 2 and str(out) in r2.stderr and "exists" in r2.stderr
@@ -98,3 +102,32 @@ def test_evaluate_reports_a_bad_case_and_goes_on(phantom_root: Path, tmp_path: P
 def test_help_and_import_without_torch() -> None:
     r = run_cli("--help", block_torch=True)
     assert r.returncode == 0 and "phantoms" in r.stdout and "evaluate" in r.stdout
+
+
+def test_version_and_every_option_explained_without_torch() -> None:
+    """`spikeseg --version` names the installed version; every option of every command has help
+    text, so `spikeseg COMMAND --help` explains everything a user can pass."""
+    import argparse
+
+    import spikeseg
+    from spikeseg.cli import build_parser
+
+    r = run_cli("--version", block_torch=True)
+    assert r.returncode == 0 and r.stdout.strip() == f"spikeseg {spikeseg.__version__}"
+    unexplained = []
+    for name, sub in build_parser()._subparsers._group_actions[0].choices.items():
+        unexplained += [f"{name} {a.dest}" for a in sub._actions
+                        if not isinstance(a, argparse._HelpAction) and not a.help]
+    assert unexplained == []
+
+
+def test_a_command_whose_stage_is_not_installed_says_how_to_install_it() -> None:
+    """Without torch (a runtime-only install), `train` is listed as not installed and refuses
+    with the install command, exit 2, no traceback; the runtime's commands still run."""
+    r = run_cli("--help", block_torch=True)
+    listing = " ".join(r.stdout.split())
+    assert "train train a view model (Spiking U-Seg-Net or a twin) [not installed here" in listing
+    assert "segment segment a case or a cohort on the CPU (no torch) evaluate" in listing
+    r = run_cli("train", "--data", "x", "--out", "y", block_torch=True)
+    assert r.returncode == 2 and "needs torch" in r.stderr and "spikeseg[train]" in r.stderr
+    assert "Traceback" not in r.stderr

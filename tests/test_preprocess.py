@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.case_io import load_case
-from runtime.errors import InputError
-from runtime.preprocess import (PreprocessParams, crop, crop_box, from_view, normalise, parse_views,
-                                regions_to_model_space, resample, to_model_space, to_native_space,
-                                to_view, uncrop)
+from spikeseg.runtime.case_io import load_case
+from spikeseg.runtime.errors import InputError
+from spikeseg.runtime.preprocess import (PreprocessParams, crop, crop_box, from_view, load_model_space, normalise,
+                                         parse_views, regions_to_model_space, resample, to_model_space,
+                                         to_native_space, to_view, uncrop)
 
 
 def test_paper_crop_box_on_brats_grid() -> None:
@@ -77,7 +77,7 @@ def test_model_space_round_trip_on_a_1mm_like_case(phantom_root: Path) -> None:
     model, space = to_model_space(case.image, case.spacing, params)
     assert model.shape == (4,) + params.model_shape
     assert 0.0 <= model.min() and model.max() <= 1.0
-    from runtime.labels import labels_to_regions
+    from spikeseg.runtime.labels import labels_to_regions
     regions = labels_to_regions(case.label, case.files.convention)
     target = regions_to_model_space(regions, space)
     back = to_native_space(target.astype(np.float32), space) >= 0.5
@@ -92,3 +92,21 @@ def test_parse_views() -> None:
     assert parse_views("axial, coronal") == ["axial", "coronal"]
     with pytest.raises(InputError, match="unknown view"):
         parse_views("transverse")
+
+
+def test_load_model_space_label_modes(case_copy: Path) -> None:
+    """One loader for every stage: it matches the step-by-step path, reads the label only when
+    asked, and names the folder when a stage that needs a label gets a case without one."""
+    params = PreprocessParams(spacing_mm=(4.0, 4.0, 4.0))
+    case = load_case(case_copy)
+    image, _ = to_model_space(case.image, case.spacing, params)
+    from spikeseg.runtime.labels import labels_to_regions
+    got = load_model_space(case_copy, params, label="required")
+    np.testing.assert_array_equal(got.image, image)
+    np.testing.assert_array_equal(got.regions, regions_to_model_space(
+        labels_to_regions(case.label, case.files.convention), got.space))
+    assert load_model_space(case_copy, params).regions is None  # segmentation never reads it
+    next(case_copy.glob("*_seg.nii*")).unlink()
+    assert load_model_space(case_copy, params, label="optional").regions is None
+    with pytest.raises(InputError, match=case_copy.name):
+        load_model_space(case_copy, params, label="required")

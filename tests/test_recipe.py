@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
 
-from snn.models import ModelConfig, build_model, tdbn_gain
-from snn.neurons import PLIF, ATanSpike
+from spikeseg.snn.models import ModelConfig, build_model, tdbn_gain
+from spikeseg.snn.neurons import PLIF, ATanSpike
 from tests.conftest import TRAIN
 from tests.helpers import run_cli
 
@@ -61,7 +62,8 @@ def test_tdbn_gain_puts_the_first_charge_at_threshold_scale() -> None:
 
 
 def test_warm_start_copies_every_twin_weight_and_refuses_a_mismatch(phantom5: Path, tmp_path: Path) -> None:
-    from training.trainer import load_run, warm_start
+    from spikeseg.training.run_folder import load_run
+    from spikeseg.training.trainer import warm_start
 
     twin_run = tmp_path / "twin"
     r = run_cli("train", "--data", phantom5, "--out", twin_run, "--arch", "useg", *TRAIN[:6], "--epochs", "1", "--quiet")
@@ -74,7 +76,7 @@ def test_warm_start_copies_every_twin_weight_and_refuses_a_mismatch(phantom5: Pa
         if k.endswith((".act.w", ".act.theta")):
             continue
         assert torch.equal(v, t[k]), k
-    from runtime.errors import InputError
+    from spikeseg.runtime.errors import InputError
     with pytest.raises(InputError, match="cannot warm-start"):
         warm_start(build_model(ModelConfig.preset("spiking-useg", "small")), twin_run)
 
@@ -98,9 +100,8 @@ def test_training_logs_firing_rates_inside_a_sane_band(phantom5: Path, tmp_path:
 
 
 def test_recipe_defaults_apply_to_the_snn_only(phantom5: Path, tmp_path: Path) -> None:
-    import json
-
-    from training.trainer import RECIPE_READOUT_LR_SCALE, TrainConfig, param_groups
+    from spikeseg.training.config import RECIPE_READOUT_LR_SCALE, TrainConfig
+    from spikeseg.training.trainer import param_groups
     assert TrainConfig(data="", out="", arch="spiking-useg").resolved_readout_lr_scale() == RECIPE_READOUT_LR_SCALE
     assert TrainConfig(data="", out="", arch="useg").resolved_readout_lr_scale() == 1.0
     assert TrainConfig(data="", out="", arch="spiking-useg", readout_lr_scale=2).resolved_readout_lr_scale() == 2
@@ -114,8 +115,6 @@ def test_snntorch_leaky_with_membrane_readout_trains_exports_and_segments(phanto
                                                                           tmp_path: Path) -> None:
     """``--neuron snntorch-leaky`` and ``--readout-input membrane`` go through the same chain:
     trained, exported (the step graph carries the membranes), run without torch."""
-    import json
-
     run = tmp_path / "leaky"
     r = run_cli("train", "--data", phantom5, "--out", run, "--arch", "spiking-useg", "--neuron", "snntorch-leaky",
                 "--readout-input", "membrane", *TRAIN[:6], "--epochs", "1", "--quiet")
@@ -134,3 +133,18 @@ def test_snntorch_leaky_with_membrane_readout_trains_exports_and_segments(phanto
     layers = {l["name"]: l for l in json.loads((tmp_path / "bundle" / "manifest.json").read_text())
               ["views"]["axial"]["layers"]}
     assert layers["readout"]["spike_input"] is False  # the membrane readout is counted as MACs
+
+
+def test_warm_start_takes_each_views_twin_from_a_view_all_run(bundles, tmp_path: Path) -> None:
+    """``--init-from`` a folder of per-view twin runs picks the matching view; a twin of another
+    view (same weights' shapes, other slice orientation) is refused."""
+    from spikeseg.runtime.errors import InputError
+    from spikeseg.training.run_folder import twin_run_for
+
+    twins = bundles["runs"] / "useg"
+    assert twin_run_for(twins, "axial") == twins / "axial"
+    assert twin_run_for(twins / "coronal", "coronal") == twins / "coronal"
+    with pytest.raises(InputError, match="is a coronal run; the axial model needs an? axial twin"):
+        twin_run_for(twins / "coronal", "axial")
+    with pytest.raises(InputError, match="not a training run"):
+        twin_run_for(tmp_path, "axial")

@@ -46,7 +46,7 @@ def test_run_folder_has_everything_and_loss_falls(phantom5: Path, tmp_path: Path
 def test_resume_after_kill_matches_an_uninterrupted_run(phantom5: Path, tmp_path: Path) -> None:
     ref = run_cli(*_train_args(phantom5, tmp_path / "ref", "--epochs", "3"))
     assert ref.returncode == 0, ref.stderr
-    code = "import sys; from runtime.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from spikeseg.cli import main; sys.exit(main(sys.argv[1:]))"
     proc = subprocess.Popen([sys.executable, "-c", code, *_train_args(phantom5, tmp_path / "k", "--epochs", "3")],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = tmp_path / "k" / "checkpoints" / "last.pt"
@@ -72,7 +72,7 @@ def test_resume_after_kill_matches_an_uninterrupted_run(phantom5: Path, tmp_path
 def test_ddp_two_cpu_processes_stay_in_sync(phantom5: Path, tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           "-m", "runtime.cli", *_train_args(phantom5, tmp_path / "ddp", "--epochs", "3", "--batch-size", "1")]
+           "-m", "spikeseg.cli", *_train_args(phantom5, tmp_path / "ddp", "--epochs", "3", "--batch-size", "1")]
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())

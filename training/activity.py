@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from snn.neurons import SpikingLayer
+from spikeseg.snn.neurons import SpikingLayer
 
 
 class ActivityMonitor:

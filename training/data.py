@@ -16,11 +16,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from runtime.atomic import atomic_path, write_json
-from runtime.case_io import find_cases, load_case
-from runtime.errors import InputError
-from runtime.labels import labels_to_regions
-from runtime.preprocess import PreprocessParams, regions_to_model_space, to_model_space, to_view
+from spikeseg.runtime.atomic import atomic_path, write_json
+from spikeseg.runtime.case_io import find_cases
+from spikeseg.runtime.errors import InputError
+from spikeseg.runtime.preprocess import PreprocessParams, load_model_space, to_view
 
 
 @dataclass(frozen=True)
@@ -54,12 +53,9 @@ def preprocess_dataset(data_dir: Path, cache_root: Path, params: PreprocessParam
         case_id = folder.name
         img_p, reg_p = cache / f"{case_id}_image.npy", cache / f"{case_id}_regions.npy"
         if not (img_p.exists() and reg_p.exists()):
-            case = load_case(folder)
-            if case.label is None:
-                raise InputError(folder, "training needs a label map (<id>_seg)")
-            model_img, space = to_model_space(case.image, case.spacing, params)
-            regions = regions_to_model_space(labels_to_regions(case.label, case.files.convention), space)
-            for path, arr in ((reg_p, regions.astype(np.uint8)), (img_p, model_img)):
+            prepared = load_model_space(folder, params, label="required")
+            assert prepared.regions is not None
+            for path, arr in ((reg_p, prepared.regions.astype(np.uint8)), (img_p, prepared.image)):
                 with atomic_path(path, suffix=".npy") as tmp:
                     np.save(tmp, arr)
         out.append(CachedCase(case_id, img_p, reg_p))

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from runtime.preprocess import from_view, to_view
-from snn.models import SliceSegNet
+from spikeseg.runtime.preprocess import from_view, to_view
+from spikeseg.snn.models import SliceSegNet
 
 
 @torch.no_grad()

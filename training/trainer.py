@@ -10,7 +10,7 @@ preprocessed cache in ``RUN/preprocessed``) holds:
     tb/               TensorBoard events
     checkpoints/last.pt, best.pt   atomic writes; best by mean validation Dice
 
-Trainers (paper section 3.2; REFERENCE section 7 for the CPU pilot):
+Trainers (paper section 3.2; the README's "Fidelity" section for what each measured here):
 - ``fptt``: an update every ``--window`` K slices (K=1 is the paper's per-slice update), the
   state detached between windows, FPTT's regulariser and running mean (``training.fptt``).
   Memory stays flat in the sequence length.
@@ -26,12 +26,9 @@ DistributedDataParallel under ``torchrun`` (NCCL; gloo on CPU, which the tests u
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import math
-import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -40,130 +37,22 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from runtime.atomic import atomic_path, write_json, write_text
-from runtime.case_io import find_cases
-from runtime.errors import InputError
-from runtime.labels import REGIONS
-from runtime.metrics import dice, nll
-from runtime.preprocess import PreprocessParams, parse_views
-from runtime.tables import rows_to_csv
-from snn.models import ModelConfig, SliceSegNet, build_model
-from training.data import CachedCase, data_fingerprint, kfold_split, preprocess_dataset, view_sequence
-from training.fptt import FPTT
-from training.activity import ActivityMonitor
-from training.losses import bce_dice_loss
-from training.predict import predict_view
-
-TRAINERS = ("fptt", "tbptt", "bptt", "standard")
-DEFAULT_TRAINER = {"spiking-useg": "fptt", "useg": "standard", "useg-clstm": "tbptt"}
-RUN_VERSION = 1
-#: The SNN recipe's one measured departure from the paper's settings (benchmarks/fidelity.py,
-#: README "Fidelity"): the readout at 10x the learning rate. Hard phantoms, 4 mm, tiny, axial,
-#: 80 s: the SNN's validation Dice stayed at 0 for ~8 epochs (~240 updates) with the readout at
-#: 1x and was 0.21 WT after 2 epochs at 10x.
-RECIPE_READOUT_LR_SCALE = 10.0
-
-
-@dataclass
-class TrainConfig:
-    data: str
-    out: str
-    arch: str = "spiking-useg"
-    view: str = "axial"
-    trainer: str | None = None
-    preset: str = "tiny"
-    fold: int = 0
-    folds: int = 5
-    epochs: int = 30
-    batch_size: int = 4
-    window: int = 4
-    alpha: float = 0.1
-    lr: float = 1e-3
-    weight_decay: float = 1e-5
-    clip: float = 0.3
-    plateau_patience: int = 10
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
-    spacing_mm: float = 2.0
-    normalisation: str = "minmax"
-    eval_average: bool = False
-    state_reset: bool = False
-    tau_min: float = 1.0
-    norm_gain: float = 1.0
-    learn_threshold: bool = False
-    surrogate_width: float = 1.0
-    neuron: str = "plif"
-    readout_lr_scale: float | None = None  # None: the arch's recipe (RECIPE_READOUT_LR_SCALE)
-    readout_input: str = "spikes"
-    window_sampling: str = "sequential"
-    burn_in: int = 8
-    tumour_share: float = 0.5
-    init_from: str | None = None
-    empty_keep: float = 1.0
-    max_minutes: float | None = None
-    progress: bool = True
-    version: int = RUN_VERSION
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def resolved_readout_lr_scale(self) -> float:
-        if self.readout_lr_scale is not None:
-            return self.readout_lr_scale
-        return RECIPE_READOUT_LR_SCALE if self.arch == "spiking-useg" else 1.0
-
-    def resolved_trainer(self) -> str:
-        trainer = self.trainer or DEFAULT_TRAINER[self.arch]
-        if trainer not in TRAINERS:
-            raise InputError(None, f"unknown trainer {trainer!r}; choose from {TRAINERS}")
-        stateful = self.arch != "useg"
-        if stateful and trainer == "standard":
-            raise InputError(None, f"{self.arch} carries state across slices: use fptt, tbptt or bptt")
-        if not stateful and trainer != "standard":
-            raise InputError(None, "useg has no state across slices: use --trainer standard")
-        return trainer
-
-
-# ---- device, precision, processes ---------------------------------------------------------
-
-def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    if spec == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError(None, "--device cuda but no CUDA device is visible")
-        return torch.device("cuda", local_rank)
-    return torch.device(spec)
-
-
-def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    """Mixed precision only on CUDA: bf16 where the GPU has it, else fp16 with a GradScaler."""
-    if not enabled or device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def init_distributed() -> tuple[int, int, int]:
-    """(rank, world size, local rank); starts the process group under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, 0
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
-    return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def seed_everything(seed: int) -> np.random.Generator:
-    torch.manual_seed(seed)
-    return np.random.default_rng(seed)
-
-
-def params_digest(model: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for t in model.state_dict().values():
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
+from spikeseg.runtime.atomic import write_json, write_text
+from spikeseg.runtime.case_io import find_cases
+from spikeseg.runtime.errors import InputError
+from spikeseg.runtime.labels import REGIONS
+from spikeseg.runtime.metrics import nll, region_dice
+from spikeseg.runtime.preprocess import PreprocessParams, parse_views
+from spikeseg.runtime.tables import rows_to_csv
+from spikeseg.snn.models import ModelConfig, SliceSegNet, build_model
+from spikeseg.training.data import CachedCase, data_fingerprint, kfold_split, preprocess_dataset, view_sequence
+from spikeseg.training.fptt import FPTT
+from spikeseg.training.activity import ActivityMonitor
+from spikeseg.training.config import TrainConfig
+from spikeseg.training.devices import amp_dtype, init_distributed, params_digest, resolve_device, seed_everything
+from spikeseg.training.losses import bce_dice_loss
+from spikeseg.training.predict import predict_view
+from spikeseg.training.run_folder import load_checkpoint, prepare_run, save_checkpoint, twin_run_for
 
 def param_groups(model: SliceSegNet, lr: float, readout_scale: float) -> list[dict[str, Any]]:
     """The readout at ``readout_scale`` x the learning rate, everything else at ``lr``.
@@ -174,23 +63,6 @@ def param_groups(model: SliceSegNet, lr: float, readout_scale: float) -> list[di
     readout = {id(p) for p in model.readout.parameters()}
     rest = [p for p in model.parameters() if id(p) not in readout]
     return [{"params": rest, "lr": lr}, {"params": list(model.readout.parameters()), "lr": lr * readout_scale}]
-
-
-# ---- checkpoints --------------------------------------------------------------------------
-
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(payload, tmp)
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Never executes code from a file: ``weights_only=True``."""
-    if not path.is_file():
-        raise InputError(path, "no checkpoint")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InputError(path, f"cannot read checkpoint: {exc}") from exc
 
 
 # ---- the trainer --------------------------------------------------------------------------
@@ -214,7 +86,7 @@ class ViewTrainer:
                                             readout_input=cfg.readout_input)
         self.model: SliceSegNet = build_model(self.model_cfg)
         if cfg.init_from:
-            warm_start(self.model, Path(cfg.init_from))
+            warm_start(self.model, twin_run_for(Path(cfg.init_from), cfg.view))
         self.model.to(self.device)
         self.activity = ActivityMonitor(self.model)
         self.net = self.model
@@ -364,9 +236,8 @@ class ViewTrainer:
                 prob = predict_view(self.model, np.asarray(image), self.cfg.view, self.device,
                                     reset_every_step=self.cfg.state_reset)
                 target = np.asarray(regions).astype(bool)
-                for i, r in enumerate(REGIONS):
-                    d = dice(prob[i] >= 0.5, target[i])
-                    scores[r].append(1.0 if math.isnan(d) else d)  # both empty: correct
+                for r, d in region_dice(prob, target).items():
+                    scores[r].append(d)
                 nlls.append(nll(prob, target))
         out = {f"val_dice_{r}": float(np.mean(v)) for r, v in scores.items()}
         out["val_dice_mean"] = float(np.mean([out[f"val_dice_{r}"] for r in REGIONS]))
@@ -442,17 +313,6 @@ def warm_start(model: SliceSegNet, run: Path) -> None:
                               f"unexpected {result.unexpected_keys})")
 
 
-# ---- entry point --------------------------------------------------------------------------
-
-def prepare_run(run: Path, cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
-    if (run / "config.json").exists() and not (resume or overwrite):
-        raise InputError(run, "a run is already here; pass --resume to continue it or --overwrite")
-    if overwrite and not resume and (run / "checkpoints").exists():
-        for f in (run / "checkpoints").glob("*.pt"):
-            f.unlink()
-    run.mkdir(parents=True, exist_ok=True)
-
-
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Train every requested view; returns a summary per view."""
     rank, world, local_rank = init_distributed()
@@ -505,19 +365,3 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     return summary
 
 
-def load_run(run: str | Path) -> tuple[SliceSegNet, dict[str, Any], PreprocessParams]:
-    """A trained view model from a run folder (best checkpoint), its config and preprocessing."""
-    run = Path(run)
-    cfg_path = run / "config.json"
-    if not cfg_path.is_file():
-        raise InputError(run, "not a training run (no config.json)")
-    info = json.loads(cfg_path.read_text())
-    if info.get("version") != RUN_VERSION:
-        raise InputError(cfg_path, f"run version {info.get('version')!r}; this spikeseg reads {RUN_VERSION}")
-    ckpt = load_checkpoint(run / "checkpoints" / "best.pt")
-    model = build_model(ModelConfig.from_dict(ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
-    model.eval()
-    info["best"] = {"epoch": ckpt["epoch"], **ckpt["val"]}
-    info["run_dir"] = str(run.resolve())  # cfg "out" is the parent folder of a --view all run
-    return model, info, PreprocessParams.load(run / "preprocess.json")

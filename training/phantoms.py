@@ -41,11 +41,11 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from runtime.errors import InputError
+from spikeseg.runtime.case_io import MODALITIES
+from spikeseg.runtime.errors import InputError
 
 LEVELS = {"easy": 0.0, "medium": 0.5, "hard": 1.0}
 SIZES = {"full": ((240, 240, 155), 1.0), "small": ((120, 120, 78), 2.0)}
-MODALITY_KEYS = ("t1", "t1ce", "t2", "flair")
 
 # rows: modality; columns: CSF, GM, WM, NCR, edema, ET (see the module docstring)
 _CONTRAST = np.array([
@@ -228,13 +228,13 @@ def make_case(seed: int, size: str = "small", difficulty: float = 0.5) -> tuple[
 def write_case(out_dir: Path, case_id: str, image: np.ndarray, labels: np.ndarray,
                affine_ras: np.ndarray) -> Path:
     """Write one case in the BraTS 2021 layout and LPS orientation, int16 scaled like BraTS."""
-    from runtime.atomic import atomic_path
+    from spikeseg.runtime.atomic import atomic_path
 
     folder = Path(out_dir) / case_id
     folder.mkdir(parents=True, exist_ok=True)
     to_lps = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"),
                                              nib.orientations.axcodes2ornt("LPS"))
-    volumes = {k: np.round(image[i] * _INT16_SCALE).astype(np.int16) for i, k in enumerate(MODALITY_KEYS)}
+    volumes = {k: np.round(image[i] * _INT16_SCALE).astype(np.int16) for i, k in enumerate(MODALITIES)}
     volumes["seg"] = labels
     for key, vol in volumes.items():
         img = nib.Nifti1Image(vol, affine_ras).as_reoriented(to_lps)

@@ -1,0 +1,116 @@
+"""The runtime's subcommands: segment, evaluate, profile. Torch-free, like everything under
+``spikeseg.runtime``: these are the commands a point-of-care or board install has.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from spikeseg.runtime.errors import InputError
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from spikeseg.runtime.atomic import write_text
+    from spikeseg.runtime.evaluate import evaluate_dirs, format_table, summarise
+    from spikeseg.runtime.tables import rows_to_csv
+
+    rows, failures = evaluate_dirs(args.pred, args.ref, args.lesion_rules)
+    for case, msg in failures:
+        print(f"FAILED {case}: {msg}", file=sys.stderr)
+    if not rows:
+        raise InputError(args.ref, "no case could be evaluated")
+    table = rows + summarise(rows)
+    print(format_table(table))
+    if args.out:
+        if Path(args.out).exists() and not args.overwrite:
+            raise InputError(args.out, "exists; pass --overwrite to replace it")
+        write_text(args.out, rows_to_csv(table))
+        print(f"metrics written to {args.out}")
+    return 1 if failures else 0
+
+
+def _segment(args: argparse.Namespace) -> int:
+    from spikeseg.runtime.segment import segment
+
+    return segment(args.bundle, args.input, args.out, backend=args.backend, precision=args.precision,
+                   views=args.views, threads=args.threads, png=args.png, save_prob=args.save_prob,
+                   overwrite=args.overwrite, et_min_voxels=args.et_min_voxels, progress=not args.quiet,
+                   shard=args.shard, dask=args.dask)
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from spikeseg.runtime.profile import run_profile
+
+    print(run_profile(args.bundle, args.case, args.twin, args.hardware, args.backend, args.precision, args.threads))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add this stage's subcommands to the ``spikeseg`` dispatcher (which imports this module,
+    hence the import here)."""
+    from spikeseg.cli import add_command
+
+    sg = add_command(sub, "segment", help="segment a case or a cohort on the CPU (no torch)",
+                     description="Segment BraTS case folders with a bundle: labels in the input's "
+                                 "exact geometry, a voxel-wise uncertainty map (spread across views), "
+                                 "and a JSON report (timings, peak memory, operations, spike rates).")
+    sg.add_argument("bundle", type=Path, help="a bundle folder written by spikeseg export")
+    sg.add_argument("input", type=Path, help="a case folder or a folder of case folders")
+    sg.add_argument("out", type=Path, help="output folder (OUT/<case>/...)")
+    sg.add_argument("--backend", choices=["openvino", "onnxruntime"], default="openvino",
+                    help="inference engine (default openvino; onnxruntime also runs on boards without OpenVINO)")
+    sg.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
+                    help="model weights/activations; OpenVINO computes the rest in f32 (stated in the report)")
+    sg.add_argument("--views", default="all", help="all, or a comma list such as axial,coronal")
+    sg.add_argument("--threads", type=int, default=2, help="inference threads for either backend")
+    sg.add_argument("--png", action="store_true", help="write a quick-look PNG per case")
+    sg.add_argument("--save-prob", action="store_true", help="also write the ET/TC/WT probabilities")
+    sg.add_argument("--et-min-voxels", type=int, default=0,
+                    help="post-processing: ET components smaller than this become NCR (default off)")
+    sg.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
+    sg.add_argument("--shard", metavar="I/N",
+                    help="run only shard I of N (1-based) of the sorted cohort, e.g. a job array's task; "
+                         "shards never overlap, and each writes a summary of the whole cohort from disk")
+    sg.add_argument("--dask", metavar="local|ADDRESS",
+                    help="run the cohort's cases as tasks on a Dask cluster: 'local' (one worker per --threads "
+                         "cores on this machine) or a scheduler address such as tcp://host:8786; needs "
+                         "pip install 'spikeseg[cluster]'")
+    sg.add_argument("--quiet", action="store_true", help="no progress bar")
+    sg.set_defaults(handler=_segment)
+
+    ev = add_command(sub, "evaluate", help="Dice, HD95, sensitivity, specificity, lesion-wise Dice/HD95 per ET/TC/WT",
+                     description="Score predicted label maps against reference label maps. Voxel-wise: "
+                                 "both-empty regions count as undefined (NaN, left out of the mean, counted "
+                                 "in the n_undefined row); one empty: Dice 0, HD95 373.13 mm. Lesion-wise "
+                                 "(lw_ columns): the BraTS 2023 challenge rules (matching through a dilated "
+                                 "reference, small lesions left out, misses and false positives scored 0 / "
+                                 "374 mm; both empty: 1 / 0).")
+    ev.add_argument("pred", type=Path,
+                    help="predictions: OUT/<case>/<case>_pred.nii.gz (what segment writes), or flat "
+                         "<case>_pred.nii.gz / <case>.nii.gz files")
+    ev.add_argument("ref", type=Path, help="reference label maps (<id>_seg / <id>-seg .nii.gz): a folder of them, "
+                    "a case folder, or a folder of case folders (images beside them are not needed)")
+    ev.add_argument("--lesion-rules", choices=["BraTS-GLI", "BraTS-SSA", "BraTS-PED", "BraTS-MEN", "BraTS-MET"],
+                    default="BraTS-GLI", help="the 2023 challenge whose lesion-wise rules (dilation, minimum lesion "
+                                              "volume) the lw_ columns follow (default BraTS-GLI: 3, 50 mm^3)")
+    ev.add_argument("--out", type=Path, help="write the table as CSV here")
+    ev.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    ev.set_defaults(handler=_evaluate)
+
+    pr = add_command(sub, "profile", help="operations, spike rates and energy per hardware profile",
+                     description="Per view and for the ensemble: dense MACs (from the exported graph), "
+                                 "effective MACs and ACs and spike rates (running --case), and energy per "
+                                 "hardware profile; with --twin, the SNN-vs-twin reduction (paper Table 3).")
+    pr.add_argument("bundle", type=Path, help="a bundle folder written by spikeseg export")
+    pr.add_argument("--case", type=Path, help="a case folder to measure spike rates on")
+    pr.add_argument("--twin", type=Path, help="a bundle of the non-spiking twin, for the reduction")
+    pr.add_argument("--hardware", default="all",
+                    help="all, or a comma list of: asic-45nm, rpi4-cortex-a72, jetson-orin-nano-cpu, "
+                         "intel-i7-1185G7, loihi, host")
+    pr.add_argument("--backend", choices=["openvino", "onnxruntime"], default="openvino",
+                    help="inference engine (default openvino; onnxruntime also runs on boards without OpenVINO)")
+    pr.add_argument("--precision", choices=["fp32", "int8"], default="fp32", help="model precision (default fp32)")
+    pr.add_argument("--threads", type=int, default=2, help="inference threads (default 2)")
+    pr.set_defaults(handler=_profile)

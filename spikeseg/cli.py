@@ -1,0 +1,78 @@
+"""The ``spikeseg`` command: a dispatcher over the stages that are installed.
+
+Each stage registers its own subcommands next to its code (``<stage>/commands.py``). A stage
+that is not installed (a board package carries only ``spikeseg.runtime``) offers none, so a
+board's ``spikeseg --help`` lists only what can run there. Registration imports no torch;
+a command imports its implementation when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+from spikeseg import __version__
+from spikeseg.runtime.errors import InputError
+
+STAGES = ("spikeseg.training", "spikeseg.export", "spikeseg.runtime", "spikeseg.benchmarks")
+
+
+TRAIN_EXTRA = "pip install 'spikeseg[train]'"
+
+
+def add_command(sub: argparse._SubParsersAction, name: str, needs: tuple[str, ...] = (),
+                **kwargs: object) -> argparse.ArgumentParser:
+    """A subcommand that says what it needs: with a module of ``needs`` missing (a runtime-only
+    install has no torch), it is listed as such and answers with how to install it."""
+    missing = [m for m in needs if not _importable(m)]
+    if missing:
+        kwargs["help"] = f"{kwargs.get('help', '')} [not installed here: {TRAIN_EXTRA}]"
+    parser = sub.add_parser(name, **kwargs)
+    parser.set_defaults(missing=missing)
+    return parser
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing, or an import hook refusing it
+        return False
+
+
+def installed_stages() -> list[str]:
+    """The stages whose package is present (all of them in a checkout, the runtime on a board)."""
+    return [s for s in STAGES if _importable(s)]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="spikeseg",
+        description="Brain-tumour segmentation with spiking and quantised networks: make phantom "
+                    "data, train, export, segment on a CPU, evaluate, count operations and energy.")
+    p.add_argument("--version", action="version", version=f"spikeseg {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for stage in installed_stages():
+        importlib.import_module(f"{stage}.commands").register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.missing:
+        print(f"spikeseg {args.command}: error: needs {', '.join(args.missing)}, which this install lacks; "
+              f"{TRAIN_EXTRA}", file=sys.stderr)
+        return 2
+    try:
+        return args.handler(args)
+    except InputError as exc:
+        print(f"spikeseg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

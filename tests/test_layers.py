@@ -1,0 +1,57 @@
+"""The dependency direction, checked on the source: the runtime builds on nothing above it."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from tests.helpers import REPO
+
+UPPER = ("spikeseg.snn", "spikeseg.training", "spikeseg.export", "spikeseg.benchmarks", "torch", "snntorch",
+         "spikingjelly", "nncf", "onnx.", "nilearn")
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, at the top or inside a function (lazy imports count too)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_runtime_and_dispatcher_import_nothing_above_the_runtime() -> None:
+    files = sorted((REPO / "runtime").glob("*.py")) + [REPO / "spikeseg" / "cli.py", REPO / "spikeseg" / "__init__.py"]
+    offending = {f"{p.relative_to(REPO)}: {m}" for p in files for m in imported_modules(p)
+                 if (m + ".").startswith(UPPER)}
+    assert offending == set()
+
+
+def test_every_first_party_import_goes_through_the_spikeseg_namespace() -> None:
+    """No file imports a bare ``runtime`` / ``training`` / ...: installed, only ``spikeseg`` exists."""
+    bare = ("runtime", "snn", "training", "export", "benchmarks")
+    files = [p for d in (*bare, "spikeseg", "tests") for p in (REPO / d).glob("*.py")]
+    offending = {f"{p.relative_to(REPO)}: {m}" for p in files for m in imported_modules(p) if m.split(".")[0] in bare}
+    assert offending == set()
+
+
+def test_the_wheel_installs_one_import_package(tmp_path: Path) -> None:
+    """A wheel built from the checkout holds ``spikeseg`` and its dist-info, nothing with a
+    generic top-level name, and ships the hardware profiles the runtime reads."""
+    import subprocess
+    import sys
+    import zipfile
+
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(REPO),
+                        "-w", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    import spikeseg
+
+    (wheel,) = tmp_path.glob(f"spikeseg-{spikeseg.__version__}-*.whl")  # the version --version prints
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {n.split("/")[0] for n in names} == {"spikeseg", f"{wheel.name.split('-py')[0]}.dist-info"}
+    assert "spikeseg/runtime/hardware_profiles.json" in names and "spikeseg/cli.py" in names
+    entry = zipfile.ZipFile(wheel).read(f"{wheel.name.split('-py')[0]}.dist-info/entry_points.txt").decode()
+    assert "spikeseg = spikeseg.cli:main" in entry

@@ -1,0 +1,126 @@
+"""The training stage's subcommands: phantoms (built on nilearn's MNI152 template) and train.
+Implementations are imported when a command runs, so ``spikeseg --help`` never imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _phantoms(args: argparse.Namespace) -> int:
+    from spikeseg.training.phantoms import generate, parse_difficulty
+
+    written = generate(args.out, args.cases, args.seed, args.size, parse_difficulty(args.difficulty),
+                       overwrite=args.overwrite, progress=not args.quiet)
+    print(f"wrote {len(written)} phantom cases to {args.out}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from spikeseg.training.config import TrainConfig
+    from spikeseg.training.trainer import train
+
+    cfg = TrainConfig(data=str(args.data), out=str(args.out), arch=args.arch, view=args.view,
+                      trainer=args.trainer, preset=args.preset, fold=args.fold, folds=args.folds,
+                      epochs=args.epochs, batch_size=args.batch_size, window=args.window, alpha=args.alpha,
+                      lr=args.lr, seed=args.seed, device=args.device, amp=not args.no_amp,
+                      spacing_mm=args.spacing, eval_average=args.eval_average, state_reset=args.state_reset,
+                      tau_min=args.tau_min, norm_gain=args.norm_gain, learn_threshold=args.learn_threshold,
+                      surrogate_width=args.surrogate_width, neuron=args.neuron,
+                      readout_lr_scale=args.readout_lr_scale, readout_input=args.readout_input,
+                      window_sampling=args.window_sampling, burn_in=args.burn_in, tumour_share=args.tumour_share,
+                      init_from=str(args.init_from) if args.init_from else None,
+                      empty_keep=args.empty_keep, max_minutes=args.max_minutes,
+                      progress=not args.quiet)
+    train(cfg, resume=args.resume, overwrite=args.overwrite)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add this stage's subcommands to the ``spikeseg`` dispatcher (which imports this module,
+    hence the import here)."""
+    from spikeseg.cli import add_command
+
+    ph = add_command(sub, "phantoms", needs=("nilearn",), help="write phantom BraTS 2021-layout cases (MNI152 anatomy)",
+                     description="Write phantom cases in the BraTS 2021 folder layout, built on "
+                                 "the MNI152 template nilearn ships. Deterministic for a seed.")
+    ph.add_argument("out", type=Path, help="folder to write case folders into")
+    ph.add_argument("--cases", type=int, default=3, help="number of cases (default 3)")
+    ph.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    ph.add_argument("--size", choices=["full", "small"], default="small",
+                    help="full: 240x240x155 at 1 mm; small: 120x120x78 at 2 mm (default)")
+    ph.add_argument("--difficulty", default="medium",
+                    help="easy, medium (default), hard, or a number 0..1: tumour contrast, "
+                         "texture, patchy enhancement, foci, bias field and noise")
+    ph.add_argument("--overwrite", action="store_true", help="replace existing case folders")
+    ph.add_argument("--quiet", action="store_true", help="no progress bar")
+    ph.set_defaults(handler=_phantoms)
+
+    tr = add_command(sub, "train", needs=("torch",), help="train a view model (Spiking U-Seg-Net or a twin)",
+                     description="Train one model per view on a folder of BraTS cases. FPTT "
+                                 "updates every --window slices with the membrane state detached "
+                                 "between windows, so memory does not grow with the slice count. "
+                                 "Uses CUDA when present (mixed precision); run under torchrun for "
+                                 "several GPUs (DistributedDataParallel).")
+    tr.add_argument("--data", type=Path, required=True, help="folder of labelled case folders")
+    tr.add_argument("--out", type=Path, required=True, help="run folder (RUN/<view>/ with --view all)")
+    tr.add_argument("--arch", choices=["spiking-useg", "useg", "useg-clstm"], default="spiking-useg",
+                    help="spiking-useg: the Spiking U-Seg-Net (PLIF); useg: its ReLU twin, per slice; "
+                         "useg-clstm: the twin with a ConvLSTM at the bottleneck (default spiking-useg)")
+    tr.add_argument("--view", default="axial", help="sagittal, coronal, axial or all (default axial)")
+    tr.add_argument("--trainer", choices=["fptt", "tbptt", "bptt", "standard"],
+                    help="default: fptt for spiking-useg, standard for useg, tbptt for useg-clstm")
+    tr.add_argument("--preset", choices=["tiny", "small", "paper"], default="tiny",
+                    help="model size: tiny (CPU tests, demo), small, paper (the paper's scale, for a GPU)")
+    tr.add_argument("--fold", type=int, default=0, help="validation fold of --folds (default 0 of 5)")
+    tr.add_argument("--folds", type=int, default=5, help="cross-validation folds, split by case (default 5)")
+    tr.add_argument("--epochs", type=int, default=30, help="maximum epochs (default 30; see --max-minutes)")
+    tr.add_argument("--batch-size", type=int, default=4, help="sequences (volumes) per batch")
+    tr.add_argument("--window", type=int, default=4, help="slices per update K (fptt, tbptt; default 4)")
+    tr.add_argument("--alpha", type=float, default=0.1, help="FPTT regularisation strength (default 0.1)")
+    tr.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3, the paper's)")
+    tr.add_argument("--spacing", type=float, default=2.0,
+                    help="model voxel spacing in mm (default 2: 80x96x76 grid; the paper used 1)")
+    tr.add_argument("--tau-min", type=float, default=1.0, help="floor under PLIF tau (default 1: none)")
+    tr.add_argument("--readout-input", choices=["spikes", "membrane"], default="spikes",
+                    help="spiking-useg: the readout integrator reads the last layer's spikes (binary) or its "
+                         "membrane potential (analog; the 3-channel readout then costs MACs)")
+    tr.add_argument("--readout-lr-scale", type=float,
+                    help="learning rate of the readout conv relative to --lr (default: 10 for spiking-useg, "
+                         "the SNN recipe; 1 for the twins)")
+    tr.add_argument("--window-sampling", choices=["sequential", "random"], default="sequential",
+                    help="fptt/tbptt: windows front to back through each volume, or each update at a random "
+                         "(tumour-biased) position after --burn-in slices without gradient")
+    tr.add_argument("--burn-in", type=int, default=8,
+                    help="random windows: slices run without gradient before each window (default 8)")
+    tr.add_argument("--tumour-share", type=float, default=0.5,
+                    help="random windows: share of windows placed on tumour slices (default 0.5)")
+    tr.add_argument("--neuron", choices=["plif", "snntorch-leaky"], default="plif",
+                    help="spiking-useg: PLIF (the paper's; learnable tau, input divided by tau, hard reset) "
+                         "or snnTorch's Leaky (learnable beta, reset to zero one step late)")
+    tr.add_argument("--norm-gain", type=float, default=1.0,
+                    help="spiking-useg: initial GroupNorm scale before each PLIF layer; 2 = tdBN's "
+                         "threshold-matched scale for tau 2 (default 1)")
+    tr.add_argument("--learn-threshold", action="store_true",
+                    help="spiking-useg: a learnable firing threshold per layer (DIET-SNN)")
+    tr.add_argument("--surrogate-width", type=float, default=1.0,
+                    help="spiking-useg: width w of the arctan surrogate 1/(1+(pi x/w)^2); 1 = the paper's")
+    tr.add_argument("--init-from", type=Path, metavar="TWIN_RUN",
+                    help="spiking-useg: start from a trained useg run's weights (same preset), then train")
+    tr.add_argument("--empty-keep", type=float, default=1.0,
+                    help="fptt/tbptt: share of tumour-free windows that get an update (the rest only "
+                         "advance the state); default 1 = all")
+    tr.add_argument("--eval-average", action="store_true",
+                    help="validate and keep best weights using FPTT's running mean wbar")
+    tr.add_argument("--state-reset", action="store_true",
+                    help="ablation: reset the state every slice (no inter-slice context)")
+    tr.add_argument("--seed", type=int, default=0, help="seed for weights, splits and sampling (default 0)")
+    tr.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                    help="auto: CUDA when present (mixed precision), else CPU (default auto)")
+    tr.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    tr.add_argument("--max-minutes", type=float, help="stop after the epoch that passes this budget")
+    tr.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.pt")
+    tr.add_argument("--overwrite", action="store_true", help="start again in an existing run folder")
+    tr.add_argument("--quiet", action="store_true", help="no progress bars")
+    tr.set_defaults(handler=_train)
