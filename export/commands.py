@@ -7,6 +7,14 @@ import argparse
 from pathlib import Path
 
 
+def _budget(text: str) -> float:
+    """A WT Dice drop in points: 0 (no loss allowed) to 100."""
+    value = float(text)
+    if not 0.0 <= value <= 100.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a Dice drop in points (0 to 100)")
+    return value
+
+
 def _export(args: argparse.Namespace) -> int:
     from spikeseg.export.build import build_bundle
 
@@ -40,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ex.add_argument("--int8", action="store_true", help="also write INT8 models (needs --calib)")
     ex.add_argument("--calib", type=Path, help="cases whose real slices calibrate INT8")
     ex.add_argument("--calib-items", type=int, default=300, help="calibration steps kept (default 300)")
-    ex.add_argument("--budget", type=float, default=1.0,
+    ex.add_argument("--budget", type=_budget, default=1.0,
                     help="largest WT Dice drop of INT8 vs FP32 allowed, in points (default 1)")
     ex.add_argument("--allow-accuracy-drop", action="store_true", help="write the bundle even over budget")
     ex.add_argument("--threads", type=int, default=2, help="threads for the INT8 accuracy check (default 2)")

@@ -190,6 +190,10 @@ def run_case(seg: Segmenter, case: CohortCase, out: Path, overwrite: bool, png: 
             if single:
                 raise
             return "failed", str(exc)
+        except OSError as exc:  # a disk that fills up mid-case: nothing of the case is left
+            if single:
+                raise InputError(out / case.case_id, f"could not be written: {exc}") from exc
+            return "failed", f"{out / case.case_id}: could not be written: {exc}"
     v = rep["volumes_ml"]
     line = (f"{rep['case']}: ok {rep['seconds']['total']:.1f}s peak {rep['peak_rss_mb']:.0f} MB "
             f"WT {v['WT']:.1f} mL TC {v['TC']:.1f} mL ET {v['ET']:.1f} mL")

@@ -58,3 +58,11 @@ def bundles(phantom5: Path, phantom_root: Path, tmp_path_factory: pytest.TempPat
         out[arch] = root / f"{arch}.bundle"
     out["runs"] = root
     return out
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that need trained and exported bundles are ``slow``: ``pytest -m "not slow"`` runs
+    the rest in about a minute while editing."""
+    for item in items:
+        if "bundles" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

@@ -8,23 +8,34 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Makes torch (and anything under it) unimportable, then runs the spikeseg CLI.
-_NO_TORCH = """
+#: What a runtime-only install does not have: torch and every training or export package.
+TRAINING_ONLY = ("torch", "snntorch", "spikingjelly", "nncf", "onnx", "nilearn", "matplotlib")
+
+# Makes the blocked packages (and anything under them) unimportable, then runs the CLI.
+_BLOCKING = """
 import sys
-class _BlockTorch:
+BLOCKED = {blocked!r}
+def _blocked(name):
+    return any(name == b or name.startswith(b + ".") for b in BLOCKED)
+class _Block:
     def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is blocked in this test: the runtime must not need it")
+        if _blocked(name):
+            raise ImportError(name + " is blocked in this test: the runtime must not need it")
         return None
-sys.meta_path.insert(0, _BlockTorch())
+sys.meta_path.insert(0, _Block())
 from spikeseg.cli import main
 rc = main(sys.argv[1:])
-assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules), "torch was imported"
+assert not any(_blocked(m) for m in sys.modules), "a training-only package was imported"
 sys.exit(rc)
 """
 
 
-def run_cli(*args: str, block_torch: bool = False, timeout: float = 600) -> subprocess.CompletedProcess:
-    code = _NO_TORCH if block_torch else "import sys; from spikeseg.cli import main; sys.exit(main(sys.argv[1:]))"
+def run_cli(*args: str, block_torch: bool = False, allow: tuple[str, ...] = (),
+            timeout: float = 600) -> subprocess.CompletedProcess:
+    """``block_torch``: run as a runtime-only install would, without :data:`TRAINING_ONLY`
+    (less what ``allow`` names: the phantom generator needs nilearn, not torch)."""
+    blocked = tuple(b for b in TRAINING_ONLY if b not in allow)
+    code = (_BLOCKING.format(blocked=blocked) if block_torch
+            else "import sys; from spikeseg.cli import main; sys.exit(main(sys.argv[1:]))")
     return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, cwd=REPO)

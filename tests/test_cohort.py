@@ -372,3 +372,32 @@ def test_a_killed_dask_worker_has_its_case_run_elsewhere(bundles, cohort: Path, 
     for case in outcomes:
         a, b = (gzip.decompress((o / case / f"{case}_pred.nii.gz").read_bytes()) for o in (single, clustered))
         assert a == b, case
+
+
+def test_a_write_failure_mid_case_leaves_nothing_of_that_case(bundles, cohort: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk fills up after a case's first output file is written: that case is reported
+    failed with the reason, nothing of it is left (no folder, no partial, no lock), the rest of
+    the cohort is segmented, and the inputs are untouched."""
+    import spikeseg.runtime.segment as segment_module
+
+    victim = sorted(cohort.iterdir())[0].name
+    real, written = segment_module.save_like, []
+
+    def fills_up(data, geometry, path, dtype):
+        if path.name.startswith(victim) and written:
+            raise OSError(28, "No space left on device")
+        real(data, geometry, path, dtype)
+        if path.name.startswith(victim):
+            written.append(path)
+
+    monkeypatch.setattr(segment_module, "save_like", fills_up)
+    before = tree_digest(cohort)
+    out = tmp_path / "out"
+    assert segment_module.segment(bundles["useg"], cohort, out, progress=False) == 1
+    assert written  # the first file of the case was written before the failure
+    rows = summary(out)
+    assert rows[victim]["status"] == "failed" and "No space left" in rows[victim]["message"]
+    assert not (out / victim).exists() and not list(out.glob(".*partial*")) and not (out / ".locks").exists()
+    assert all(rows[c]["status"] == "ok" for c in rows if c != victim)
+    assert tree_digest(cohort) == before

@@ -15,6 +15,11 @@ from spikeseg.runtime.opcount import static_counts
 from tests.helpers import run_cli
 
 
+#: how far an INT8 graph's counts may sit from the FP32 torch model's (measured on the test
+#: bundle: ONNX Runtime 0.02 %, OpenVINO 1.2 % in the ACs)
+INT8_REL = 0.03
+
+
 def test_static_counts_from_the_graph_match_the_torch_layer_table(bundles) -> None:
     for arch in ("spiking-useg", "useg"):
         b = load_bundle(bundles[arch])
@@ -27,22 +32,26 @@ def test_static_counts_from_the_graph_match_the_torch_layer_table(bundles) -> No
             assert spec.report["static_ops"]["macs_per_slice"] == spec.dense_macs_per_slice
 
 
-def test_runtime_counts_match_neurobench_on_the_same_case(bundles, phantom_root: Path, tmp_path: Path) -> None:
-    """ONNX Runtime's in-graph counters vs NeuroBench's SynapticOperations and MembraneUpdates
-    on the torch model (PLIFs made hookable, same weights)."""
+@pytest.mark.parametrize("backend,precision,rel", [("onnxruntime", "fp32", 0.01), ("openvino", "fp32", 0.01),
+                                                   ("onnxruntime", "int8", INT8_REL), ("openvino", "int8", INT8_REL)])
+def test_runtime_counts_match_neurobench_on_the_same_case(bundles, phantom_root: Path, tmp_path: Path,
+                                                          backend: str, precision: str, rel: float) -> None:
+    """Each backend's in-graph counters vs NeuroBench's SynapticOperations and MembraneUpdates
+    on the torch model (PLIFs made hookable, same weights). FP32 graphs fire the torch model's
+    spikes, so the counts agree to 1 %; INT8 graphs fire a slightly different set (the
+    quantised weights move membranes across the threshold), so they agree to ``INT8_REL``."""
     import snntorch
     from neurobench.metrics.workload import MembraneUpdates, SynapticOperations
     from neurobench.models import TorchModel
 
-    from spikeseg.runtime.case_io import load_case
-    from spikeseg.runtime.preprocess import to_model_space, to_view
+    from spikeseg.runtime.preprocess import load_model_space, to_view
     from spikeseg.snn.models import ActivationTap
     from spikeseg.snn.neurobench_compat import hookable
     from spikeseg.training.run_folder import load_run
 
     case = sorted(phantom_root.iterdir())[2]
-    r = run_cli("segment", bundles["spiking-useg"], case, tmp_path / "o", "--backend", "onnxruntime",
-                "--views", "axial", "--quiet")
+    r = run_cli("segment", bundles["spiking-useg"], case, tmp_path / "o", "--backend", backend,
+                "--precision", precision, "--views", "axial", "--quiet")
     assert r.returncode == 0, r.stderr
     rep = json.loads((tmp_path / "o" / case.name / f"{case.name}_report.json").read_text())
     ops = rep["operations"]["axial"]
@@ -53,8 +62,7 @@ def test_runtime_counts_match_neurobench_on_the_same_case(bundles, phantom_root:
     ours_ac = sum(v for n, v in ops["per_layer_ops"].items() if n in conv_layers and spike_in[n])
 
     model, _, params = load_run(bundles["runs"] / "spiking-useg" / "axial")
-    c = load_case(case)
-    image, _ = to_model_space(c.image, c.spacing, params)
+    image = load_model_space(case, params).image
     seq = torch.from_numpy(np.ascontiguousarray(to_view(image, "axial"), dtype=np.float32))[None]
     nb = TorchModel(hookable(model))
     nb.add_activation_module(ActivationTap)
@@ -65,9 +73,9 @@ def test_runtime_counts_match_neurobench_on_the_same_case(bundles, phantom_root:
     syn = SynapticOperations()(nb, preds, (seq, None))
     mem = MembraneUpdates()(nb, preds, (seq, None))
     nb.close_hooks()
-    assert ours_mac == pytest.approx(syn["Effective_MACs"], rel=0.01)
-    assert ours_ac == pytest.approx(syn["Effective_ACs"], rel=0.01)
-    assert ops["membrane_updates"] == pytest.approx(mem, rel=0.01)
+    assert ours_mac == pytest.approx(syn["Effective_MACs"], rel=rel)
+    assert ours_ac == pytest.approx(syn["Effective_ACs"], rel=rel)
+    assert ops["membrane_updates"] == pytest.approx(mem, rel=rel)
     assert ops["membrane_updates"] < ops["membrane_updates_dense"]
     assert set(rep["energy"]) >= {"asic-45nm", "rpi4-cortex-a72", "jetson-orin-nano-cpu", "intel-i7-1185G7",
                                   "loihi", "host"}
