@@ -432,3 +432,27 @@ def test_brats2023_naming_end_to_end(bundles, phantom_root: Path, tmp_path: Path
         assert r.returncode == 0, r.stderr
         row = next(csv.DictReader(table.open()))
         assert float(row["ET_dice"]) == float(row["WT_dice"]) == 1.0
+
+
+PINNED = Path(__file__).parent / "data" / "pinned"
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_a_pinned_run_gives_the_pinned_segmentation(phantom_root: Path, tmp_path: Path, backend: str) -> None:
+    """What a user gets must not move when the code is reorganised: a trained SNN run checked in
+    (the demo's axial view, 74 KB), exported and run on a seeded phantom, gives the label map
+    and the operation counts pinned in ``tests/data/pinned``. A change that is meant to alter
+    the output (a new preprocessing, a new phantom) regenerates them and says so."""
+    case = sorted(phantom_root.iterdir())[0]
+    expected = json.loads((PINNED / "expected.json").read_text())
+    assert case.name == expected["case"]
+    bundle = tmp_path / "bundle"
+    r = run_cli("export", PINNED / "snn-axial", "--out", bundle)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("segment", bundle, case, tmp_path / "out", "--backend", backend, "--quiet", block_torch=True)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "out" / case.name
+    labels = np.asarray(nib.load(str(out / f"{case.name}_pred.nii.gz")).dataobj)
+    np.testing.assert_array_equal(labels, np.load(PINNED / f"{case.name}_pred.npz")["labels"])
+    ops = json.loads((out / f"{case.name}_report.json").read_text())["operations"]["axial"]
+    assert {k: ops[k] for k in expected["operations_axial"]} == expected["operations_axial"]
