@@ -456,3 +456,37 @@ def test_a_pinned_run_gives_the_pinned_segmentation(phantom_root: Path, tmp_path
     np.testing.assert_array_equal(labels, np.load(PINNED / f"{case.name}_pred.npz")["labels"])
     ops = json.loads((out / f"{case.name}_report.json").read_text())["operations"]["axial"]
     assert {k: ops[k] for k in expected["operations_axial"]} == expected["operations_axial"]
+
+
+def test_three_view_ensemble_end_to_end(bundles, phantom5: Path, phantom_root: Path, tmp_path: Path) -> None:
+    """All three views in one bundle: the fused probabilities are the mean of what each view
+    gives alone, the labels follow them, and the uncertainty map tracks the spread across views
+    (recomputed here from the single-view outputs on the native grid)."""
+    from tests.conftest import TRAIN
+
+    runs = bundles["runs"] / "useg"
+    sag = tmp_path / "sagittal"
+    r = run_cli("train", "--data", phantom5, "--out", sag, "--arch", "useg", "--view", "sagittal", *TRAIN)
+    assert r.returncode == 0, r.stderr
+    bundle = tmp_path / "b3"
+    r = run_cli("export", runs / "axial", runs / "coronal", sag, "--out", bundle)
+    assert r.returncode == 0, r.stderr
+    case = sorted(phantom_root.iterdir())[2]
+
+    def outputs(views: str) -> tuple[np.ndarray, np.ndarray, Path]:
+        out = tmp_path / f"o-{views.replace(',', '-')}"
+        r = run_cli("segment", bundle, case, out, "--views", views, "--save-prob", "--quiet", block_torch=True)
+        assert r.returncode == 0, r.stderr
+        d = out / case.name
+        return (np.asarray(nib.load(str(d / f"{case.name}_prob.nii.gz")).dataobj),
+                np.asarray(nib.load(str(d / f"{case.name}_pred.nii.gz")).dataobj), d)
+
+    prob, labels, d = outputs("all")
+    single = [outputs(v)[0] for v in ("sagittal", "coronal", "axial")]
+    np.testing.assert_allclose(prob, np.mean(single, axis=0), atol=1e-5)
+    assert set(json.loads((d / f"{case.name}_report.json").read_text())["views"]) == {"sagittal", "coronal", "axial"}
+    np.testing.assert_array_equal(labels > 0, (prob >= 0.5).any(axis=-1))
+    unc = np.asarray(nib.load(str(d / f"{case.name}_uncertainty.nii.gz")).dataobj)
+    spread = np.std(single, axis=0).max(axis=-1)
+    assert 0 <= unc.min() and unc.max() <= 0.5 and unc.max() > 0.01
+    assert np.corrcoef(unc.ravel(), spread.ravel())[0, 1] > 0.9
