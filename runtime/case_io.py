@@ -122,6 +122,19 @@ def _split_name(path: Path) -> tuple[str, str] | None:
     return (m.group("stem"), m.group("ext")) if m else None
 
 
+def label_file_id(path: Path) -> tuple[str, str] | None:
+    """(case id, naming scheme) when ``path`` is named like a reference label map
+    (``<id>_seg`` or ``<id>-seg``, .nii or .nii.gz), else None."""
+    split = _split_name(path)
+    if split is None:
+        return None
+    for scheme, (sep, keys) in SCHEMES.items():
+        case_id, found, key = split[0].rpartition(sep)
+        if found and case_id and key == keys["seg"]:
+            return case_id, scheme
+    return None
+
+
 def find_case(folder: str | Path) -> CaseFiles:
     """Identify the four modalities and the optional label map in one case folder."""
     folder = Path(folder)

@@ -7,21 +7,17 @@ orientation is handled through the headers.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from spikeseg.runtime.case_io import check_case_id, load_label_file
+from spikeseg.runtime.case_io import check_case_id, label_file_id, load_label_file
 from spikeseg.runtime.cohort import prediction_name
 from spikeseg.runtime.errors import InputError
 from spikeseg.runtime.labels import REGIONS, LabelConvention, convention_for_scheme, labels_to_regions
 from spikeseg.runtime.lesionwise import CHALLENGES, lesion_wise
 from spikeseg.runtime.metrics import region_metrics
-
-_REFERENCE = re.compile(r"^(?P<id>[^.].*?)(?P<sep>[_-])seg\.nii(\.gz)?$")
-
 
 def find_prediction(pred_root: Path, case_id: str) -> Path:
     """``PRED/C/C_pred.nii.gz`` (what ``spikeseg segment`` writes), ``PRED/C_pred.nii.gz`` or the
@@ -56,10 +52,9 @@ def find_references(root: Path) -> list[Reference]:
     found = []
     for folder in [root, *sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))]:
         for f in sorted(folder.iterdir()):
-            m = _REFERENCE.match(f.name)
-            if m and f.is_file():
-                scheme = "brats2021" if m.group("sep") == "_" else "brats2023"
-                found.append(Reference(check_case_id(m.group("id"), f), f, convention_for_scheme(scheme)))
+            named = label_file_id(f)
+            if named and f.is_file():
+                found.append(Reference(check_case_id(named[0], f), f, convention_for_scheme(named[1])))
     if not found:
         raise InputError(root, "no reference label maps (<id>_seg.nii.gz or <id>-seg.nii.gz) here or in "
                                "its sub-folders")
