@@ -8,7 +8,8 @@
 - ``twin``       the ReLU U-Seg-Net (per slice, stateless);
 - ``twin-clstm`` the ReLU U-Seg-Net + ConvLSTM (inter-slice context, the paper's best baseline);
 - ``snn-warm``   a twin trained for ``--warm-share`` of the budget, then the SNN started from
-                 its weights for the rest (the twin's time counted in the SNN's budget).
+                 its weights for the rest (the twin's time counted in the SNN's budget);
+- ``snn-distill`` the same, the SNN also matching the twin's probabilities (``--distill 1``).
 
 and scores each view and the three-view ensemble (voxel-wise mean, as the runtime fuses) on
 held-out cases at their native resolution: Dice and HD95 per ET/TC/WT, NLL (does the
@@ -48,7 +49,11 @@ MODELS: dict[str, tuple[str, list[str]]] = {
     "twin": ("useg", []),
     "twin-clstm": ("useg-clstm", []),
     "snn-warm": ("spiking-useg", []),
+    "snn-distill": ("spiking-useg", ["--distill", "1"]),
 }
+#: Models started from a twin trained for ``--warm-share`` of their budget (one twin per view,
+#: shared: its time is counted in each of them).
+WARM_STARTED = ("snn-warm", "snn-distill")
 
 
 def train_model(name: str, train_dir: Path, runs: Path, minutes: float, common: list[str],
@@ -60,7 +65,7 @@ def train_model(name: str, train_dir: Path, runs: Path, minutes: float, common: 
     for view in VIEWS:
         run = runs / name / view
         budget, init = minutes, []
-        if name == "snn-warm":
+        if name in WARM_STARTED:
             twin_run = runs / "snn-warm-twin" / view
             if not (twin_run / "summary.json").is_file():
                 _train(train_dir, twin_run, "useg", view, minutes * warm_share, common)

@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -79,6 +80,51 @@ def test_warm_start_copies_every_twin_weight_and_refuses_a_mismatch(phantom5: Pa
     from spikeseg.runtime.errors import InputError
     with pytest.raises(InputError, match="cannot warm-start"):
         warm_start(build_model(ModelConfig.preset("spiking-useg", "small")), twin_run)
+
+
+def test_distillation_loss_is_bce_against_the_teachers_probabilities() -> None:
+    """Against the formula in numpy, and its gradient vanishes where the student already says
+    what the teacher says (sigmoid(s) = sigmoid(t)): the term pulls only towards the teacher."""
+    from spikeseg.training.losses import distillation_loss
+
+    rng = np.random.default_rng(7)
+    s, t = rng.normal(0, 2, (2, 3, 3, 5, 6)), rng.normal(0, 2, (2, 3, 3, 5, 6))
+    q, p = 1 / (1 + np.exp(-t)), 1 / (1 + np.exp(-s))
+    ref = -np.mean(q * np.log(p) + (1 - q) * np.log(1 - p))
+    got = distillation_loss(torch.tensor(s, dtype=torch.float32), torch.tensor(t, dtype=torch.float32))
+    assert float(got) == pytest.approx(ref, rel=1e-5)
+    student = torch.tensor(t, dtype=torch.float32, requires_grad=True)
+    distillation_loss(student, torch.tensor(t, dtype=torch.float32)).backward()
+    assert float(student.grad.abs().max()) < 1e-7
+
+
+def test_distillation_trains_the_snn_against_a_frozen_twin(phantom5: Path, tmp_path: Path) -> None:
+    """``--distill`` needs the twin it learns from; the twin's run is read, never changed, and
+    the teacher holds the twin's weights, frozen."""
+    from spikeseg.training.run_folder import load_checkpoint
+    from spikeseg.training.trainer import frozen_teacher
+
+    twin_run = tmp_path / "twin"
+    r = run_cli("train", "--data", phantom5, "--out", twin_run, "--arch", "useg", *TRAIN[:6], "--epochs", "1", "--quiet")
+    assert r.returncode == 0, r.stderr
+    before = (twin_run / "checkpoints" / "best.pt").read_bytes()
+    r = run_cli("train", "--data", phantom5, "--out", tmp_path / "alone", "--arch", "spiking-useg", *TRAIN,
+                "--distill", "1")
+    assert r.returncode == 2 and "--distill needs --init-from" in r.stderr
+    r = run_cli("train", "--data", phantom5, "--out", tmp_path / "snn", "--arch", "spiking-useg", *TRAIN,
+                "--init-from", twin_run, "--distill", "1")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "snn" / "config.json").read_text())["distill"] == 1.0
+    r = run_cli("train", "--data", phantom5, "--out", tmp_path / "plain", "--arch", "spiking-useg", *TRAIN,
+                "--init-from", twin_run)
+    assert r.returncode == 0, r.stderr
+    loss = {n: float(next(csv.DictReader((tmp_path / n / "metrics.csv").open()))["train_loss"]) for n in ("snn", "plain")}
+    assert loss["snn"] > loss["plain"]  # same seed, same updates: the teacher's term is in the loss
+    assert (twin_run / "checkpoints" / "best.pt").read_bytes() == before
+    teacher = frozen_teacher(build_model(ModelConfig.preset("spiking-useg", "tiny")), twin_run, torch.device("cpu"))
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    twin_weights = load_checkpoint(twin_run / "checkpoints" / "best.pt")["model"]
+    assert all(torch.equal(v, twin_weights[k]) for k, v in teacher.state_dict().items())
 
 
 @pytest.mark.parametrize("options", [[], ["--window-sampling", "random", "--burn-in", "3"]])

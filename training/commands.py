@@ -30,7 +30,7 @@ def _train(args: argparse.Namespace) -> int:
                       surrogate_width=args.surrogate_width, neuron=args.neuron,
                       readout_lr_scale=args.readout_lr_scale, readout_input=args.readout_input,
                       window_sampling=args.window_sampling, burn_in=args.burn_in, tumour_share=args.tumour_share,
-                      init_from=str(args.init_from) if args.init_from else None,
+                      init_from=str(args.init_from) if args.init_from else None, distill=args.distill,
                       empty_keep=args.empty_keep, max_minutes=args.max_minutes,
                       progress=not args.quiet)
     train(cfg, resume=args.resume, overwrite=args.overwrite)
@@ -108,6 +108,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="spiking-useg: width w of the arctan surrogate 1/(1+(pi x/w)^2); 1 = the paper's")
     tr.add_argument("--init-from", type=Path, metavar="TWIN_RUN",
                     help="spiking-useg: start from a trained useg run's weights (same preset), then train")
+    tr.add_argument("--distill", type=float, default=0.0, metavar="WEIGHT",
+                    help="with --init-from: add WEIGHT x the BCE between the SNN's per-region probabilities "
+                         "and the twin's on the same slices (knowledge distillation); default 0 = off")
     tr.add_argument("--empty-keep", type=float, default=1.0,
                     help="fptt/tbptt: share of tumour-free windows that get an update (the rest only "
                          "advance the state); default 1 = all")

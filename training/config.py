@@ -53,6 +53,7 @@ class TrainConfig:
     burn_in: int = 8
     tumour_share: float = 0.5
     init_from: str | None = None
+    distill: float = 0.0
     empty_keep: float = 1.0
     max_minutes: float | None = None
     progress: bool = True

@@ -32,3 +32,12 @@ def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     logits = logits.float()
     bce = F.binary_cross_entropy_with_logits(logits, target)
     return 0.5 * bce + 0.5 * soft_dice_loss(torch.sigmoid(logits), target)
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """BCE of the student's per-region probabilities against the teacher's (Hinton et al., 2015,
+    "Distilling the knowledge in a neural network", with sigmoid outputs). Why: the warm-started
+    SNN starts from the twin's weights; the twin's soft maps tell it, voxel by voxel, what the
+    same weights computed before the neurons became binary, a denser signal than the labels,
+    which on hard phantoms are mostly background."""
+    return F.binary_cross_entropy_with_logits(student_logits.float(), torch.sigmoid(teacher_logits.float()))

@@ -50,7 +50,7 @@ from spikeseg.training.fptt import FPTT
 from spikeseg.training.activity import ActivityMonitor
 from spikeseg.training.config import TrainConfig
 from spikeseg.training.devices import amp_dtype, init_distributed, params_digest, resolve_device, seed_everything
-from spikeseg.training.losses import bce_dice_loss
+from spikeseg.training.losses import bce_dice_loss, distillation_loss
 from spikeseg.training.predict import predict_view
 from spikeseg.training.run_folder import load_checkpoint, prepare_run, save_checkpoint, twin_run_for
 
@@ -85,8 +85,14 @@ class ViewTrainer:
                                             surrogate_width=cfg.surrogate_width, neuron=cfg.neuron,
                                             readout_input=cfg.readout_input)
         self.model: SliceSegNet = build_model(self.model_cfg)
+        self.teacher: SliceSegNet | None = None
+        if cfg.distill and not cfg.init_from:
+            raise InputError(None, "--distill needs --init-from TWIN_RUN (the twin is the teacher)")
         if cfg.init_from:
-            warm_start(self.model, twin_run_for(Path(cfg.init_from), cfg.view))
+            twin_run = twin_run_for(Path(cfg.init_from), cfg.view)
+            warm_start(self.model, twin_run)
+            if cfg.distill:
+                self.teacher = frozen_teacher(self.model, twin_run, self.device)
         self.model.to(self.device)
         self.activity = ActivityMonitor(self.model)
         self.net = self.model
@@ -139,6 +145,10 @@ class ViewTrainer:
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
             logits, state = self.net(x, state, reset_every_step=self.cfg.state_reset)
             loss = bce_dice_loss(logits, y)
+            if self.teacher is not None:
+                with torch.no_grad():
+                    teacher_logits, _ = self.teacher(x)
+                loss = loss + self.cfg.distill * distillation_loss(logits, teacher_logits)
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.fptt is not None:
@@ -297,20 +307,35 @@ class ViewTrainer:
                          "val": val})
 
 
-def warm_start(model: SliceSegNet, run: Path) -> None:
-    """Start a Spiking U-Seg-Net from a trained twin's weights (hybrid training: Rathi et al.,
-    ICLR 2020; Yue et al., Front. Neurosci. 2023). Same topology, so every conv and norm maps
-    one to one; only the neurons' own parameters (tau, threshold) start fresh."""
+def _twin_checkpoint(model: SliceSegNet, run: Path) -> dict[str, Any]:
+    """A useg run's best checkpoint, refused unless its topology is ``model``'s."""
     ckpt = load_checkpoint(run / "checkpoints" / "best.pt")
     twin = ModelConfig.from_dict(ckpt["model_config"])
     if twin.widths != model.cfg.widths or twin.arch == "useg-clstm":
         raise InputError(run, f"cannot warm-start from a {twin.arch} of widths {list(twin.widths)}: "
                               f"need a useg run of widths {list(model.cfg.widths)}")
+    return ckpt
+
+
+def warm_start(model: SliceSegNet, run: Path) -> None:
+    """Start a Spiking U-Seg-Net from a trained twin's weights (hybrid training: Rathi et al.,
+    ICLR 2020; Yue et al., Front. Neurosci. 2023). Same topology, so every conv and norm maps
+    one to one; only the neurons' own parameters (tau, threshold) start fresh."""
+    ckpt = _twin_checkpoint(model, run)
     result = model.load_state_dict(ckpt["model"], strict=False)
     neuron_keys = [k for k in result.missing_keys if k.endswith((".act.w", ".act.theta"))]
     if result.unexpected_keys or len(neuron_keys) != len(result.missing_keys):
         raise InputError(run, f"weights do not map one to one (missing {result.missing_keys}, "
                               f"unexpected {result.unexpected_keys})")
+
+
+def frozen_teacher(model: SliceSegNet, run: Path, device: torch.device) -> SliceSegNet:
+    """The twin ``model`` was started from, frozen, for ``--distill``."""
+    ckpt = _twin_checkpoint(model, run)
+    teacher = build_model(ModelConfig.from_dict(ckpt["model_config"]))
+    teacher.load_state_dict(ckpt["model"])
+    teacher.eval().requires_grad_(False)
+    return teacher.to(device)
 
 
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
