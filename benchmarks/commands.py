@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from spikeseg.runtime.system import physical_cores
+
 
 def _bench(args: argparse.Namespace) -> int:
     from spikeseg.benchmarks.bench import run_bench
@@ -27,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     be.add_argument("--data", type=Path, required=True, help="held-out labelled cases")
     be.add_argument("--bundles", type=Path, nargs="+", required=True, help="bundle folders to compare")
     be.add_argument("--out", type=Path, required=True, help="folder for results.csv, results.md and plots")
-    be.add_argument("--threads", type=int, default=2, help="inference threads for every engine (default 2)")
+    be.add_argument("--threads", type=int, default=physical_cores(),
+                    help=f"inference threads for every engine (default: the physical cores, {physical_cores()} here)")
     be.add_argument("--repeats", type=int, default=3, help="timing repeats per case (median; default 3)")
     be.add_argument("--max-cases", type=int, help="use only the first N cases")
     be.add_argument("--training", metavar="SLICES",

@@ -27,6 +27,7 @@ from spikeseg.runtime.atomic import write_text
 from spikeseg.runtime.bundle import ModelFile
 from spikeseg.runtime.bundle_spec import ViewSpec
 from spikeseg.runtime.inference import OrtEngine, OvEngine, feed_back
+from spikeseg.runtime.system import physical_cores
 from spikeseg.snn.models import ModelConfig, build_model
 
 
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="paper")
     p.add_argument("--height", type=int, default=160)
     p.add_argument("--width", type=int, default=192)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=physical_cores(), help="default: the physical cores")
     p.add_argument("--steps", type=int, default=20, help="slices timed per engine (median)")
     p.add_argument("--calib-items", type=int, default=16)
     p.add_argument("--out", type=Path)

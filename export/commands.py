@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from spikeseg.runtime.system import physical_cores
+
 
 def _budget(text: str) -> float:
     """A WT Dice drop in points: 0 (no loss allowed) to 100."""
@@ -51,7 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     ex.add_argument("--budget", type=_budget, default=1.0,
                     help="largest WT Dice drop of INT8 vs FP32 allowed, in points (default 1)")
     ex.add_argument("--allow-accuracy-drop", action="store_true", help="write the bundle even over budget")
-    ex.add_argument("--threads", type=int, default=2, help="threads for the INT8 accuracy check (default 2)")
+    ex.add_argument("--threads", type=int, default=physical_cores(),
+                    help=f"threads for the INT8 accuracy check (default: the physical cores, {physical_cores()} here)")
     ex.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     ex.set_defaults(handler=_export)
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from spikeseg.runtime.errors import InputError
+from spikeseg.runtime.system import physical_cores
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -64,7 +65,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     sg.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
                     help="model weights/activations; OpenVINO computes the rest in f32 (stated in the report)")
     sg.add_argument("--views", default="all", help="all, or a comma list such as axial,coronal")
-    sg.add_argument("--threads", type=int, default=2, help="inference threads for either backend")
+    sg.add_argument("--threads", type=int, default=physical_cores(),
+                    help=f"inference threads for either backend (default: the physical cores, {physical_cores()} here)")
     sg.add_argument("--png", action="store_true", help="write a quick-look PNG per case")
     sg.add_argument("--save-prob", action="store_true", help="also write the ET/TC/WT probabilities")
     sg.add_argument("--et-min-voxels", type=int, default=0,
@@ -112,5 +114,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--backend", choices=["openvino", "onnxruntime"], default="openvino",
                     help="inference engine (default openvino; onnxruntime also runs on boards without OpenVINO)")
     pr.add_argument("--precision", choices=["fp32", "int8"], default="fp32", help="model precision (default fp32)")
-    pr.add_argument("--threads", type=int, default=2, help="inference threads (default 2)")
+    pr.add_argument("--threads", type=int, default=physical_cores(),
+                    help=f"inference threads (default: the physical cores, {physical_cores()} here)")
     pr.set_defaults(handler=_profile)

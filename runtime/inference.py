@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 import numpy as np
 
@@ -138,8 +138,10 @@ def feed_back(engine: Engine, spec: ViewSpec, seq: np.ndarray,
         states = {s.input: out[s.output] for s in spec.states}
 
 
-def run_view(engine: Engine, spec: ViewSpec, image: np.ndarray, view: str) -> ViewResult:
-    """(4, X, Y, Z) model-space image to (3, X, Y, Z) probabilities and operation counts."""
+def run_view(engine: Engine, spec: ViewSpec, image: np.ndarray, view: str,
+             advance: Callable[[int], object] | None = None) -> ViewResult:
+    """(4, X, Y, Z) model-space image to (3, X, Y, Z) probabilities and operation counts.
+    ``advance(n)`` is told after each step how many slices it ran (a progress bar's update)."""
     seq = to_view(image, view)  # a view of the array: slices are copied one batch at a time
     t_total = seq.shape[0]
     logits = np.empty((t_total, 3) + seq.shape[2:], dtype=np.float32)
@@ -152,6 +154,8 @@ def run_view(engine: Engine, spec: ViewSpec, image: np.ndarray, view: str) -> Vi
     start = time.perf_counter()
     for k, _, out in feed_back(engine, spec, seq):
         logits[k:k + len(out[LOGITS])] = out[LOGITS]
+        if advance is not None:
+            advance(len(out[LOGITS]))
         for n in spec.ops:
             ops[n] += float(out[ops_output(n)].sum())
         for n in spec.acts:

@@ -5,8 +5,9 @@ so a failed case leaves nothing behind):
 
 - ``<case>_pred.nii.gz``: uint8 labels in the input's convention and exact geometry (never
   ``_seg``, the name of a BraTS reference label map);
-- ``<case>_uncertainty.nii.gz``: float32, per voxel the largest standard deviation across the
-  view models of the ET/TC/WT probabilities (0 = views agree; at most 0.5). Only with 2+ views;
+- ``<case>_uncertainty.nii.gz``: per voxel the largest standard deviation across the view
+  models of the ET/TC/WT probabilities (0 = views agree; at most 0.5), stored as uint16 with a
+  NIfTI scale factor (viewers show the values; steps of 7.6e-6). Only with 2+ views;
 - ``<case>_prob.nii.gz`` (``--save-prob``): float32 ET/TC/WT fused probabilities, 4D;
 - ``<case>_report.json``: timings per stage, peak memory, operations, spike rates, volumes;
 - ``<case>_quicklook.png`` (``--png``).
@@ -14,11 +15,14 @@ so a failed case leaves nothing behind):
 
 from __future__ import annotations
 
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from spikeseg.runtime import __version__
 from spikeseg.runtime.atomic import atomic_dir, write_json
@@ -32,17 +36,24 @@ from spikeseg.runtime.errors import InputError
 from spikeseg.runtime.inference import open_engine, run_view
 from spikeseg.runtime.labels import REGIONS, labels_to_regions, regions_to_labels, relabel_small_et
 from spikeseg.runtime.opcount import view_operations
-from spikeseg.runtime.preprocess import model_space, parse_views, to_native_space
+from spikeseg.runtime.preprocess import VIEWS, model_space, parse_views, to_native_space
 from spikeseg.runtime.system import cpu_model, machine, peak_rss_mb, reset_peak_rss
+
+
+#: The uncertainty map's storage step: uint16 with this NIfTI scale factor covers 0..0.5 (the
+#: largest possible spread) in steps of 7.6e-6. Float32 noise in the mantissas made the map
+#: compress 2:1 and cost 0.8 s to write for a 240x240x155 case; as uint16 it is 0.1 s and 10:1.
+UNCERTAINTY_STEP = 0.5 / 65535
 
 
 class Segmenter:
     """Engines compiled once, then any number of cases."""
 
     def __init__(self, bundle: Bundle, backend: str, precision: str, views: list[str], threads: int,
-                 et_min_voxels: int = 0) -> None:
+                 et_min_voxels: int = 0, progress: bool = False) -> None:
         self.bundle, self.backend, self.precision, self.views = bundle, backend, precision, views
         self.threads, self.et_min_voxels = threads, et_min_voxels
+        self.progress = progress and sys.stderr.isatty()  # a bar only where someone watches
         self.params = bundle.preprocess
         t0 = time.perf_counter()
         self.engines = {v: open_engine(bundle, v, backend, precision, threads) for v in views}
@@ -62,11 +73,15 @@ class Segmenter:
         image, space = prepared.image, prepared.space
         times["preprocess"] = time.perf_counter() - t
         view_probs, operations = [], {}
-        for view in self.views:
-            res = run_view(self.engines[view], self.bundle.view(view), image, view)
-            times[f"view_{view}"] = res.seconds
-            view_probs.append(res.prob)
-            operations[view] = view_operations(self.bundle.view(view), res)
+        slices = sum(image.shape[1 + VIEWS[v]] for v in self.views)
+        with tqdm(total=slices, desc=f"{case.case_id} ({len(self.views)} views)", unit="slice", leave=False,
+                  disable=not self.progress) as bar:
+            for view in self.views:
+                bar.set_postfix_str(view)
+                res = run_view(self.engines[view], self.bundle.view(view), image, view, advance=bar.update)
+                times[f"view_{view}"] = res.seconds
+                view_probs.append(res.prob)
+                operations[view] = view_operations(self.bundle.view(view), res)
         t = time.perf_counter()
         fused = fuse(view_probs)
         prob = to_native_space(fused, space)
@@ -115,12 +130,17 @@ class Segmenter:
 
     @staticmethod
     def _write_images(case: Case, folder: Path, labels, prob, unc, png: bool, save_prob: bool) -> None:
+        """The NIfTI files are compressed side by side (zlib releases the GIL)."""
         g = case.geometry
-        save_like(labels, g, folder / prediction_name(case.case_id), np.uint8)
-        if unc is not None:
-            save_like(unc, g, folder / f"{case.case_id}_uncertainty.nii.gz", np.float32)
-        if save_prob:
-            save_like(prob, g, folder / f"{case.case_id}_prob.nii.gz", np.float32)
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            jobs = [pool.submit(save_like, labels, g, folder / prediction_name(case.case_id), np.uint8)]
+            if unc is not None:
+                jobs.append(pool.submit(save_like, unc, g, folder / f"{case.case_id}_uncertainty.nii.gz", np.uint16,
+                                        slope=UNCERTAINTY_STEP))
+            if save_prob:
+                jobs.append(pool.submit(save_like, prob, g, folder / f"{case.case_id}_prob.nii.gz", np.float32))
+            for job in jobs:
+                job.result()
         if png:
             from spikeseg.runtime.quicklook import quicklook
             quicklook(folder / f"{case.case_id}_quicklook.png", case.image[3], labels,
@@ -136,8 +156,6 @@ def segment(bundle_path: Path, input_path: Path, out: Path, backend: str = "open
 
     Everything that can be refused is refused before the engines are compiled: the bundle, an
     output folder that overlaps the input, an output folder that cannot be written."""
-    from tqdm import tqdm
-
     bundle = load_bundle(bundle_path)
     chosen = bundle.views if views == "all" else parse_views(views)
     input_path, out = Path(input_path), Path(out)
@@ -156,7 +174,7 @@ def segment(bundle_path: Path, input_path: Path, out: Path, backend: str = "open
         key = (str(bundle.root.resolve()), backend, precision, tuple(chosen), threads, et_min_voxels)
         done = run_on_dask(dask, key, mine, out, overwrite, png, save_prob)
     else:
-        seg = Segmenter(bundle, backend, precision, chosen, threads, et_min_voxels)
+        seg = Segmenter(bundle, backend, precision, chosen, threads, et_min_voxels, progress)
         done = ((case, run_case(seg, case, out, overwrite, png, save_prob, single)) for case in mine)
     for case, status in tqdm(done, total=len(mine), desc="segment", unit="case", disable=not progress or single):
         outcomes[case.folder] = status
@@ -200,6 +218,5 @@ def run_case(seg: Segmenter, case: CohortCase, out: Path, overwrite: bool, png: 
     if single:
         print(line)
     else:
-        from tqdm import tqdm
         tqdm.write(line)
     return "ok", ""

@@ -5,6 +5,7 @@ starts on any platform and says what it measured."""
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 
@@ -45,3 +46,33 @@ def peak_rss_mb() -> float:
 
 def machine() -> str:
     return platform.machine()
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on: the default thread count for inference.
+
+    Why physical, not logical: convolution kernels saturate a core's vector units, so a second
+    hyper-thread on the same core adds contention, not throughput (OpenVINO's own default for
+    latency is one stream on the physical cores). Counted from /proc/cpuinfo's distinct
+    (physical id, core id) pairs among the CPUs in this process's affinity mask; where that is
+    not readable, the usable logical CPUs."""
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    cores: set[tuple[str, str]] = set()
+    try:
+        cpu = phys = core = None
+        for line in Path("/proc/cpuinfo").read_text().splitlines() + [""]:
+            key, _, value = line.partition(":")
+            key, value = key.strip(), value.strip()
+            if key == "processor":
+                cpu = int(value)
+            elif key == "physical id":
+                phys = value
+            elif key == "core id":
+                core = value
+            elif not key and cpu is not None:  # a blank line ends one processor's block
+                if cpu in allowed and core is not None:
+                    cores.add((phys or "0", core))
+                cpu = phys = core = None
+    except (OSError, ValueError):
+        cores = set()
+    return max(1, len(cores) or len(allowed))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -235,6 +237,26 @@ def test_a_single_view_writes_no_uncertainty_map_and_says_why(bundles, phantom_r
     rep = json.loads((tmp_path / "o" / case.name / f"{case.name}_report.json").read_text())
     assert "single view" in rep["uncertainty"] and rep["views"] == ["axial"]
     assert not (tmp_path / "o" / case.name / f"{case.name}_uncertainty.nii.gz").exists()
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("attached", [True, False])
+def test_a_case_shows_a_bar_over_views_and_slices_only_on_a_terminal(bundles, phantom_root: Path, tmp_path: Path,
+                                                                     monkeypatch, attached: bool) -> None:
+    from spikeseg.runtime.preprocess import VIEWS
+    from spikeseg.runtime.segment import Segmenter
+
+    err = _Terminal() if attached else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    b = load_bundle(bundles["spiking-useg"])
+    Segmenter(b, "onnxruntime", "fp32", b.views, 1, progress=True).run(sorted(phantom_root.iterdir())[0],
+                                                                       tmp_path / "o", False, False)
+    slices = sum(b.preprocess.model_shape[VIEWS[v]] for v in b.views)  # one pass along each view's axis
+    assert (f"/{slices} " in err.getvalue() and "slice" in err.getvalue()) == attached
 
 
 def test_cohort_reports_a_bad_case_and_goes_on(bundles, phantom_root: Path, tmp_path: Path) -> None:

@@ -184,3 +184,18 @@ def test_fuzz_case_headers_fail_cleanly(phantom_root: Path, tmp_path: Path) -> N
         shutil.rmtree(case.parent)
     assert refused > 20
     assert peak_rss_mb() < 2000
+
+
+def test_default_threads_are_the_physical_cores_this_process_may_use(monkeypatch) -> None:
+    """Against psutil's count of physical cores (an independent reading of the same machine),
+    and never more than the CPUs in the affinity mask (a container or taskset limit)."""
+    import os
+
+    import psutil
+
+    from spikeseg.runtime.system import physical_cores
+
+    allowed = os.sched_getaffinity(0)
+    assert physical_cores() == min(psutil.cpu_count(logical=False), len(allowed))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {min(allowed)})
+    assert physical_cores() == 1

@@ -32,6 +32,23 @@ def test_crop_uncrop_inverse_including_padding() -> None:
         assert not back[~inside].any()
 
 
+@pytest.mark.parametrize("method", ["minmax", "zscore"])
+@pytest.mark.parametrize("crop_mm", [(6.0, 8.0, 4.0), (14.0, 16.0, 12.0)])  # inside; past every edge
+def test_model_space_cuts_then_normalises_as_if_normalised_first(method: str, crop_mm) -> None:
+    """The model grid is computed on the box only, with the whole volume's statistics; the
+    reference is the plain order (normalise everything, then cut with zero padding)."""
+    rng = np.random.default_rng(5)
+    image = np.zeros((4, 10, 12, 7), np.float32)
+    image[:, 2:9, 1:11, 1:6] = rng.uniform(50, 400, (4, 7, 10, 5))
+    params = PreprocessParams(crop_mm=crop_mm, spacing_mm=(2.0, 2.0, 2.0), normalisation=method)
+    got, space = to_model_space(image, (1.0, 1.0, 1.0), params)
+    plain = np.zeros((4,) + space.size, np.float32)
+    normed = normalise(image, method)
+    for c in range(4):
+        plain[c] = uncrop(normed[c][None], tuple(-s for s in space.start), space.size)[0]
+    np.testing.assert_allclose(got, resample(plain, params.model_shape), atol=1e-6)
+
+
 @pytest.mark.parametrize("view,axis", [("sagittal", 0), ("coronal", 1), ("axial", 2)])
 def test_views_slice_along_the_right_axis_and_reassemble(view: str, axis: int) -> None:
     vol = np.random.default_rng(1).random((4, 5, 6, 7))
@@ -45,7 +62,22 @@ def test_resample_factor_two_is_block_mean() -> None:
     vol = np.random.default_rng(2).random((8, 6, 4))
     down = resample(vol, (4, 3, 2))
     expect = vol.reshape(4, 2, 3, 2, 2, 2).mean(axis=(1, 3, 5))
-    np.testing.assert_allclose(down, expect, atol=1e-12)
+    np.testing.assert_allclose(down, expect, atol=1e-6)
+
+
+@pytest.mark.parametrize("src,dst", [((40, 48, 38), (160, 192, 152)), ((160, 192, 152), (40, 48, 38)),
+                                     ((7, 13, 5), (13, 7, 5)), ((3, 1, 9), (6, 4, 2))])
+def test_resample_matches_scipy_linear_zoom(src: tuple[int, ...], dst: tuple[int, ...]) -> None:
+    """The separable resampler against scipy's order-1 zoom (grid mode, edges repeated), the
+    reference it replaces, up, down, mixed and from a single voxel, with a leading channel axis."""
+    from scipy import ndimage
+
+    vol = np.random.default_rng(4).random((2,) + src, dtype=np.float32)
+    zoom = [d / s for d, s in zip(dst, src)]
+    expect = np.stack([ndimage.zoom(v, zoom, order=1, mode="nearest", grid_mode=True) for v in vol])
+    got = resample(vol, dst)
+    assert got.shape == expect.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, expect, atol=1e-6)
 
 
 def test_normalisation_minmax_and_zscore() -> None:
