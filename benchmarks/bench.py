@@ -4,7 +4,8 @@ For every bundle: torch FP32 (when the bundle's training run is reachable), ONNX
 and INT8, OpenVINO FP32 and INT8, all through the same runtime pipeline (preprocess, views,
 fusion), so only the engine differs. Per configuration: Dice and HD95 per region, NLL,
 inference latency per case (median of repeats) and its ratio to torch FP32 of the same
-architecture measured in this run, achieved MAC/s against the host's measured GEMM peak, peak
+architecture measured in this run, achieved GOP/s as a share of this CPU's FP32 and INT8
+peaks (a convolution probe, measured in the same run) and the ops/peak lower bound, peak
 memory, MACs/ACs and energy per hardware profile. Ratios, not absolute timings, are what carry
 over to another machine.
 """
@@ -25,7 +26,7 @@ from spikeseg.runtime.atomic import write_text
 from spikeseg.runtime.bundle import Bundle, load_bundle
 from spikeseg.runtime.bundle_spec import ViewSpec
 from spikeseg.runtime.case_io import find_cases
-from spikeseg.runtime.energy import energy_table, host_profile
+from spikeseg.runtime.energy import energy_table, measure_conv_peaks
 from spikeseg.runtime.ensemble import fuse
 from spikeseg.runtime.inference import open_engine, run_view
 from spikeseg.runtime.labels import REGIONS, labels_to_regions
@@ -140,12 +141,24 @@ def evaluate_config(cfg: Config, cases: list[tuple[Any, np.ndarray, Any]], threa
            "undefined_regions": int(sum(math.isnan(x) for v in scores.values() for x in v) // 2),
            "nll": float(np.mean(nlls)), **{k: float(np.nanmean(v)) for k, v in per_view.items()},
            "latency_s": latency, "peak_rss_mb": peak_rss_mb(),
-           **totals, "achieved_gmacs": totals["dense_macs"] / latency / 1e9}
+           **totals}
     energy = energy_table(counts, {v: cfg.bundle.view(v) for v in counts},
                           "int8" if cfg.precision == "int8" else "fp32")
     for name, e in energy.items():
         row[f"energy_j_{name}"] = e["joules_per_case"]
     return row
+
+
+def peak_shares(dense_macs: float, seconds: float, precision: str, peaks: dict[str, Any]) -> dict[str, float | None]:
+    """Achieved GOP/s, its share of the measured FP32 and INT8 peaks, and the ops/peak lower
+    bound for the case at the row's precision (torch and FP32 rows against the FP32 peak)."""
+    gops = 2 * dense_macs / seconds / 1e9
+    peak = peaks.get("int8") if precision == "int8" else peaks.get("fp32")
+    bound = dense_macs / peak if peak else None
+    return {"gops": gops,
+            "pct_fp32_peak": 100 * gops * 1e9 / (2 * peaks["fp32"]) if peaks.get("fp32") else None,
+            "pct_int8_peak": 100 * gops * 1e9 / (2 * peaks["int8"]) if peaks.get("int8") else None,
+            "bound_s": bound, "x_bound": seconds / bound if bound else None}
 
 
 def _fmt(v: Any) -> str:
@@ -156,13 +169,18 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def to_markdown(rows: list[dict[str, Any]], host: dict[str, Any], threads: int, n_cases: int) -> str:
+def to_markdown(rows: list[dict[str, Any]], peaks: dict[str, Any], threads: int, n_cases: int) -> str:
     cols = ["config", "dice_ET", "dice_TC", "dice_WT", "hd95_WT", "nll", "latency_s", "x_vs_torch",
-            "achieved_gmacs", "pct_host_peak", "peak_rss_mb", "dense_macs", "effective_acs",
-            "membrane_updates", "energy_j_asic-45nm", "energy_j_rpi4-cortex-a72", "energy_j_loihi"]
-    head = (f"{n_cases} held-out cases, {threads} threads, host GEMM peak {host['peak_macs_per_s']['fp32'] / 1e9:.0f} "
-            f"GMAC/s (fp32, measured). latency = inference per case (all views, median of repeats); x_vs_torch = "
-            f"torch FP32 latency of the same architecture / this latency.\n\n")
+            "gops", "pct_fp32_peak", "pct_int8_peak", "bound_s", "x_bound", "peak_rss_mb", "dense_macs",
+            "effective_acs", "membrane_updates", "energy_j_asic-45nm", "energy_j_rpi4-cortex-a72", "energy_j_loihi"]
+    int8 = f"{2 * peaks['int8'] / 1e9:.0f}" if peaks.get("int8") else "not measured"
+    fp32 = f"{2 * peaks['fp32'] / 1e9:.0f}" if peaks.get("fp32") else "not measured"
+    head = (f"{n_cases} held-out cases, {threads} threads. This CPU's peaks, measured in this run (a 3x3 conv "
+            f"through OpenVINO at {threads} threads): FP32 {fp32} GOP/s, INT8 {int8} GOP/s "
+            f"(kernel {peaks.get('int8_kernel') or '-'}). latency = inference per case (all views, median of "
+            f"repeats); x_vs_torch = torch FP32 latency of the same architecture / this latency; gops = 2 x dense "
+            f"MACs / latency; pct_*_peak = gops as a share of each peak; bound_s = dense MACs / the peak of the "
+            f"row's precision, the fastest this case could run; x_bound = latency / bound_s.\n\n")
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         lines.append("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
@@ -241,7 +259,6 @@ def run_bench(data: Path, bundle_paths: list[Path], out: Path, threads: int = 2,
         for d in case_dirs:
             m = load_model_space(d, b.preprocess, label="required")
             prepared[key].append((m.case, m.image, m.space))
-    host = host_profile()
     configs = []
     for b in bundles:
         if _torch_available(b):
@@ -260,11 +277,12 @@ def run_bench(data: Path, bundle_paths: list[Path], out: Path, threads: int = 2,
         rows.append(row)
         log(f"{cfg.label:<34} WT Dice {row['dice_WT']:.3f}  {row['latency_s']:.2f} s/case  "
             f"peak {row['peak_rss_mb']:.0f} MB  ({time.perf_counter() - t0:.0f} s)")
+    peaks = measure_conv_peaks(threads)
     for r in rows:
         base = [x for x in rows if x["architecture"] == r["architecture"] and x["backend"] == "torch"]
         r["x_vs_torch"] = base[0]["latency_s"] / r["latency_s"] if base else None
-        r["pct_host_peak"] = 100 * r["achieved_gmacs"] * 1e9 / host["peak_macs_per_s"]["fp32"]
-    md = to_markdown(rows, host, threads, len(case_dirs)) + per_view_markdown(rows)
+        r.update(peak_shares(r["dense_macs"], r["latency_s"], r["precision"], peaks))
+    md = to_markdown(rows, peaks, threads, len(case_dirs)) + per_view_markdown(rows)
     if training:
         from spikeseg.benchmarks.train_memory import markdown, run as run_train
         slices = [int(s) for s in training.split(",")]

@@ -20,12 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spikeseg.benchmarks.bench import TorchEngine
+from spikeseg.benchmarks.bench import TorchEngine, peak_shares
 from spikeseg.export.graphs import export_onnx, onnx_to_openvino
 from spikeseg.export.quantize import calibration_feeds, quantize_onnxruntime, quantize_openvino
 from spikeseg.runtime.atomic import write_text
 from spikeseg.runtime.bundle import ModelFile
 from spikeseg.runtime.bundle_spec import ViewSpec
+from spikeseg.runtime.energy import measure_conv_peaks
 from spikeseg.runtime.inference import OrtEngine, OvEngine, feed_back
 from spikeseg.runtime.system import physical_cores
 from spikeseg.snn.models import ModelConfig, build_model
@@ -53,6 +54,9 @@ def run(preset: str, h: int, w: int, threads: int, steps: int, calib_items: int,
     volume = rng.random((4, h, w, max(steps, 8)), dtype=np.float32)  # axial view: slices are (h, w)
     seq = np.ascontiguousarray(np.moveaxis(volume, 3, 0))
     rows = []
+    peaks = measure_conv_peaks(threads)
+    log(f"this CPU's peaks at {threads} threads (OpenVINO 3x3 conv probe): FP32 {2 * peaks['fp32'] / 1e9:.0f} GOP/s, "
+        f"INT8 {2 * peaks['int8'] / 1e9 if peaks['int8'] else float('nan'):.0f} GOP/s ({peaks['int8_kernel']})")
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         for arch in ("useg", "spiking-useg"):
@@ -74,20 +78,25 @@ def run(preset: str, h: int, w: int, threads: int, steps: int, calib_items: int,
             for name, engine in engines.items():
                 s = time_engine(engine, spec, seq[:steps])
                 base = base or s
+                shares = peak_shares(spec.dense_macs_per_slice, s, name.split()[-1], peaks)
                 rows.append({"architecture": arch, "engine": name, "compute_precision": engine.compute_precision,
-                             "ms_per_slice": 1000 * s, "x_vs_torch_fp32": base / s, "parameters": params})
+                             "ms_per_slice": 1000 * s, "x_vs_torch_fp32": base / s, "parameters": params, **shares})
                 log(f"{arch:<13} {name:<17} {1000 * s:8.1f} ms/slice  x{base / s:4.1f} vs torch fp32  "
-                    f"({engine.compute_precision})")
+                    f"{shares['gops']:6.1f} GOP/s  x{shares['x_bound']:.1f} the bound  ({engine.compute_precision})")
     return rows
 
 
 def markdown(rows: list[dict], preset: str, h: int, w: int, threads: int) -> str:
     out = [f"Per-slice latency, `{preset}` preset, {h}x{w} slices, {threads} threads, batch 1 "
            f"(SNN: one time step with the membrane state fed back)\n",
-           "| model | engine | compute precision | ms / slice | x vs torch FP32 |", "|---|---|---|---|---|"]
+           "| model | engine | compute precision | ms / slice | x vs torch FP32 | GOP/s | % FP32 peak | % INT8 peak "
+           "| bound ms (ops / peak) |", "|---|---|---|---|---|---|---|---|---|"]
+    pct = lambda v: f"{v:.0f}" if v is not None else "-"  # noqa: E731
     for r in rows:
+        bound = f"{1000 * r['bound_s']:.1f}" if r["bound_s"] else "-"
         out.append(f"| {r['architecture']} ({r['parameters'] / 1e6:.2f} M params) | {r['engine']} | "
-                   f"{r['compute_precision']} | {r['ms_per_slice']:.1f} | {r['x_vs_torch_fp32']:.2f} |")
+                   f"{r['compute_precision']} | {r['ms_per_slice']:.1f} | {r['x_vs_torch_fp32']:.2f} | "
+                   f"{r['gops']:.0f} | {pct(r['pct_fp32_peak'])} | {pct(r['pct_int8_peak'])} | {bound} |")
     return "\n".join(out) + "\n"
 
 

@@ -30,6 +30,14 @@ def test_bench_compares_every_configuration_in_one_run(bundles, phantom_root: Pa
         assert float(row["x_vs_torch"]) == pytest.approx(torch_latency[row["architecture"]] / float(row["latency_s"]),
                                                          rel=0.01)
         assert row["compute_precision"] in ("fp32", "f32", "int8 (QDQ convs) + fp32", "int8 (FakeQuantize convs) + f32")
+        # achieved GOP/s and the ops/peak bound follow from the row's own counts and time
+        gops = 2 * float(row["dense_macs"]) / float(row["latency_s"]) / 1e9
+        assert float(row["gops"]) == pytest.approx(gops, rel=1e-3)
+        assert float(row["x_bound"]) == pytest.approx(float(row["latency_s"]) / float(row["bound_s"]), rel=1e-3)
+        assert float(row["x_bound"]) > 1  # nothing runs faster than the CPU's measured peak
+    # both peaks were measured once in this run: every row sees the same INT8/FP32 peak ratio
+    ratios = [float(row["pct_fp32_peak"]) / float(row["pct_int8_peak"]) for row in rows]
+    assert ratios == pytest.approx([ratios[0]] * len(ratios), rel=1e-4)
     snn = [row for row in rows if row["architecture"] == "spiking-useg"]
     assert all(float(row["effective_acs"]) > 0 for row in snn)
     for name in ("results.md", "accuracy_vs_energy.png", "latency.png"):

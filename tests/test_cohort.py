@@ -389,15 +389,20 @@ def test_a_write_failure_mid_case_leaves_nothing_of_that_case(bundles, cohort: P
     the cohort is segmented, and the inputs are untouched."""
     import spikeseg.runtime.segment as segment_module
 
+    import threading
+
     victim = sorted(cohort.iterdir())[0].name
     real, written = segment_module.save_like, []
+    label_written = threading.Event()  # the files are written side by side: fail after the first
 
-    def fills_up(data, geometry, path, dtype):
-        if path.name.startswith(victim) and written:
+    def fills_up(data, geometry, path, dtype, **kw):
+        if path.name.startswith(victim) and "_uncertainty" in path.name:
+            label_written.wait(30)
             raise OSError(28, "No space left on device")
-        real(data, geometry, path, dtype)
+        real(data, geometry, path, dtype, **kw)
         if path.name.startswith(victim):
             written.append(path)
+            label_written.set()
 
     monkeypatch.setattr(segment_module, "save_like", fills_up)
     before = tree_digest(cohort)

@@ -112,3 +112,13 @@ def test_profile_command_compares_snn_and_twin_without_torch(bundles, phantom_ro
     assert len(mem_rows) == 2 and float(mem_rows[0]) > 0 and float(mem_rows[1]) == 0  # SNN, then twin
     bad = run_cli("profile", bundles["useg"], "--hardware", "tpu-v9")
     assert bad.returncode == 2 and "tpu-v9" in bad.stderr
+
+
+def test_the_int8_peak_probe_runs_an_integer_kernel() -> None:
+    """The INT8 peak is only reported when OpenVINO's compiled model says the convolution runs
+    in u8/i8 (read back, the way the runtime reads back its compute precision)."""
+    from spikeseg.runtime.energy import measure_conv_peaks
+
+    peaks = measure_conv_peaks(threads=1, seconds=0.05)
+    assert set(peaks["int8_kernel"].split(",")) & {"u8", "i8"}
+    assert peaks["fp32"] > 0 and peaks["int8"] > 0
