@@ -1,6 +1,10 @@
 """Per-slice latency of one view model at the paper's scale: torch FP32, ONNX Runtime FP32/INT8,
 OpenVINO FP32/INT8, for the stateless twin and the SNN step (explicit state fed back).
 
+Every engine runs the deployed graph (the operation counters pruned, as ``spikeseg segment``
+runs a case) except ``openvino int8 + counters``, the same INT8 graph with its counters, which
+``spikeseg profile`` and ``segment --count-ops`` run: their difference is what counting costs.
+
 Latency does not depend on the weights, so this uses freshly initialised ``paper``-preset models
 (widths 64-512) and calibrates INT8 on a random volume: the figures are speed, not accuracy.
 Ratios to torch FP32 are measured in the same run, on the same inputs.
@@ -48,15 +52,19 @@ def time_engine(engine, spec: ViewSpec, seq: np.ndarray, warmup: int = 2) -> flo
     return statistics.median(times[warmup:])
 
 
-def run(preset: str, h: int, w: int, threads: int, steps: int, calib_items: int, log=print) -> list[dict]:
+def run(preset: str, h: int, w: int, threads: int, steps: int, calib_items: int, rounds: int = 3,
+        log=print) -> list[dict]:
+    """Each engine timed in ``rounds`` interleaved rounds, each round also probing the CPU's
+    peaks: on a shared machine the clock drifts by tens of percent within minutes, and timing
+    one engine after another would hand that drift to whichever came last. Reported: the median
+    over rounds of each engine's median ms per slice, and the median of the peaks."""
     torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
     volume = rng.random((4, h, w, max(steps, 8)), dtype=np.float32)  # axial view: slices are (h, w)
     seq = np.ascontiguousarray(np.moveaxis(volume, 3, 0))
-    rows = []
-    peaks = measure_conv_peaks(threads)
-    log(f"this CPU's peaks at {threads} threads (OpenVINO 3x3 conv probe): FP32 {2 * peaks['fp32'] / 1e9:.0f} GOP/s, "
-        f"INT8 {2 * peaks['int8'] / 1e9 if peaks['int8'] else float('nan'):.0f} GOP/s ({peaks['int8_kernel']})")
+    probes: list[dict] = []
+    timed: list[tuple[str, str, int, ViewSpec, str, list[float]]] = []
+    compute_precisions: dict[tuple[str, str], str] = {}
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         for arch in ("useg", "spiking-useg"):
@@ -73,22 +81,41 @@ def run(preset: str, h: int, w: int, threads: int, steps: int, calib_items: int,
                        "onnxruntime fp32": OrtEngine(ModelFile.local(tmp / f"{arch}.onnx"), "fp32", threads),
                        "onnxruntime int8": OrtEngine(ModelFile.local(tmp / f"{arch}_int8.onnx", "int8"), "int8", threads),
                        "openvino fp32": OvEngine(ModelFile.local(tmp / f"{arch}.xml"), "fp32", threads),
-                       "openvino int8": OvEngine(ModelFile.local(tmp / f"{arch}_int8.xml", "int8"), "int8", threads)}
-            base = None
+                       "openvino int8": OvEngine(ModelFile.local(tmp / f"{arch}_int8.xml", "int8"), "int8", threads),
+                       "openvino int8 + counters": OvEngine(ModelFile.local(tmp / f"{arch}_int8.xml", "int8"), "int8",
+                                                            threads, counting=True)}
+            times: dict[str, list[float]] = {name: [] for name in engines}
+            for r in range(rounds):
+                probes.append(measure_conv_peaks(threads, seconds=0.3))
+                for name, engine in engines.items():
+                    times[name].append(time_engine(engine, spec, seq[:steps]))
+                log(f"{arch} round {r + 1}/{rounds}: " + ", ".join(f"{n} {1000 * t[-1]:.0f}" for n, t in times.items())
+                    + " ms/slice")
             for name, engine in engines.items():
-                s = time_engine(engine, spec, seq[:steps])
-                base = base or s
-                shares = peak_shares(spec.dense_macs_per_slice, s, name.split()[-1], peaks)
-                rows.append({"architecture": arch, "engine": name, "compute_precision": engine.compute_precision,
-                             "ms_per_slice": 1000 * s, "x_vs_torch_fp32": base / s, "parameters": params, **shares})
-                log(f"{arch:<13} {name:<17} {1000 * s:8.1f} ms/slice  x{base / s:4.1f} vs torch fp32  "
-                    f"{shares['gops']:6.1f} GOP/s  x{shares['x_bound']:.1f} the bound  ({engine.compute_precision})")
+                timed.append((arch, name, params, spec, engine.precision, times[name]))
+                compute_precisions[(arch, name)] = engine.compute_precision
+    peaks = {k: statistics.median(p[k] for p in probes) if all(p[k] for p in probes) else None
+             for k in ("fp32", "int8")}
+    log(f"this CPU's peaks at {threads} threads (OpenVINO 3x3 conv probe, median of {len(probes)}): "
+        f"FP32 {2 * peaks['fp32'] / 1e9:.0f} GOP/s, INT8 "
+        + (f"{2 * peaks['int8'] / 1e9:.0f} GOP/s ({probes[0]['int8_kernel']})" if peaks["int8"] else "not measured"))
+    rows, base = [], {}
+    for arch, name, params, spec, precision, t in timed:
+        s = statistics.median(t)
+        base.setdefault(arch, s)  # torch fp32 comes first
+        shares = peak_shares(spec.dense_macs_per_slice, s, precision, peaks)
+        rows.append({"architecture": arch, "engine": name, "compute_precision": compute_precisions[(arch, name)],
+                     "ms_per_slice": 1000 * s, "x_vs_torch_fp32": base[arch] / s, "parameters": params,
+                     "peak_fp32_gops": 2 * peaks["fp32"] / 1e9,
+                     "peak_int8_gops": 2 * peaks["int8"] / 1e9 if peaks["int8"] else None, **shares})
     return rows
 
 
 def markdown(rows: list[dict], preset: str, h: int, w: int, threads: int) -> str:
+    peak_int8 = f"{rows[0]['peak_int8_gops']:.0f}" if rows[0]["peak_int8_gops"] else "not measured"
     out = [f"Per-slice latency, `{preset}` preset, {h}x{w} slices, {threads} threads, batch 1 "
-           f"(SNN: one time step with the membrane state fed back)\n",
+           f"(SNN: one time step with the membrane state fed back); this CPU's peaks in the same run "
+           f"(3x3 conv through OpenVINO): FP32 {rows[0]['peak_fp32_gops']:.0f} GOP/s, INT8 {peak_int8} GOP/s\n",
            "| model | engine | compute precision | ms / slice | x vs torch FP32 | GOP/s | % FP32 peak | % INT8 peak "
            "| bound ms (ops / peak) |", "|---|---|---|---|---|---|---|---|---|"]
     pct = lambda v: f"{v:.0f}" if v is not None else "-"  # noqa: E731
@@ -106,11 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--height", type=int, default=160)
     p.add_argument("--width", type=int, default=192)
     p.add_argument("--threads", type=int, default=physical_cores(), help="default: the physical cores")
-    p.add_argument("--steps", type=int, default=20, help="slices timed per engine (median)")
+    p.add_argument("--steps", type=int, default=12, help="slices timed per engine and round (median)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds over all engines (median of rounds)")
     p.add_argument("--calib-items", type=int, default=16)
     p.add_argument("--out", type=Path)
     a = p.parse_args(argv)
-    rows = run(a.preset, a.height, a.width, a.threads, a.steps, a.calib_items)
+    rows = run(a.preset, a.height, a.width, a.threads, a.steps, a.calib_items, a.rounds)
     md = markdown(rows, a.preset, a.height, a.width, a.threads)
     print(md)
     if a.out:

@@ -26,13 +26,17 @@ OPSET = 17
 
 
 class StepGraph(nn.Module):
-    """The model's :meth:`SliceSegNet.step_counted` with a flat signature for export."""
+    """The model's :meth:`SliceSegNet.step_counted` with a flat signature for export; with
+    ``counting=False`` only the logits and states (what a deployed engine fetches)."""
 
-    def __init__(self, model: SliceSegNet) -> None:
+    def __init__(self, model: SliceSegNet, counting: bool = True) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.counting = model, counting
 
     def forward(self, x: torch.Tensor, *state: torch.Tensor):
+        if not self.counting:
+            logits, new_state = self.model.step(x, list(state))
+            return (logits, *new_state)
         logits, new_state, ops, acts, mems = self.model.step_counted(x, list(state))
         return (logits, *new_state, *ops, *acts, *mems)
 

@@ -53,6 +53,11 @@ def mem_output(neurons: str) -> str:
     return f"mem.{neurons}"
 
 
+def is_counter(output: str) -> bool:
+    """An operation counter's output (pruned from the deployed graph unless counts are asked for)."""
+    return output.startswith(("ops.", "act.", "mem."))
+
+
 def _malformed(where: Path | None, problem: str) -> InputError:
     return InputError(where, f"malformed manifest: {problem}")
 

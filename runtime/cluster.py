@@ -17,8 +17,8 @@ from typing import Any, Callable, Iterator
 from spikeseg.runtime.cohort import CohortCase
 from spikeseg.runtime.errors import InputError
 
-#: (bundle folder, backend, precision, views, inference threads, ET minimum voxels)
-SegmenterKey = tuple[str, str, str, tuple[str, ...], int, int]
+#: (bundle folder, backend, precision, views, inference threads, ET minimum voxels, count operations)
+SegmenterKey = tuple[str, str, str, tuple[str, ...], int, int, bool]
 _SEGMENTERS: dict[SegmenterKey, Any] = {}
 
 
@@ -28,8 +28,9 @@ def _segmenter(key: SegmenterKey) -> Any:
     from spikeseg.runtime.segment import Segmenter
 
     if key not in _SEGMENTERS:
-        bundle, backend, precision, views, threads, et_min_voxels = key
-        _SEGMENTERS[key] = Segmenter(load_bundle(bundle), backend, precision, list(views), threads, et_min_voxels)
+        bundle, backend, precision, views, threads, et_min_voxels, count_ops = key
+        _SEGMENTERS[key] = Segmenter(load_bundle(bundle), backend, precision, list(views), threads, et_min_voxels,
+                                     count_ops=count_ops)
     return _SEGMENTERS[key]
 
 

@@ -38,7 +38,7 @@ def _segment(args: argparse.Namespace) -> int:
     return segment(args.bundle, args.input, args.out, backend=args.backend, precision=args.precision,
                    views=args.views, threads=args.threads, png=args.png, save_prob=args.save_prob,
                    overwrite=args.overwrite, et_min_voxels=args.et_min_voxels, progress=not args.quiet,
-                   shard=args.shard, dask=args.dask)
+                   shard=args.shard, dask=args.dask, count_ops=args.count_ops)
 
 
 def _profile(args: argparse.Namespace) -> int:
@@ -71,6 +71,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     sg.add_argument("--save-prob", action="store_true", help="also write the ET/TC/WT probabilities")
     sg.add_argument("--et-min-voxels", type=int, default=0,
                     help="post-processing: ET components smaller than this become NCR (default off)")
+    sg.add_argument("--count-ops", action="store_true",
+                    help="count synaptic operations, spikes and membrane updates in the graph for the report "
+                         "and the event-driven energy estimates (off by default: the counters slow every case)")
     sg.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
     sg.add_argument("--shard", metavar="I/N",
                     help="run only shard I of N (1-based) of the sorted cohort, e.g. a job array's task; "

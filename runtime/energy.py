@@ -153,9 +153,13 @@ def host_profile() -> dict[str, Any]:
 
 
 def profiles(names: str = "all") -> dict[str, dict[str, Any]]:
-    """``all`` or a comma list of profile names (``host`` is measured on first use)."""
+    """``all``, ``builtin`` (all but ``host``) or a comma list of profile names (``host`` is
+    measured on first use)."""
     table = dict(builtin_profiles())
-    wanted = list(table) + ["host"] if names == "all" else [n.strip() for n in names.split(",")]
+    if names in ("all", "builtin"):
+        wanted = list(table) + (["host"] if names == "all" else [])
+    else:
+        wanted = [n.strip() for n in names.split(",")]
     out = {}
     for n in wanted:
         if n == "host":
@@ -176,6 +180,9 @@ def case_energy(counts: dict[str, float], precision: str, profile: dict[str, Any
             return {"joules": None, "basis": "dense", "note": profile["sources"].get("energy_pj", "")}
         joules = counts["dense_macs"] * e["mac"] * 1e-12
         return {"joules": joules, "basis": "dense MACs x E_MAC"}
+    if not counts.get("counted", True):
+        return {"joules": None, "basis": "not counted",
+                "note": "event-driven energy needs the synaptic operations: segment with --count-ops"}
     if e["mac"] is None and counts["effective_acs"] == 0:
         return {"joules": None, "basis": "not applicable",
                 "note": "no part of this network runs here (analog-input layers only)"}

@@ -1,7 +1,14 @@
 """Run one view model of a bundle over a volume, on ONNX Runtime or OpenVINO, without torch.
 
 The SNN runs slice by slice with every membrane potential fed back as an explicit input; the
-stateless twin runs slices in batches. Precision is always stated: OpenVINO compiles with
+stateless twin runs slices in batches.
+
+A bundle holds one step graph per model, with the operation counters in it. An engine opened
+with ``counting=False`` (the default: what a clinical case runs) prunes them: OpenVINO compiles
+the graph without the counters' results, so their subgraph is never built, and ONNX Runtime
+fetches only the logits and states with ``only_execute_path_to_fetches``. Same file, same
+weights, the same arithmetic for the logits and states (tested); ``spikeseg profile``,
+``segment --count-ops`` and the benchmarks open counting engines. Precision is always stated: OpenVINO compiles with
 ``INFERENCE_PRECISION_HINT=f32`` (on this CPU it would otherwise silently use bf16; INT8
 models keep f32 for the layers left unquantised), and the report records it.
 """
@@ -15,7 +22,7 @@ from typing import Callable, Iterator, Protocol
 import numpy as np
 
 from spikeseg.runtime.bundle import Bundle, ModelFile
-from spikeseg.runtime.bundle_spec import INPUT, LOGITS, ViewSpec, act_output, mem_output, ops_output
+from spikeseg.runtime.bundle_spec import INPUT, LOGITS, ViewSpec, act_output, is_counter, mem_output, ops_output
 from spikeseg.runtime.errors import InputError
 from spikeseg.runtime.preprocess import from_view, to_view
 
@@ -28,6 +35,7 @@ class Engine(Protocol):
     backend: str
     precision: str
     compute_precision: str
+    counting: bool
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
@@ -35,7 +43,7 @@ class Engine(Protocol):
 class OrtEngine:
     backend = "onnxruntime"
 
-    def __init__(self, model: ModelFile, precision: str, threads: int) -> None:
+    def __init__(self, model: ModelFile, precision: str, threads: int, counting: bool = False) -> None:
         import onnxruntime as ort
 
         path = str(model.path)
@@ -52,18 +60,21 @@ class OrtEngine:
             raise
         except Exception as exc:
             raise InputError(path, f"ONNX Runtime cannot load the model: {exc}") from exc
-        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.counting = counting
+        self.outputs = [o.name for o in self.session.get_outputs() if counting or not is_counter(o.name)]
+        self.run_options = ort.RunOptions()
+        self.run_options.only_execute_path_to_fetches = not counting
         self.precision = precision
         self.compute_precision = "int8 (QDQ convs) + fp32" if precision == "int8" else "fp32"
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self.outputs, self.session.run(self.outputs, feeds)))
+        return dict(zip(self.outputs, self.session.run(self.outputs, feeds, self.run_options)))
 
 
 class OvEngine:
     backend = "openvino"
 
-    def __init__(self, model: ModelFile, precision: str, threads: int) -> None:
+    def __init__(self, model: ModelFile, precision: str, threads: int, counting: bool = False) -> None:
         import openvino as ov
 
         path = str(model.path)
@@ -74,11 +85,16 @@ class OvEngine:
         try:
             weights = np.frombuffer(model.weights_bytes() or b"", dtype=np.uint8)
             graph = core.read_model(model.model_bytes().decode(), ov.Tensor(weights))
+            if not counting:
+                for result in list(graph.get_results()):
+                    if all(is_counter(n) for n in result.get_output_tensor(0).get_names()):
+                        graph.remove_result(result)
             self.compiled = core.compile_model(graph, "CPU", config)
         except InputError:
             raise
         except Exception as exc:
             raise InputError(path, f"OpenVINO cannot load the model: {exc}") from exc
+        self.counting = counting
         self.request = self.compiled.create_infer_request()
         # a port may carry several tensor names (e.g. '/readout/Conv_output_0' and 'logits')
         self.outputs = [(sorted(o.get_names()), o) for o in self.compiled.outputs]
@@ -96,14 +112,16 @@ class OvEngine:
         return out
 
 
-def open_engine(bundle: Bundle, view: str, backend: str, precision: str, threads: int) -> Engine:
+def open_engine(bundle: Bundle, view: str, backend: str, precision: str, threads: int,
+                counting: bool = False) -> Engine:
+    """An engine for one view model; ``counting``: keep the operation counters (see above)."""
     if backend not in BACKENDS:
         raise InputError(None, f"unknown backend {backend!r}; choose from {BACKENDS}")
     if precision not in PRECISIONS:
         raise InputError(None, f"unknown precision {precision!r}; choose from {PRECISIONS}")
     if backend == "onnxruntime":
-        return OrtEngine(bundle.model_file(view, "onnx", precision), precision, threads)
-    return OvEngine(bundle.model_file(view, "openvino", precision), precision, threads)
+        return OrtEngine(bundle.model_file(view, "onnx", precision), precision, threads, counting)
+    return OvEngine(bundle.model_file(view, "openvino", precision), precision, threads, counting)
 
 
 @dataclass
@@ -112,6 +130,7 @@ class ViewResult:
     prob: np.ndarray                      # (3, X, Y, Z) in model space
     seconds: float
     slices: int
+    counted: bool = False                                 # the engine kept its counters
     ops: dict[str, float] = field(default_factory=dict)   # effective synaptic ops per layer, whole case
     acts: dict[str, float] = field(default_factory=dict)  # nonzero activations per layer, whole case
     mems: dict[str, float] = field(default_factory=dict)  # membrane updates per PLIF layer, whole case
@@ -145,9 +164,10 @@ def run_view(engine: Engine, spec: ViewSpec, image: np.ndarray, view: str,
     seq = to_view(image, view)  # a view of the array: slices are copied one batch at a time
     t_total = seq.shape[0]
     logits = np.empty((t_total, 3) + seq.shape[2:], dtype=np.float32)
-    ops = dict.fromkeys(spec.ops, 0.0)
-    acts = dict.fromkeys(spec.acts, 0.0)
-    mems = dict.fromkeys(spec.mems, 0.0)
+    counted = engine.counting
+    ops = dict.fromkeys(spec.ops if counted else (), 0.0)
+    acts = dict.fromkeys(spec.acts if counted else (), 0.0)
+    mems = dict.fromkeys(spec.mems if counted else (), 0.0)
     # NeuroBench's convention: the first step writes every membrane (initialisation), later
     # steps count the membranes that changed
     mem_numel = {n: float(np.prod(spec.activation_shapes[n])) for n in spec.mems}
@@ -156,11 +176,11 @@ def run_view(engine: Engine, spec: ViewSpec, image: np.ndarray, view: str,
         logits[k:k + len(out[LOGITS])] = out[LOGITS]
         if advance is not None:
             advance(len(out[LOGITS]))
-        for n in spec.ops:
+        for n in ops:
             ops[n] += float(out[ops_output(n)].sum())
-        for n in spec.acts:
+        for n in acts:
             acts[n] += float(out[act_output(n)].sum())
-        for n in spec.mems:
+        for n in mems:
             mems[n] += mem_numel[n] if k == 0 else float(out[mem_output(n)].sum())
     seconds = time.perf_counter() - start
-    return ViewResult(view, from_view(sigmoid(logits), view), seconds, t_total, ops, acts, mems)
+    return ViewResult(view, from_view(sigmoid(logits), view), seconds, t_total, counted, ops, acts, mems)

@@ -54,13 +54,16 @@ def static_counts(model_path: str | Path) -> dict[str, Any]:
 def view_operations(spec: ViewSpec, res: ViewResult) -> dict[str, Any]:
     """Per-view counts for one case: dense MACs, effective MACs (analog input), ACs (spikes),
     membrane updates (NeuroBench's count, and the dense count a clocked chip pays)."""
+    dense = float(spec.dense_macs_per_slice * res.slices)
+    if not res.counted:  # a deployed engine: the static count only (--count-ops for the rest)
+        return {"slices": res.slices, "dense_macs": dense, "counted": False}
     spikes_in = {layer.name: layer.spike_input for layer in spec.layers}
     eff_macs = sum(v for n, v in res.ops.items() if not spikes_in[n])
     acs = sum(v for n, v in res.ops.items() if spikes_in[n])
     numel = {n: float(np.prod(s)) * res.slices for n, s in spec.activation_shapes.items()}
     rates = {n: res.acts[n] / numel[n] for n in res.acts}
     total_act = sum(res.acts.values())
-    return {"slices": res.slices, "dense_macs": float(spec.dense_macs_per_slice * res.slices),
+    return {"slices": res.slices, "dense_macs": dense, "counted": True,
             "membrane_updates": sum(res.mems.values()),
             "membrane_updates_dense": sum(numel[n] for n in res.mems),
             "effective_macs": float(eff_macs), "effective_acs": float(acs),

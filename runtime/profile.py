@@ -31,7 +31,7 @@ def bundle_counts(bundle: Bundle, case_dir: Path | None, backend: str, precision
             out[view] = {"slices": slices, "dense_macs": dense, "effective_macs": None, "effective_acs": None,
                          "membrane_updates": None, "activation_sparsity": None}
             continue
-        engine = open_engine(bundle, view, backend, precision, threads)
+        engine = open_engine(bundle, view, backend, precision, threads, counting=True)
         res = run_view(engine, spec, image, view)
         out[view] = view_operations(spec, res)
         out[view]["static_dense_macs"] = float(static["macs_per_slice"] * slices)

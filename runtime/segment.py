@@ -9,7 +9,8 @@ so a failed case leaves nothing behind):
   models of the ET/TC/WT probabilities (0 = views agree; at most 0.5), stored as uint16 with a
   NIfTI scale factor (viewers show the values; steps of 7.6e-6). Only with 2+ views;
 - ``<case>_prob.nii.gz`` (``--save-prob``): float32 ET/TC/WT fused probabilities, 4D;
-- ``<case>_report.json``: timings per stage, peak memory, operations, spike rates, volumes;
+- ``<case>_report.json``: timings per stage, peak memory, dense MACs (with ``--count-ops``:
+  synaptic operations, spike rates and membrane updates, counted in the graph), volumes;
 - ``<case>_quicklook.png`` (``--png``).
 """
 
@@ -50,13 +51,13 @@ class Segmenter:
     """Engines compiled once, then any number of cases."""
 
     def __init__(self, bundle: Bundle, backend: str, precision: str, views: list[str], threads: int,
-                 et_min_voxels: int = 0, progress: bool = False) -> None:
+                 et_min_voxels: int = 0, progress: bool = False, count_ops: bool = False) -> None:
         self.bundle, self.backend, self.precision, self.views = bundle, backend, precision, views
-        self.threads, self.et_min_voxels = threads, et_min_voxels
+        self.threads, self.et_min_voxels, self.count_ops = threads, et_min_voxels, count_ops
         self.progress = progress and sys.stderr.isatty()  # a bar only where someone watches
         self.params = bundle.preprocess
         t0 = time.perf_counter()
-        self.engines = {v: open_engine(bundle, v, backend, precision, threads) for v in views}
+        self.engines = {v: open_engine(bundle, v, backend, precision, threads, counting=count_ops) for v in views}
         self.compile_seconds = time.perf_counter() - t0
 
     def run(self, case_dir: Path, out_root: Path, png: bool, save_prob: bool) -> dict[str, Any]:
@@ -124,8 +125,12 @@ class Segmenter:
             "postprocessing": ({"et_min_voxels": self.et_min_voxels, "relabelled_voxels": relabelled}
                                if self.et_min_voxels else None),
             "seconds": times, "engine_compile_seconds": self.compile_seconds,
+            "operations_counted": (
+                "yes: synaptic operations, spikes and membrane updates counted in the graph (--count-ops)"
+                if self.count_ops else "dense MACs only (static); --count-ops counts synaptic operations"),
             "operations": operations,
-            "energy": energy_table(operations, {v: self.bundle.view(v) for v in operations}, self.precision),
+            "energy": energy_table(operations, {v: self.bundle.view(v) for v in operations}, self.precision,
+                                   names="builtin"),
         }
 
     @staticmethod
@@ -150,7 +155,7 @@ class Segmenter:
 def segment(bundle_path: Path, input_path: Path, out: Path, backend: str = "openvino", precision: str = "fp32",
             views: str = "all", threads: int = 2, png: bool = False, save_prob: bool = False,
             overwrite: bool = False, et_min_voxels: int = 0, progress: bool = True,
-            shard: str | None = None, dask: str | None = None) -> int:
+            shard: str | None = None, dask: str | None = None, count_ops: bool = False) -> int:
     """Segment one case or a cohort; returns the exit status (1 if a case this process ran failed).
     ``dask``: run the cohort's cases as tasks on a Dask cluster ("local" or a scheduler address).
 
@@ -171,10 +176,10 @@ def segment(bundle_path: Path, input_path: Path, out: Path, backend: str = "open
     outcomes: dict[Path, tuple[str, str]] = {}
     if dask and not single:
         from spikeseg.runtime.cluster import run_on_dask
-        key = (str(bundle.root.resolve()), backend, precision, tuple(chosen), threads, et_min_voxels)
+        key = (str(bundle.root.resolve()), backend, precision, tuple(chosen), threads, et_min_voxels, count_ops)
         done = run_on_dask(dask, key, mine, out, overwrite, png, save_prob)
     else:
-        seg = Segmenter(bundle, backend, precision, chosen, threads, et_min_voxels, progress)
+        seg = Segmenter(bundle, backend, precision, chosen, threads, et_min_voxels, progress, count_ops)
         done = ((case, run_case(seg, case, out, overwrite, png, save_prob, single)) for case in mine)
     for case, status in tqdm(done, total=len(mine), desc="segment", unit="case", disable=not progress or single):
         outcomes[case.folder] = status

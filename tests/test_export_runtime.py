@@ -104,7 +104,7 @@ def test_membrane_counters_agree_with_the_graphs_own_states(bundles, phantom_roo
     from spikeseg.runtime.inference import open_engine
     b = load_bundle(bundles["spiking-useg"])
     spec = b.view("axial")
-    engine = open_engine(b, "axial", backend, precision, 2)
+    engine = open_engine(b, "axial", backend, precision, 2, counting=True)
     seq = _axial_slices(sorted(phantom_root.iterdir())[0], b.preprocess)
     states = spec.zero_states()
     counted = changed = 0.0
@@ -116,6 +116,35 @@ def test_membrane_counters_agree_with_the_graphs_own_states(bundles, phantom_roo
             states[s.input] = out[s.output]
     assert counted == changed
     assert 0 < changed < 4 * sum(np.prod(s.shape) for s in spec.states)
+
+
+@pytest.mark.parametrize("backend,precision", [("onnxruntime", "fp32"), ("onnxruntime", "int8"),
+                                               ("openvino", "fp32"), ("openvino", "int8")])
+def test_the_deployed_graph_is_the_counting_graph_without_its_counters(bundles, phantom_root: Path, backend: str,
+                                                                       precision: str) -> None:
+    """A clinical case runs the step graph with its counters pruned: the same logits and states
+    as the counting graph (same file, same weights) over a stretch of a real sequence, only the
+    logits and states fetched, and, on OpenVINO, no counter left in the compiled graph."""
+    from spikeseg.runtime.inference import open_engine
+    b = load_bundle(bundles["spiking-useg"])
+    spec = b.view("axial")
+    deployed = open_engine(b, "axial", backend, precision, 2)
+    counting = open_engine(b, "axial", backend, precision, 2, counting=True)
+    assert not deployed.counting and counting.counting
+    seq = _axial_slices(sorted(phantom_root.iterdir())[0], b.preprocess)
+    states = spec.zero_states()
+    for t in range(seq.shape[0] // 2, seq.shape[0] // 2 + 6):
+        feeds = {"x": seq[t:t + 1], **states}
+        lean, full = deployed(feeds), counting(feeds)
+        assert set(lean) == {"logits"} | {s.output for s in spec.states}
+        assert {f"ops.{n}" for n in spec.ops} <= set(full)
+        for name in lean:
+            np.testing.assert_allclose(lean[name], full[name], atol=1e-5, rtol=0, err_msg=name)
+        states = {s.input: full[s.output] for s in spec.states}
+    if backend == "openvino":
+        def kinds(engine) -> list[str]:
+            return [op.get_rt_info()["layerType"].astype(str) for op in engine.compiled.get_runtime_model().get_ops()]
+        assert len(kinds(deployed)) < len(kinds(counting)) - len(spec.ops)
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
@@ -193,7 +222,7 @@ def test_segment_writes_outputs_in_input_geometry_without_torch(bundles, phantom
     case = sorted(phantom_root.iterdir())[0]
     out = tmp_path / "out"
     r = run_cli("segment", bundles[arch], case, out, "--backend", backend, "--precision", precision,
-                "--png", "--save-prob", "--threads", "1", block_torch=True)
+                "--png", "--save-prob", "--threads", "1", "--count-ops", block_torch=True)
     assert r.returncode == 0, r.stderr
     d = out / case.name
     src = nib.load(str(case / f"{case.name}_flair.nii.gz"))
@@ -236,6 +265,12 @@ def test_a_single_view_writes_no_uncertainty_map_and_says_why(bundles, phantom_r
     assert r.returncode == 0, r.stderr
     rep = json.loads((tmp_path / "o" / case.name / f"{case.name}_report.json").read_text())
     assert "single view" in rep["uncertainty"] and rep["views"] == ["axial"]
+    # no --count-ops: the deployed graph ran, so the report has the static count only and says so
+    ops = rep["operations"]["axial"]
+    assert ops["counted"] is False and ops["dense_macs"] > 0 and "effective_acs" not in ops
+    assert rep["energy"]["loihi"]["joules_per_case"] is None
+    assert "--count-ops" in rep["energy"]["loihi"]["per_view"]["axial"]["note"]
+    assert rep["energy"]["rpi4-cortex-a72"]["joules_per_case"] > 0  # a CPU pays the dense MACs
     assert not (tmp_path / "o" / case.name / f"{case.name}_uncertainty.nii.gz").exists()
 
 
@@ -471,7 +506,8 @@ def test_a_pinned_run_gives_the_pinned_segmentation(phantom_root: Path, tmp_path
     bundle = tmp_path / "bundle"
     r = run_cli("export", PINNED / "snn-axial", "--out", bundle)
     assert r.returncode == 0, r.stderr
-    r = run_cli("segment", bundle, case, tmp_path / "out", "--backend", backend, "--quiet", block_torch=True)
+    r = run_cli("segment", bundle, case, tmp_path / "out", "--backend", backend, "--quiet", "--count-ops",
+                block_torch=True)
     assert r.returncode == 0, r.stderr
     out = tmp_path / "out" / case.name
     labels = np.asarray(nib.load(str(out / f"{case.name}_pred.nii.gz")).dataobj)

@@ -171,7 +171,7 @@ def test_snntorch_leaky_with_membrane_readout_trains_exports_and_segments(phanto
     assert r.returncode == 0, r.stderr
     case = sorted(phantom_root.iterdir())[0]
     r = run_cli("segment", tmp_path / "bundle", case, tmp_path / "out", "--backend", "onnxruntime", "--quiet",
-                block_torch=True)
+                "--count-ops", block_torch=True)
     assert r.returncode == 0, r.stderr
     rep = json.loads((tmp_path / "out" / case.name / f"{case.name}_report.json").read_text())
     ops = rep["operations"]["axial"]
