@@ -74,16 +74,19 @@ class Config:
         return f"{self.bundle.architecture} {self.backend} {self.precision}"
 
 
-def _engines(cfg: Config, threads: int, counting: bool) -> dict[str, Any]:
-    if cfg.backend == "torch":
-        from spikeseg.training.run_folder import load_run
-        out = {}
-        for view in cfg.bundle.views:
-            run = cfg.bundle.view(view).training_run
-            model, _, _ = load_run(run)
-            out[view] = TorchEngine(model, cfg.bundle.view(view), threads, counting)
-        return out
-    return {v: open_engine(cfg.bundle, v, cfg.backend, cfg.precision, threads, counting) for v in cfg.bundle.views}
+def _engines(cfg: Config, threads: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Per view, the deployed engine (counters pruned) and the counting one."""
+    deployed, counting = {}, {}
+    for view in cfg.bundle.views:
+        if cfg.backend == "torch":
+            from spikeseg.training.run_folder import load_run
+            model, _, _ = load_run(cfg.bundle.view(view).training_run)  # read once, wrapped twice
+            deployed[view] = TorchEngine(model, cfg.bundle.view(view), threads, counting=False)
+            counting[view] = TorchEngine(model, cfg.bundle.view(view), threads, counting=True)
+        else:
+            deployed[view] = open_engine(cfg.bundle, view, cfg.backend, cfg.precision, threads, counting=False)
+            counting[view] = open_engine(cfg.bundle, view, cfg.backend, cfg.precision, threads, counting=True)
+    return deployed, counting
 
 
 def _torch_available(bundle: Bundle) -> bool:
@@ -98,8 +101,7 @@ def evaluate_config(cfg: Config, cases: list[tuple[Any, np.ndarray, Any]], threa
     """Counts from one pass of the counting graphs, accuracy and time from ``repeats`` passes of
     the deployed ones (the counters pruned, as a clinical case runs)."""
     reset_peak_rss()
-    engines = _engines(cfg, threads, counting=False)
-    counters = _engines(cfg, threads, counting=True)
+    engines, counters = _engines(cfg, threads)
     scores: dict[str, list[float]] = {f"{m}_{r}": [] for m in ("dice", "hd95") for r in REGIONS}
     count_keys = ("dense_macs", "effective_macs", "effective_acs", "membrane_updates")
     nlls, latencies, totals = [], [], dict.fromkeys(count_keys, 0.0)

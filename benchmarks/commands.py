@@ -6,8 +6,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from spikeseg.runtime.system import physical_cores
-
 
 def _bench(args: argparse.Namespace) -> int:
     from spikeseg.benchmarks.bench import run_bench
@@ -20,7 +18,7 @@ def _bench(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this stage's subcommands to the ``spikeseg`` dispatcher (which imports this module,
     hence the import here)."""
-    from spikeseg.cli import add_command
+    from spikeseg.cli import add_command, add_threads_argument
 
     be = add_command(sub, "bench", needs=("matplotlib",), help="FP32 vs INT8 vs SNN: accuracy, speed, memory, operations, energy",
                      description="Benchmark bundles on the same held-out cases in one run: torch FP32 (when "
@@ -29,8 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     be.add_argument("--data", type=Path, required=True, help="held-out labelled cases")
     be.add_argument("--bundles", type=Path, nargs="+", required=True, help="bundle folders to compare")
     be.add_argument("--out", type=Path, required=True, help="folder for results.csv, results.md and plots")
-    be.add_argument("--threads", type=int, default=physical_cores(),
-                    help=f"inference threads for every engine (default: the physical cores, {physical_cores()} here)")
+    add_threads_argument(be, "inference threads for every engine")
     be.add_argument("--repeats", type=int, default=3, help="timing repeats per case (median; default 3)")
     be.add_argument("--max-cases", type=int, help="use only the first N cases")
     be.add_argument("--training", metavar="SLICES",

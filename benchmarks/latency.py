@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +33,7 @@ from spikeseg.runtime.bundle import ModelFile
 from spikeseg.runtime.bundle_spec import ViewSpec
 from spikeseg.runtime.energy import measure_conv_peaks
 from spikeseg.runtime.inference import OrtEngine, OvEngine, feed_back
-from spikeseg.runtime.system import physical_cores
+from spikeseg.cli import add_threads_argument
 from spikeseg.snn.models import ModelConfig, build_model
 
 
@@ -63,8 +64,7 @@ def run(preset: str, h: int, w: int, threads: int, steps: int, calib_items: int,
     volume = rng.random((4, h, w, max(steps, 8)), dtype=np.float32)  # axial view: slices are (h, w)
     seq = np.ascontiguousarray(np.moveaxis(volume, 3, 0))
     probes: list[dict] = []
-    timed: list[tuple[str, str, int, ViewSpec, str, list[float]]] = []
-    compute_precisions: dict[tuple[str, str], str] = {}
+    timed: list[tuple[str, str, int, ViewSpec, Any, list[float]]] = []  # arch, engine name, params, spec, engine, s
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         for arch in ("useg", "spiking-useg"):
@@ -91,20 +91,18 @@ def run(preset: str, h: int, w: int, threads: int, steps: int, calib_items: int,
                     times[name].append(time_engine(engine, spec, seq[:steps]))
                 log(f"{arch} round {r + 1}/{rounds}: " + ", ".join(f"{n} {1000 * t[-1]:.0f}" for n, t in times.items())
                     + " ms/slice")
-            for name, engine in engines.items():
-                timed.append((arch, name, params, spec, engine.precision, times[name]))
-                compute_precisions[(arch, name)] = engine.compute_precision
+            timed += [(arch, name, params, spec, engine, times[name]) for name, engine in engines.items()]
     peaks = {k: statistics.median(p[k] for p in probes) if all(p[k] for p in probes) else None
              for k in ("fp32", "int8")}
     log(f"this CPU's peaks at {threads} threads (OpenVINO 3x3 conv probe, median of {len(probes)}): "
         f"FP32 {2 * peaks['fp32'] / 1e9:.0f} GOP/s, INT8 "
         + (f"{2 * peaks['int8'] / 1e9:.0f} GOP/s ({probes[0]['int8_kernel']})" if peaks["int8"] else "not measured"))
     rows, base = [], {}
-    for arch, name, params, spec, precision, t in timed:
+    for arch, name, params, spec, engine, t in timed:
         s = statistics.median(t)
         base.setdefault(arch, s)  # torch fp32 comes first
-        shares = peak_shares(spec.dense_macs_per_slice, s, precision, peaks)
-        rows.append({"architecture": arch, "engine": name, "compute_precision": compute_precisions[(arch, name)],
+        shares = peak_shares(spec.dense_macs_per_slice, s, engine.precision, peaks)
+        rows.append({"architecture": arch, "engine": name, "compute_precision": engine.compute_precision,
                      "ms_per_slice": 1000 * s, "x_vs_torch_fp32": base[arch] / s, "parameters": params,
                      "peak_fp32_gops": 2 * peaks["fp32"] / 1e9,
                      "peak_int8_gops": 2 * peaks["int8"] / 1e9 if peaks["int8"] else None, **shares})
@@ -132,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="paper")
     p.add_argument("--height", type=int, default=160)
     p.add_argument("--width", type=int, default=192)
-    p.add_argument("--threads", type=int, default=physical_cores(), help="default: the physical cores")
+    add_threads_argument(p, "inference threads")
     p.add_argument("--steps", type=int, default=12, help="slices timed per engine and round (median)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds over all engines (median of rounds)")
     p.add_argument("--calib-items", type=int, default=16)

@@ -6,8 +6,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from spikeseg.runtime.system import physical_cores
-
 
 def _budget(text: str) -> float:
     """A WT Dice drop in points: 0 (no loss allowed) to 100."""
@@ -39,7 +37,7 @@ def _package(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this stage's subcommands to the ``spikeseg`` dispatcher (which imports this module,
     hence the import here)."""
-    from spikeseg.cli import add_command
+    from spikeseg.cli import add_command, add_threads_argument
 
     ex = add_command(sub, "export", needs=("torch", "onnx", "nncf"), help="trained runs -> ONNX / OpenVINO (FP32, INT8) bundle",
                      description="Export view models to ONNX and OpenVINO IR (FP32; with --int8 also "
@@ -53,8 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ex.add_argument("--budget", type=_budget, default=1.0,
                     help="largest WT Dice drop of INT8 vs FP32 allowed, in points (default 1)")
     ex.add_argument("--allow-accuracy-drop", action="store_true", help="write the bundle even over budget")
-    ex.add_argument("--threads", type=int, default=physical_cores(),
-                    help=f"threads for the INT8 accuracy check (default: the physical cores, {physical_cores()} here)")
+    add_threads_argument(ex, "threads for the INT8 accuracy check")
     ex.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     ex.set_defaults(handler=_export)
 

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 from spikeseg.runtime.errors import InputError
-from spikeseg.runtime.system import physical_cores
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -51,7 +50,7 @@ def _profile(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this stage's subcommands to the ``spikeseg`` dispatcher (which imports this module,
     hence the import here)."""
-    from spikeseg.cli import add_command
+    from spikeseg.cli import add_command, add_threads_argument
 
     sg = add_command(sub, "segment", help="segment a case or a cohort on the CPU (no torch)",
                      description="Segment BraTS case folders with a bundle: labels in the input's "
@@ -65,8 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sg.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
                     help="model weights/activations; OpenVINO computes the rest in f32 (stated in the report)")
     sg.add_argument("--views", default="all", help="all, or a comma list such as axial,coronal")
-    sg.add_argument("--threads", type=int, default=physical_cores(),
-                    help=f"inference threads for either backend (default: the physical cores, {physical_cores()} here)")
+    add_threads_argument(sg, "inference threads for either backend")
     sg.add_argument("--png", action="store_true", help="write a quick-look PNG per case")
     sg.add_argument("--save-prob", action="store_true", help="also write the ET/TC/WT probabilities")
     sg.add_argument("--et-min-voxels", type=int, default=0,
@@ -117,6 +115,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--backend", choices=["openvino", "onnxruntime"], default="openvino",
                     help="inference engine (default openvino; onnxruntime also runs on boards without OpenVINO)")
     pr.add_argument("--precision", choices=["fp32", "int8"], default="fp32", help="model precision (default fp32)")
-    pr.add_argument("--threads", type=int, default=physical_cores(),
-                    help=f"inference threads (default: the physical cores, {physical_cores()} here)")
+    add_threads_argument(pr, "inference threads")
     pr.set_defaults(handler=_profile)

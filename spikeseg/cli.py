@@ -34,6 +34,15 @@ def add_command(sub: argparse._SubParsersAction, name: str, needs: tuple[str, ..
     return parser
 
 
+def add_threads_argument(parser: argparse.ArgumentParser, purpose: str) -> None:
+    """``--threads``, defaulting to the physical cores this process may use (read once)."""
+    from spikeseg.runtime.system import physical_cores
+
+    cores = physical_cores()
+    parser.add_argument("--threads", type=int, default=cores,
+                        help=f"{purpose} (default: the physical cores, {cores} here)")
+
+
 def _importable(module: str) -> bool:
     try:
         return importlib.util.find_spec(module) is not None
