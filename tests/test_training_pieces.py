@@ -14,6 +14,7 @@ from spikeseg.runtime.errors import InputError
 from spikeseg.snn.models import ModelConfig, build_model
 from spikeseg.training.data import kfold_split
 from spikeseg.training.losses import bce_dice_loss
+from spikeseg.training.predict import predict_view, predict_views
 from tests.helpers import run_cli
 
 
@@ -70,6 +71,21 @@ def test_membrane_reset_every_slice_makes_slices_independent() -> None:
         alone = torch.cat([model(x[:, k:k + 1], None)[0] for k in range(6)], dim=1)
     torch.testing.assert_close(reset, alone, rtol=0, atol=0)
     assert not torch.equal(stateful[:, 1:], alone[:, 1:])
+
+
+@pytest.mark.parametrize("arch", ["spiking-useg", "useg"])
+def test_predicting_several_cases_at_once_equals_one_at_a_time(arch: str) -> None:
+    """Validation runs a stateful model's cases as one batch of sequences: each case's
+    probabilities are what it gives alone (cases of another shape go in their own batch)."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.preset(arch, "tiny"))
+    rng = np.random.default_rng(0)
+    images = [rng.random((4, 12, 16, 9), dtype=np.float32) * 3 for _ in range(3)]
+    images.append(rng.random((4, 12, 16, 5), dtype=np.float32) * 3)
+    together = predict_views(model, images, "axial")
+    for image, prob in zip(images, together):
+        np.testing.assert_allclose(prob, predict_view(model, image, "axial"), rtol=0, atol=1e-6)
+    assert together[0].shape == (3, 12, 16, 9) and together[3].shape == (3, 12, 16, 5)
 
 
 @pytest.mark.parametrize("arch,trainer,extra", [("spiking-useg", "bptt", []), ("spiking-useg", "tbptt", []),

@@ -51,7 +51,7 @@ from spikeseg.training.activity import ActivityMonitor
 from spikeseg.training.config import TrainConfig
 from spikeseg.training.devices import amp_dtype, init_distributed, params_digest, resolve_device, seed_everything
 from spikeseg.training.losses import bce_dice_loss, distillation_loss
-from spikeseg.training.predict import predict_view
+from spikeseg.training.predict import predict_views
 from spikeseg.training.run_folder import load_checkpoint, prepare_run, save_checkpoint, twin_run_for
 
 def param_groups(model: SliceSegNet, lr: float, readout_scale: float) -> list[dict[str, Any]]:
@@ -241,10 +241,10 @@ class ViewTrainer:
         nlls = []
         ctx = self.fptt.averaged_weights() if (self.fptt and self.cfg.eval_average) else contextlib.nullcontext()
         with ctx:
-            for case in self.val_cases:
-                image, regions = case.load()
-                prob = predict_view(self.model, np.asarray(image), self.cfg.view, self.device,
-                                    reset_every_step=self.cfg.state_reset)
+            loaded = [case.load() for case in self.val_cases]
+            probs = predict_views(self.model, [np.asarray(image) for image, _ in loaded], self.cfg.view,
+                                  self.device, reset_every_step=self.cfg.state_reset)
+            for prob, (_, regions) in zip(probs, loaded):
                 target = np.asarray(regions).astype(bool)
                 for r, d in region_dice(prob, target).items():
                     scores[r].append(d)
