@@ -69,6 +69,11 @@ def _quantise_view(tmp: Path, view: str, spec: ViewSpec, feeds, holdout, budget:
     backends = [("openvino", f"{view}_fp32.xml", f"{view}_int8.xml", quantize_openvino, OvEngine),
                 ("onnxruntime", f"{view}_fp32.onnx", f"{view}_int8.onnx", quantize_onnxruntime, OrtEngine)]
     for backend, fp32_name, int8_name, quantise, engine_cls in backends:
+        if holdout is None:  # a speed benchmark's bundle from untrained weights: nothing to check
+            how = quantise(tmp / fp32_name, tmp / int8_name, feeds, None)
+            report[backend] = {"quantisation": how, "accuracy": "not checked"}
+            entries.append(ModelFile.local(tmp / int8_name, "int8").entry)
+            continue
         base = _dice_table(engine_cls(ModelFile.local(tmp / fp32_name), "fp32", threads), spec, holdout, view)
         attempts = []
         for ignored in (None, float_modules):
@@ -94,7 +99,9 @@ def _quantise_view(tmp: Path, view: str, spec: ViewSpec, feeds, holdout, budget:
 
 def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | None = None,
                  overwrite: bool = False, allow_accuracy_drop: bool = False, budget: float = 0.01,
-                 threads: int = 2, calib_items: int = 300, log=print) -> Path:
+                 threads: int = 2, calib_items: int = 300, check_accuracy: bool = True, log=print) -> Path:
+    """``check_accuracy=False`` (speed benchmarks on untrained weights only, not the CLI): INT8
+    without the comparison against FP32; the manifest says it was not checked."""
     from spikeseg.training.run_folder import load_run
 
     out = Path(out)
@@ -126,23 +133,28 @@ def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | 
             models = [ModelFile.local(tmp / f"{view}_fp32.onnx").entry, ModelFile.local(tmp / f"{view}_fp32.xml").entry]
             quant = None
             if int8:
-                holdout_dirs = _holdout_dirs(info)
-                key = tuple(holdout_dirs)
-                if key not in holdout_cache:  # the views of one fold share their validation cases
-                    loaded_cases = _load_model_space(holdout_dirs, params) if holdout_dirs else calib_images
-                    holdout_cache[key] = [c for c in loaded_cases if c[2] is not None]
-                holdout = holdout_cache[key]
-                if not holdout:
-                    raise InputError(calib, "no labelled cases to check INT8 accuracy against")
+                holdout, holdout_dirs = None, []
+                if check_accuracy:
+                    holdout_dirs = _holdout_dirs(info)
+                    key = tuple(holdout_dirs)
+                    if key not in holdout_cache:  # the views of one fold share their validation cases
+                        loaded_cases = _load_model_space(holdout_dirs, params) if holdout_dirs else calib_images
+                        holdout_cache[key] = [c for c in loaded_cases if c[2] is not None]
+                    holdout = holdout_cache[key]
+                    if not holdout:
+                        raise InputError(calib, "no labelled cases to check INT8 accuracy against")
                 fp32_engine = OrtEngine(ModelFile.local(tmp / f"{view}_fp32.onnx"), "fp32", threads)
                 feeds = calibration_feeds(fp32_engine, spec, (img for _, img, _ in calib_images), view,
                                           max_items=calib_items)
+                if not feeds:
+                    raise InputError(calib, "the calibration cases hold no brain: every slice is background "
+                                            "after normalisation (constant images?)")
                 float_modules = [layer.module for layer in spec.layers if layer.name in RETRY_FLOAT_LAYERS]
                 entries, quant = _quantise_view(tmp, view, spec, feeds, holdout, budget, allow_accuracy_drop,
                                                 threads, float_modules, log)
                 models += entries
-                quant["holdout"] = {"source": "run validation split" if holdout_dirs else "calibration cases",
-                                    "cases": [c for c, _, _ in holdout]}
+                quant["holdout"] = ({"source": "run validation split" if holdout_dirs else "calibration cases",
+                                     "cases": [c for c, _, _ in holdout]} if holdout is not None else None)
                 quant["calibration_cases"] = [c for c, _, _ in calib_images]
             static = static_counts(tmp / f"{view}_fp32.onnx")
             spec = spec.with_models(

@@ -18,7 +18,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from spikeseg.runtime.bundle_spec import INPUT, ViewSpec
-from spikeseg.runtime.inference import Engine, feed_back
+from spikeseg.runtime.inference import Engine, feed_back, slices_to_run
 from spikeseg.runtime.preprocess import to_view
 
 CONV_TYPES_ORT = ["Conv", "ConvTranspose"]
@@ -35,10 +35,11 @@ def calibration_feeds(engine: Engine, spec: ViewSpec, images: Iterable[np.ndarra
     items: list[dict[str, np.ndarray]] = []
     for image in images:
         seq = to_view(image, view)
+        order = slices_to_run(spec, seq)  # the slices the runtime runs: no calibrating on air
         if spec.stateful:
-            items += [feeds for _, feeds, _ in feed_back(engine, spec, seq)]
+            items += [feeds for _, feeds, _ in feed_back(engine, spec, seq, order=order)]
         else:  # nothing to feed back: the slices alone, no need to run the model
-            items += [{INPUT: np.ascontiguousarray(seq[t:t + 1], dtype=np.float32)} for t in range(seq.shape[0])]
+            items += [{INPUT: np.ascontiguousarray(seq[t:t + 1], dtype=np.float32)} for t in order]
     if len(items) > max_items:
         keep = np.random.default_rng(seed).choice(len(items), max_items, replace=False)
         items = [items[i] for i in sorted(keep)]

@@ -53,17 +53,18 @@ def static_counts(model_path: str | Path) -> dict[str, Any]:
 
 def view_operations(spec: ViewSpec, res: ViewResult) -> dict[str, Any]:
     """Per-view counts for one case: dense MACs, effective MACs (analog input), ACs (spikes),
-    membrane updates (NeuroBench's count, and the dense count a clocked chip pays)."""
+    membrane updates (NeuroBench's count, and the dense count a clocked chip pays), all over the
+    slices run (the slices of air skipped are reported beside them)."""
     dense = float(spec.dense_macs_per_slice * res.slices)
     if not res.counted:  # a deployed engine: the static count only (--count-ops for the rest)
-        return {"slices": res.slices, "dense_macs": dense, "counted": False}
+        return {"slices": res.slices, "air_slices_skipped": res.skipped, "dense_macs": dense, "counted": False}
     spikes_in = {layer.name: layer.spike_input for layer in spec.layers}
     eff_macs = sum(v for n, v in res.ops.items() if not spikes_in[n])
     acs = sum(v for n, v in res.ops.items() if spikes_in[n])
     numel = {n: float(np.prod(s)) * res.slices for n, s in spec.activation_shapes.items()}
     rates = {n: res.acts[n] / numel[n] for n in res.acts}
     total_act = sum(res.acts.values())
-    return {"slices": res.slices, "dense_macs": dense, "counted": True,
+    return {"slices": res.slices, "air_slices_skipped": res.skipped, "dense_macs": dense, "counted": True,
             "membrane_updates": sum(res.mems.values()),
             "membrane_updates_dense": sum(numel[n] for n in res.mems),
             "effective_macs": float(eff_macs), "effective_acs": float(acs),

@@ -68,6 +68,9 @@ def profile_table(bundles: dict[str, tuple[Bundle, dict]], precision: str, hardw
         lines.append(f"{label}: {bundle.architecture} ({bundle.root})")
         lines.append(head)
         ens = _ensemble(counts)
+        if all("air_slices_skipped" in counts[v] for v in views):
+            lines.append(f"{'slices run (+ air skipped)':<34}" + "".join(
+                f"{counts[v]['slices']:>7} +{counts[v]['air_slices_skipped']:>3}" for v in views))
         for key, name in (("dense_macs", "dense MACs per case"), ("effective_macs", "effective MACs (analog in)"),
                           ("effective_acs", "effective ACs (spikes in)"),
                           ("membrane_updates", "membrane updates (NeuroBench)")):

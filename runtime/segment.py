@@ -86,7 +86,7 @@ class Segmenter:
         t = time.perf_counter()
         fused = fuse(view_probs)
         prob = to_native_space(fused, space)
-        unc = to_native_space(uncertainty_map(view_probs)[None], space)[0] if len(view_probs) > 1 else None
+        unc = to_native_space(uncertainty_map(view_probs, fused)[None], space)[0] if len(view_probs) > 1 else None
         conv = case.files.convention
         labels = regions_to_labels(prob >= 0.5, conv)
         relabelled = 0

@@ -1,10 +1,12 @@
-"""`spikeseg bench` and the FPTT/BPTT memory benchmark: they run and report what they claim.
+"""`spikeseg bench`, the full-case latency benchmark and the FPTT/BPTT memory benchmark: they run and
+report what they claim.
 
 No timing is asserted here (performance belongs in the benchmark's own output)."""
 
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -61,3 +63,23 @@ def test_fptt_memory_stays_flat_while_bptt_grows_with_the_sequence() -> None:
 #: half the tiny model's autograd graph for 28 more slices of 48x48 (measured here: BPTT +90 MB,
 #: FPTT +0.6 MB)
 BPTT_GROWTH_MB = 45.0
+
+
+def test_case_latency_times_fresh_bundles_end_to_end(phantom_root: Path, tmp_path: Path) -> None:
+    """The full-case benchmark at a tiny scale: a fresh model exported (INT8 not checked, and the
+    manifest says so), `spikeseg segment` run per precision, and every figure from those runs."""
+    from spikeseg.benchmarks.case_latency import main as case_latency
+    from spikeseg.runtime.preprocess import PreprocessParams
+    case = sorted(phantom_root.iterdir())[0]
+    out = tmp_path / "case"
+    assert case_latency(["--case", str(case), "--preset", "tiny", "--spacing", "6", "--rounds", "1",
+                         "--calib-items", "4", "--models", "SNN", "--threads", "1", "--out", str(out)]) == 0
+    rows = json.loads((out / "case_latency.json").read_text())["rows"]
+    assert [(r["model"], r["precision"]) for r in rows] == [("SNN", "int8"), ("SNN", "fp32")]
+    total_slices = sum(PreprocessParams(spacing_mm=(6.0,) * 3).model_shape)
+    for r in rows:
+        assert 0 < r["inference_s"] < r["total_s"] and r["peak_rss_mb"] > 0 and r["bound_s"] > 0
+        assert r["slices_run"] + r["air_slices_skipped"] == total_slices
+        assert r["dense_macs"] > 0 and r["gops"] > 0
+    assert "| SNN | int8 |" in (out / "case_latency.md").read_text()
+    assert not [p for p in out.iterdir() if p.is_dir()]  # the fresh bundles and outputs were temporary

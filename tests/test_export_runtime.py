@@ -118,6 +118,40 @@ def test_membrane_counters_agree_with_the_graphs_own_states(bundles, phantom_roo
     assert 0 < changed < 4 * sum(np.prod(s.shape) for s in spec.states)
 
 
+@pytest.mark.parametrize("arch", ["spiking-useg", "useg"])
+def test_slices_of_air_are_skipped_without_changing_the_others(bundles, phantom_root: Path, arch: str) -> None:
+    """No work on air: with three slices of air before the brain and four after it (as the box
+    around a real brain has), the twin runs only the brain's slices and the SNN every slice up
+    to the last one with brain (the air before it moves the state); every slice run gives what
+    it gives when nothing is skipped, and a skipped slice is background (probability 0)."""
+    from spikeseg.runtime.case_io import load_case
+    from spikeseg.runtime.inference import open_engine, run_view
+    from spikeseg.runtime.preprocess import VIEWS, to_model_space
+    b = load_bundle(bundles[arch])
+    spec = b.view("axial")
+    case = load_case(sorted(phantom_root.iterdir())[0])
+    image, _ = to_model_space(case.image, case.spacing, b.preprocess)
+    axis = 1 + VIEWS["axial"]
+    t = image.shape[axis]
+    image = np.moveaxis(image.copy(), axis, 0)
+    image[:3] = 0
+    image[t - 4:] = 0
+    image = np.moveaxis(image, 0, axis)
+    brain = range(3, t - 4)
+    engine = open_engine(b, "axial", "onnxruntime", "fp32", 2)
+    seen: list[int] = []
+    skipped = run_view(engine, spec, image, "axial", advance=seen.append)
+    full = run_view(engine, spec, image, "axial", skip_air=False)
+    ran = range(t - 4) if spec.stateful else brain
+    assert skipped.slices == len(ran) and skipped.skipped == t - len(ran) and sum(seen) == t
+    assert full.slices == t and full.skipped == 0
+    kept = np.take(skipped.prob, list(ran), axis=axis)
+    np.testing.assert_allclose(kept, np.take(full.prob, list(ran), axis=axis), atol=1e-6, rtol=0)
+    air = [k for k in range(t) if k not in ran]
+    assert np.all(np.take(skipped.prob, air, axis=axis) == 0)
+    assert np.all(np.take(full.prob, air, axis=axis) > 0)  # the model itself gives air small, nonzero values
+
+
 @pytest.mark.parametrize("backend,precision", [("onnxruntime", "fp32"), ("onnxruntime", "int8"),
                                                ("openvino", "fp32"), ("openvino", "int8")])
 def test_the_deployed_graph_is_the_counting_graph_without_its_counters(bundles, phantom_root: Path, backend: str,
@@ -161,28 +195,38 @@ def test_twin_matches_torch_on_a_batch_of_slices(bundles, backend: str) -> None:
     assert engine.compute_precision == ("fp32" if backend == "onnxruntime" else "f32")
 
 
-def _flat_cases(src: Path, dst: Path) -> Path:
-    """A copy of the cases with every image constant: calibration on them learns nothing about
+def _flat_cases(src: Path, dst: Path, silhouette: bool) -> Path:
+    """A copy of the cases with every image flat: the brain's silhouette at one intensity beside a
+    single voxel a million times brighter, so the brain normalises to 1e-6 (``silhouette``), or
+    constant everywhere (no brain at all). Calibration on near-zero brains learns nothing about
     real activations, so the INT8 model it yields is damaged."""
     shutil.copytree(src, dst)
     for f in dst.rglob("*.nii.gz"):
         if not f.name.endswith("_seg.nii.gz"):
             img = nib.load(f)
-            nib.save(nib.Nifti1Image(np.ones(img.shape, np.float32), img.affine, img.header), f)
+            flat = np.ones(img.shape, np.float32)
+            if silhouette:
+                flat = (np.asarray(img.dataobj) > 0).astype(np.float32)
+                flat[tuple(np.argwhere(flat)[0])] = 1e6
+            nib.save(nib.Nifti1Image(flat, img.affine, img.header), f)
     return dst
 
 
 def test_int8_budget_refuses_a_damaged_calibration_and_accepts_a_good_one(bundles, phantom_root: Path,
                                                                          tmp_path: Path) -> None:
     """The default 1-point budget refuses an INT8 model calibrated on flat images (and writes
-    nothing); the same export calibrated on real cases is written without --allow-accuracy-drop;
-    a budget that is not a Dice drop is refused by the parser."""
+    nothing); calibration cases without brain are refused by name; the same export calibrated on
+    real cases is written without --allow-accuracy-drop; a budget that is not a Dice drop is
+    refused by the parser."""
     run = bundles["runs"] / "useg" / "axial"
     bad = run_cli("export", run, "--out", tmp_path / "x", "--int8", "--calib", phantom_root, "--budget", "-100")
     assert bad.returncode == 2 and "not a Dice drop" in bad.stderr
     out = tmp_path / "b"
-    r = run_cli("export", run, "--out", out, "--int8", "--calib", _flat_cases(phantom_root, tmp_path / "flat"),
-                "--calib-items", "20")
+    empty = _flat_cases(phantom_root, tmp_path / "empty", silhouette=False)
+    r = run_cli("export", run, "--out", out, "--int8", "--calib", empty, "--calib-items", "20")
+    assert r.returncode == 2 and str(empty) in r.stderr and "no brain" in r.stderr, r.stderr
+    r = run_cli("export", run, "--out", out, "--int8", "--calib",
+                _flat_cases(phantom_root, tmp_path / "flat", silhouette=True), "--calib-items", "20")
     assert r.returncode == 2 and "--allow-accuracy-drop" in r.stderr and "budget" in r.stderr, r.stderr
     assert not out.exists() and not list(tmp_path.glob(".b.partial-*"))
     ok = run_cli("export", run, "--out", out, "--int8", "--calib", phantom_root, "--calib-items", "20",
@@ -247,7 +291,8 @@ def test_segment_writes_outputs_in_input_geometry_without_torch(bundles, phantom
         assert ops["effective_acs"] > 0 and 0 <= ops["activation_sparsity"] <= 1
         spec = load_bundle(bundles[arch]).view("axial")
         neurons = sum(int(np.prod(shape)) for shape in spec.activation_shapes.values())
-        assert ops["membrane_updates_dense"] == neurons * spec.slices_per_case
+        assert ops["membrane_updates_dense"] == neurons * ops["slices"]
+        assert ops["slices"] + ops["air_slices_skipped"] == spec.slices_per_case
         assert 0 < ops["membrane_updates"] <= ops["membrane_updates_dense"]
         assert all(0 <= r <= 1 for r in ops["activation_rates"].values())
     else:

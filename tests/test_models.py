@@ -159,3 +159,14 @@ def test_deconvolution_ops_match_a_binary_copy_of_the_layer() -> None:
         ref.bias.zero_()
         expect = ref((x != 0).float()).sum(dim=(1, 2, 3))
     torch.testing.assert_close(effective_ops(layer, x), expect)
+
+
+def test_lite_unet3d_paper_preset_has_the_papers_parameter_count() -> None:
+    """Issue 16's seed states 340,596 parameters; the built paper preset has exactly that many,
+    and maps a 4-channel volume to 4 class logits at the input's size."""
+    from spikeseg.snn.unet3d import PAPER_PARAMETERS, PRESETS, LiteUnet3d, Unet3dConfig, parameter_count
+    model = LiteUnet3d()
+    assert parameter_count(model) == PAPER_PARAMETERS == 340_596
+    assert parameter_count(LiteUnet3d(Unet3dConfig(widths=PRESETS["tiny"]))) < PAPER_PARAMETERS / 10
+    with torch.no_grad():
+        assert model.eval()(torch.rand(1, 4, 8, 12, 16)).shape == (1, 4, 8, 12, 16)
