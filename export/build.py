@@ -144,7 +144,7 @@ def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | 
                     if not holdout:
                         raise InputError(calib, "no labelled cases to check INT8 accuracy against")
                 fp32_engine = OrtEngine(ModelFile.local(tmp / f"{view}_fp32.onnx"), "fp32", threads)
-                feeds = calibration_feeds(fp32_engine, spec, (img for _, img, _ in calib_images), view,
+                feeds = calibration_feeds(fp32_engine, spec, [img for _, img, _ in calib_images], view,
                                           max_items=calib_items)
                 if not feeds:
                     raise InputError(calib, "the calibration cases hold no brain: every slice is background "

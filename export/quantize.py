@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -29,20 +29,31 @@ def weight_name(module_path: str) -> str:
     return f"model.{module_path}.weight"
 
 
-def calibration_feeds(engine: Engine, spec: ViewSpec, images: Iterable[np.ndarray], view: str,
+def calibration_feeds(engine: Engine, spec: ViewSpec, images: Sequence[np.ndarray], view: str,
                       max_items: int = 300, seed: int = 0) -> list[dict[str, np.ndarray]]:
-    """Per-step input dicts (slice + fed-back states) from real volumes, subsampled evenly."""
+    """Per-step input dicts (slice + fed-back states) from real volumes, ``max_items`` steps
+    drawn evenly at random from all the steps the runtime would run. Only the drawn steps are
+    kept (their states copied: an engine's outputs may be its own buffers): keeping every step
+    held 42 MB of membranes per slice at the paper's scale, 8 GB for one view of one case."""
+    seqs = [to_view(image, view) for image in images]
+    orders = [slices_to_run(spec, seq) for seq in seqs]  # the slices the runtime runs: no calibrating on air
+    total = sum(len(o) for o in orders)
+    keep = set(range(total))
+    if total > max_items:
+        keep = set(np.random.default_rng(seed).choice(total, max_items, replace=False).tolist())
     items: list[dict[str, np.ndarray]] = []
-    for image in images:
-        seq = to_view(image, view)
-        order = slices_to_run(spec, seq)  # the slices the runtime runs: no calibrating on air
+    step = 0
+    for seq, order in zip(seqs, orders):
         if spec.stateful:
-            items += [feeds for _, feeds, _ in feed_back(engine, spec, seq, order=order)]
+            for _, feeds, _ in feed_back(engine, spec, seq, order=order):
+                if step in keep:
+                    items.append({k: np.array(v, copy=True) for k, v in feeds.items()})
+                step += 1
         else:  # nothing to feed back: the slices alone, no need to run the model
-            items += [{INPUT: np.ascontiguousarray(seq[t:t + 1], dtype=np.float32)} for t in order]
-    if len(items) > max_items:
-        keep = np.random.default_rng(seed).choice(len(items), max_items, replace=False)
-        items = [items[i] for i in sorted(keep)]
+            for t in order:
+                if step in keep:
+                    items.append({INPUT: np.ascontiguousarray(seq[t:t + 1], dtype=np.float32)})
+                step += 1
     return items
 
 

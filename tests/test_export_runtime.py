@@ -593,3 +593,24 @@ def test_three_view_ensemble_end_to_end(bundles, phantom5: Path, phantom_root: P
     spread = np.std(single, axis=0).max(axis=-1)
     assert 0 <= unc.min() and unc.max() <= 0.5 and unc.max() > 0.01
     assert np.corrcoef(unc.ravel(), spread.ravel())[0, 1] > 0.9
+
+
+def test_calibration_keeps_its_states_when_the_engine_reuses_its_buffers(bundles, phantom_root: Path) -> None:
+    """OpenVINO's engine hands out its own output buffers (two requests taking turns), so a state
+    is only valid through the next step; calibration keeps the steps it draws, and those must hold
+    the states of their own step: the same as ONNX Runtime's (fresh arrays), up to spike flips."""
+    from spikeseg.export.quantize import calibration_feeds
+    from spikeseg.runtime.case_io import load_case
+    from spikeseg.runtime.inference import open_engine
+    from spikeseg.runtime.preprocess import to_model_space
+    b = load_bundle(bundles["spiking-useg"])
+    spec = b.view("axial")
+    case = load_case(sorted(phantom_root.iterdir())[0])
+    image, _ = to_model_space(case.image, case.spacing, b.preprocess)
+    ov = calibration_feeds(open_engine(b, "axial", "openvino", "fp32", 1), spec, [image], "axial", max_items=6)
+    ort = calibration_feeds(open_engine(b, "axial", "onnxruntime", "fp32", 1), spec, [image], "axial", max_items=6)
+    assert len(ov) == len(ort) == 6
+    for a, r in zip(ov, ort):
+        for s in spec.states:
+            assert np.mean(np.abs(a[s.input] - r[s.input]) > 1e-3) < 0.01, s.input
+    assert any(np.any(f[s.input]) for f in ov for s in spec.states)
