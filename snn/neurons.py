@@ -88,7 +88,8 @@ class SpikingLayer(nn.Module):
                 # the surrogate factor's mean from every RECORD_STRIDE-th neuron: recording it
                 # over all of them cost 7 % of an SNN training epoch
                 sample = u.detach().reshape(-1)[::RECORD_STRIDE]
-                self.stats.append((s.detach().mean(), (1.0 / (1.0 + (math.pi * sample / self.surrogate_width) ** 2)).mean()))
+                factor = 1.0 / (1.0 + (math.pi * sample / self.surrogate_width) ** 2)
+                self.stats.append((s.detach().mean(), factor.mean()))
         return s
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
