@@ -122,8 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calib-items", type=int, default=32, help="INT8 calibration steps per view")
     p.add_argument("--models", default="SNN,twin", help="comma list from SNN,twin")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --out")
     add_threads_argument(p, "inference threads of every run")
     a = p.parse_args(argv)
+    if (a.out / "case_latency.json").exists() and not a.overwrite:
+        raise SystemExit(f"{a.out}: results exist; pass --overwrite to replace them")
     cases = find_cases(a.case)
     if len(cases) != 1:
         raise InputError(a.case, "give one case folder")

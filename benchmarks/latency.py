@@ -135,7 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds over all engines (median of rounds)")
     p.add_argument("--calib-items", type=int, default=16)
     p.add_argument("--out", type=Path)
+    p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --out")
     a = p.parse_args(argv)
+    if a.out and (a.out / "latency.md").exists() and not a.overwrite:
+        raise SystemExit(f"{a.out}: results exist; pass --overwrite to replace them")
     rows = run(a.preset, a.height, a.width, a.threads, a.steps, a.calib_items, a.rounds)
     md = markdown(rows, a.preset, a.height, a.width, a.threads)
     print(md)

@@ -83,3 +83,5 @@ def test_case_latency_times_fresh_bundles_end_to_end(phantom_root: Path, tmp_pat
         assert r["dense_macs"] > 0 and r["gops"] > 0
     assert "| SNN | int8 |" in (out / "case_latency.md").read_text()
     assert not [p for p in out.iterdir() if p.is_dir()]  # the fresh bundles and outputs were temporary
+    with pytest.raises(SystemExit, match="--overwrite"):  # refused before any work
+        case_latency(["--case", str(case), "--preset", "tiny", "--spacing", "6", "--out", str(out)])
