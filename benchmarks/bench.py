@@ -155,6 +155,13 @@ def evaluate_config(cfg: Config, cases: list[tuple[Any, np.ndarray, Any]], threa
     return row
 
 
+def median_peaks(probes: list[dict[str, Any]]) -> dict[str, float | None]:
+    """The median FP32 and INT8 peaks over probes taken in one run (``measure_conv_peaks``); a
+    precision some probe could not measure is None."""
+    return {k: statistics.median(p[k] for p in probes) if all(p[k] for p in probes) else None
+            for k in ("fp32", "int8")}
+
+
 def peak_shares(dense_macs: float, seconds: float, precision: str, peaks: dict[str, Any]) -> dict[str, float | None]:
     """Achieved GOP/s, its share of the measured FP32 and INT8 peaks, and the ops/peak lower
     bound for the case at the row's precision (torch and FP32 rows against the FP32 peak)."""

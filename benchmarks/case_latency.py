@@ -24,11 +24,10 @@ from typing import Any
 
 import torch
 
-from spikeseg.benchmarks.bench import peak_shares
+from spikeseg.benchmarks.bench import median_peaks, peak_shares
 from spikeseg.cli import add_threads_argument
 from spikeseg.export.build import build_bundle
 from spikeseg.runtime.atomic import write_json, write_text
-from spikeseg.runtime.bundle import load_bundle
 from spikeseg.runtime.case_io import find_cases
 from spikeseg.runtime.energy import measure_conv_peaks
 from spikeseg.runtime.errors import InputError
@@ -72,9 +71,11 @@ def segment_once(bundle: Path, case: Path, out: Path, precision: str, threads: i
     return json.loads((out / case.name / f"{case.name}_report.json").read_text())
 
 
-def summarise(name: str, precision: str, reports: list[dict[str, Any]], macs: float,
-              peaks: dict[str, Any]) -> dict[str, Any]:
-    """Median over rounds of the end-to-end and inference seconds, against the bound."""
+def summarise(name: str, precision: str, reports: list[dict[str, Any]], peaks: dict[str, Any]) -> dict[str, Any]:
+    """Median over rounds of the end-to-end and inference seconds, against the bound of the dense
+    MACs the reports counted over the slices they ran."""
+    views = reports[0]["operations"].values()
+    macs = sum(v["dense_macs"] for v in views)
     total = statistics.median(r["seconds"]["total"] for r in reports)
     infer = statistics.median(sum(v for k, v in r["seconds"].items() if k.startswith("view_")) for r in reports)
     shares = peak_shares(macs, infer, precision, peaks)
@@ -83,8 +84,8 @@ def summarise(name: str, precision: str, reports: list[dict[str, Any]], macs: fl
             "total_s_range": [min(r["seconds"]["total"] for r in reports), max(r["seconds"]["total"] for r in reports)],
             "inference_s": infer, "outside_inference_s": total - infer, "outside_share": (total - infer) / total,
             "peak_rss_mb": max(r["peak_rss_mb"] for r in reports), "dense_macs": macs,
-            "slices_run": sum(v["slices"] for v in reports[0]["operations"].values()),
-            "air_slices_skipped": sum(v.get("air_slices_skipped", 0) for v in reports[0]["operations"].values()),
+            "slices_run": sum(v["slices"] for v in views),
+            "air_slices_skipped": sum(v["air_slices_skipped"] for v in views),
             "compute_precision": reports[0]["compute_precision"], **shares,
             "x_bound_end_to_end": total / bound if bound else None}
 
@@ -152,13 +153,8 @@ def main(argv: list[str] | None = None) -> int:
                 reports[(name, precision)].append(rep)
                 print(f"round {r + 1}/{a.rounds} {name} {precision}: {rep['seconds']['total']:.1f} s, "
                       f"peak {rep['peak_rss_mb']:.0f} MB", flush=True)
-        peaks = {k: statistics.median(pr[k] for pr in probes) if all(pr[k] for pr in probes) else None
-                 for k in ("fp32", "int8")}
-        rows = []
-        for (name, precision), reps in reports.items():
-            b = load_bundle(bundles[name])
-            macs = sum(b.view(v).dense_macs_per_slice * reps[0]["operations"][v]["slices"] for v in b.views)
-            rows.append(summarise(name, precision, reps, macs, peaks))
+        peaks = median_peaks(probes)
+        rows = [summarise(name, precision, reps, peaks) for (name, precision), reps in reports.items()]
     text = markdown(rows, peaks, a.preset, a.spacing, a.threads, case.name)
     write_text(a.out / "case_latency.md", text)
     write_json(a.out / "case_latency.json", {"rows": rows, "peaks": peaks, "probes": probes, "threads": a.threads})

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from spikeseg.benchmarks.bench import TorchEngine, peak_shares
+from spikeseg.benchmarks.bench import TorchEngine, median_peaks, peak_shares
 from spikeseg.export.graphs import export_onnx, onnx_to_openvino
 from spikeseg.export.quantize import calibration_feeds, quantize_onnxruntime, quantize_openvino
 from spikeseg.runtime.atomic import write_text
@@ -92,8 +92,7 @@ def run(preset: str, h: int, w: int, threads: int, steps: int, calib_items: int,
                 log(f"{arch} round {r + 1}/{rounds}: " + ", ".join(f"{n} {1000 * t[-1]:.0f}" for n, t in times.items())
                     + " ms/slice")
             timed += [(arch, name, params, spec, engine, times[name]) for name, engine in engines.items()]
-    peaks = {k: statistics.median(p[k] for p in probes) if all(p[k] for p in probes) else None
-             for k in ("fp32", "int8")}
+    peaks = median_peaks(probes)
     log(f"this CPU's peaks at {threads} threads (OpenVINO 3x3 conv probe, median of {len(probes)}): "
         f"FP32 {2 * peaks['fp32'] / 1e9:.0f} GOP/s, INT8 "
         + (f"{2 * peaks['int8'] / 1e9:.0f} GOP/s ({probes[0]['int8_kernel']})" if peaks["int8"] else "not measured"))
