@@ -24,7 +24,6 @@ import numpy as np
 
 from spikeseg.runtime.atomic import write_text
 from spikeseg.runtime.bundle import Bundle, load_bundle
-from spikeseg.runtime.bundle_spec import ViewSpec, is_counter
 from spikeseg.runtime.case_io import find_cases
 from spikeseg.runtime.energy import energy_table, measure_conv_peaks
 from spikeseg.runtime.ensemble import fuse
@@ -35,32 +34,6 @@ from spikeseg.runtime.preprocess import load_model_space, to_native_space
 from spikeseg.runtime.opcount import view_operations
 from spikeseg.runtime.system import peak_rss_mb, reset_peak_rss
 from spikeseg.runtime.tables import rows_to_csv
-
-
-class TorchEngine:
-    """The torch model behind the same feeds/outputs interface as the exported step graph."""
-
-    backend = "torch"
-    compute_precision = "fp32"
-
-    def __init__(self, model, spec: ViewSpec, threads: int, counting: bool = False) -> None:
-        import torch
-
-        from spikeseg.export.graphs import StepGraph
-
-        torch.set_num_threads(threads)
-        self.torch = torch
-        self.counting = counting
-        self.graph = StepGraph(model.eval(), counting)
-        self.inputs = spec.input_names()
-        self.names = spec.output_names() if counting else [n for n in spec.output_names() if not is_counter(n)]
-        self.precision = "fp32"
-
-    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        t = self.torch
-        with t.no_grad():
-            outs = self.graph(*[t.from_numpy(feeds[name]) for name in self.inputs])
-        return {n: o.numpy() for n, o in zip(self.names, outs)}
 
 
 @dataclass
@@ -79,6 +52,7 @@ def _engines(cfg: Config, threads: int) -> tuple[dict[str, Any], dict[str, Any]]
     deployed, counting = {}, {}
     for view in cfg.bundle.views:
         if cfg.backend == "torch":
+            from spikeseg.export.graphs import TorchEngine
             from spikeseg.training.run_folder import load_run
             model, _, _ = load_run(cfg.bundle.view(view).training_run)  # read once, wrapped twice
             deployed[view] = TorchEngine(model, cfg.bundle.view(view), threads, counting=False)
@@ -202,12 +176,14 @@ def to_markdown(rows: list[dict[str, Any]], peaks: dict[str, Any], threads: int,
 
 def per_view_markdown(rows: list[dict[str, Any]]) -> str:
     """Each view alone vs the ensemble (the paper's Tables 1 and 2): WT Dice and NLL."""
-    views = [k[len("nll_"):] for k in rows[0] if k.startswith("nll_")]
+    views = list(dict.fromkeys(k[len("nll_"):] for r in rows for k in r if k.startswith("nll_")))
     if not views:
         return ""
     lines = ["", "Each view alone vs the three-view ensemble (WT Dice / NLL):", "",
              "| config | " + " | ".join(views) + " | ensemble |", "|" + "---|" * (len(views) + 2)]
     for r in rows:
+        if f"nll_{views[0]}" not in r:  # a volume model has no views
+            continue
         cells = [f"{r[f'dice_WT_{v}']:.3f} / {r[f'nll_{v}']:.4f}" for v in views]
         lines.append(f"| {r['config']} | " + " | ".join(cells) + f" | {r['dice_WT']:.3f} / {r['nll']:.4f} |")
     return "\n".join(lines) + "\n"

@@ -1,6 +1,6 @@
 """``spikeseg export``: trained runs -> a checksummed deployment bundle.
 
-For each view model: ONNX FP32 step graph, OpenVINO IR FP32, and with ``--int8`` an NNCF INT8
+For each view model (or the one volume model of a 3D architecture): ONNX FP32 step graph, OpenVINO IR FP32, and with ``--int8`` an NNCF INT8
 IR and an ONNX Runtime QDQ INT8 graph, calibrated on real slices of ``--calib`` cases. INT8 is
 then compared with FP32 on held-out cases (the runs' validation cases when their data folder
 is reachable, else the calibration cases, and the manifest says which). When the WT Dice
@@ -23,7 +23,7 @@ import numpy as np
 from spikeseg.runtime import __version__
 from spikeseg.runtime.atomic import atomic_dir, write_json
 from spikeseg.runtime.bundle import MANIFEST, ModelFile
-from spikeseg.runtime.bundle_spec import SCHEMA_VERSION, ModelEntry, ViewSpec
+from spikeseg.runtime.bundle_spec import SCHEMA_VERSION, ModelEntry, ViewSpec, WindowSpec
 from spikeseg.runtime.case_io import find_cases
 from spikeseg.runtime.errors import InputError
 from spikeseg.runtime.inference import OrtEngine, OvEngine, run_view
@@ -31,10 +31,13 @@ from spikeseg.runtime.labels import REGIONS
 from spikeseg.runtime.metrics import region_dice
 from spikeseg.runtime.opcount import static_counts
 from spikeseg.runtime.preprocess import VIEWS, PreprocessParams, load_model_space
-from spikeseg.export.graphs import export_onnx, onnx_to_openvino
+from spikeseg.export.graphs import export_onnx, export_volume_onnx, onnx_to_openvino
+from spikeseg.snn.unet3d import ARCH as VOLUME_ARCH
 from spikeseg.export.quantize import calibration_feeds, quantize_onnxruntime, quantize_openvino
 
-RETRY_FLOAT_LAYERS = ["down0.conv", "readout"]
+#: the mirrored copies a volume model's bundle runs (test-time augmentation): as it is, and
+#: mirrored along each axis; 4 copies give its uncertainty map 4 samples, as 3 views do the SNN's
+TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (0,), (1,), (2,))
 
 
 def _load_model_space(case_dirs: list[Path], params: PreprocessParams) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
@@ -124,11 +127,18 @@ def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | 
     holdout_cache: dict[tuple[Path, ...], list] = {}
     with atomic_dir(out) as tmp:
         manifest_views: dict[str, Any] = {}
-        for model, info, _ in sorted(loaded, key=lambda m: list(VIEWS).index(m[1]["view"])):
+        for model, info, _ in sorted(loaded, key=lambda m: list(VIEWS).index(m[1]["view"]) if m[1]["view"] in VIEWS
+                                     else len(VIEWS)):
             view = info["view"]
-            h, w = params.slice_shape(view)
-            log(f"exporting {view} ({info['arch']}, {h}x{w} slices)")
-            spec = export_onnx(model, h, w, tmp / f"{view}_fp32.onnx", params.model_shape[VIEWS[view]])
+            if info["arch"] == VOLUME_ARCH:
+                window = WindowSpec((info["patch"],) * 3, flips=TTA_FLIPS)
+                log(f"exporting the {view} model ({info['arch']}, {info['patch']}^3 patches by sliding window, "
+                    f"{len(window.flips)} mirrored copies)")
+                spec = export_volume_onnx(model, window, params.model_shape, tmp / f"{view}_fp32.onnx")
+            else:
+                h, w = params.slice_shape(view)
+                log(f"exporting {view} ({info['arch']}, {h}x{w} slices)")
+                spec = export_onnx(model, h, w, tmp / f"{view}_fp32.onnx", params.model_shape[VIEWS[view]])
             onnx_to_openvino(tmp / f"{view}_fp32.onnx", tmp / f"{view}_fp32.xml")
             models = [ModelFile.local(tmp / f"{view}_fp32.onnx").entry, ModelFile.local(tmp / f"{view}_fp32.xml").entry]
             quant = None
@@ -149,7 +159,7 @@ def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | 
                 if not feeds:
                     raise InputError(calib, "the calibration cases hold no brain: every slice is background "
                                             "after normalisation (constant images?)")
-                float_modules = [layer.module for layer in spec.layers if layer.name in RETRY_FLOAT_LAYERS]
+                float_modules = [spec.layers[0].module, spec.layers[-1].module]  # the first conv, the readout
                 entries, quant = _quantise_view(tmp, view, spec, feeds, holdout, budget, allow_accuracy_drop,
                                                 threads, float_modules, log)
                 models += entries

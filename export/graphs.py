@@ -16,11 +16,15 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
-from spikeseg.runtime.bundle_spec import LayerSpec, StateSpec, ViewSpec
+from spikeseg.runtime.bundle_spec import (INPUT, LOGITS, SLIDING, LayerSpec, StateSpec, ViewSpec, WindowSpec,
+                                          is_counter)
+from spikeseg.runtime.sliding import steps_per_case
 from spikeseg.snn.models import SliceSegNet
+from spikeseg.snn.unet3d import LiteUnet3d
 
 OPSET = 17
 
@@ -81,6 +85,95 @@ def export_onnx(model: SliceSegNet, h: int, w: int, path: Path, slices_per_case:
                           output_names=outputs, dynamic_axes=dynamic, opset_version=OPSET,
                           do_constant_folding=True, dynamo=False)
     return spec
+
+
+class VolumeGraph(nn.Module):
+    """A volume model as exported: one patch in, class logits out. The model sits at ``model``
+    so its weights are named ``model.<path>.weight``, as in the slice models' step graphs."""
+
+    def __init__(self, model: LiteUnet3d) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def volume_layer_table(model: LiteUnet3d, patch: tuple[int, int, int]) -> list[LayerSpec]:
+    """Per conv/transposed conv: shape and the grid it reads, recorded by running one patch."""
+    grids: dict[str, tuple[int, ...]] = {}
+
+    def record(name: str):
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:  # None: the input unchanged
+            grids[name] = tuple(inputs[0].shape[2:])
+        return hook
+
+    hooks = [layer.register_forward_pre_hook(record(name)) for name, layer in model.connection_layers()]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, model.cfg.in_channels, *patch))
+    finally:
+        for h in hooks:
+            h.remove()
+    table = []
+    for name, layer in model.connection_layers():
+        deconv = isinstance(layer, nn.ConvTranspose3d)
+        table.append(LayerSpec(name, name, "deconv" if deconv else "conv", layer.in_channels, layer.out_channels,
+                               tuple(layer.kernel_size), grids[name], False,
+                               int(torch.tensor(layer.stride).prod()) if deconv else 1))
+    return table
+
+
+def volume_spec(model: LiteUnet3d, window: WindowSpec, model_shape: tuple[int, int, int]) -> ViewSpec:
+    """The bundle contract of a volume model run by sliding window over a grid of ``model_shape``."""
+    return ViewSpec(execution=SLIDING, in_channels=model.cfg.in_channels, slice_shape=window.patch,
+                    slices_per_case=steps_per_case(model_shape, window), states=(), ops=(), acts=(), mems=(),
+                    activation_shapes={}, layers=tuple(volume_layer_table(model, window.patch)),
+                    parameters=int(sum(p.numel() for p in model.parameters())), window=window)
+
+
+def export_volume_onnx(model: LiteUnet3d, window: WindowSpec, model_shape: tuple[int, int, int],
+                       path: Path) -> ViewSpec:
+    """Write the FP32 ONNX patch graph (batch 1, the spec's patch); returns its spec."""
+    model = model.eval()
+    spec = volume_spec(model, window, model_shape)
+    x = torch.zeros(1, model.cfg.in_channels, *window.patch)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(VolumeGraph(model), (x,), str(path), input_names=[INPUT], output_names=[LOGITS],
+                          opset_version=OPSET, do_constant_folding=True, dynamo=False)
+    return spec
+
+
+class TorchEngine:
+    """A torch model behind the exported graph's interface (feeds in, outputs out by name), so
+    torch, ONNX Runtime and OpenVINO run through the same runtime loops and can be compared
+    output for output. ``threads``: torch's intra-op threads (None leaves them as they are)."""
+
+    backend = "torch"
+    compute_precision = "fp32"
+    precision = "fp32"
+
+    def __init__(self, model: SliceSegNet | LiteUnet3d, spec: ViewSpec | None = None, threads: int | None = None,
+                 counting: bool = False, device: torch.device | str = "cpu") -> None:
+        """``spec``: a slice model's (it names the states and counters); a volume model has none."""
+        if threads:
+            torch.set_num_threads(threads)
+        self.counting, self.device = counting, torch.device(device)
+        if isinstance(model, LiteUnet3d):
+            self.graph: nn.Module = VolumeGraph(model.eval())
+            self.inputs, self.names = [INPUT], [LOGITS]
+        else:
+            assert spec is not None, "a slice model's engine needs its spec"
+            self.graph = StepGraph(model.eval(), counting)
+            self.inputs = spec.input_names()
+            self.names = [n for n in spec.output_names() if counting or not is_counter(n)]
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with torch.no_grad():
+            outs = self.graph(*[torch.from_numpy(feeds[name]).to(self.device) for name in self.inputs])
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        return {n: o.float().cpu().numpy() for n, o in zip(self.names, outs)}
 
 
 def onnx_to_openvino(onnx_path: Path, xml_path: Path) -> None:

@@ -17,11 +17,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from spikeseg.runtime.bundle_spec import INPUT, ViewSpec
+from spikeseg.runtime.bundle_spec import INPUT, ViewSpec, WindowSpec
 from spikeseg.runtime.inference import Engine, feed_back, slices_to_run
 from spikeseg.runtime.preprocess import to_view
+from spikeseg.runtime.sliding import pad_to_patch, patch_boxes, patch_feed
 
 CONV_TYPES_ORT = ["Conv", "ConvTranspose"]
+#: a volume model's patches are ~60x a slice (4 x 64^3 floats, 4 MB): at most this many
+MAX_PATCH_ITEMS = 48
 
 
 def weight_name(module_path: str) -> str:
@@ -35,6 +38,8 @@ def calibration_feeds(engine: Engine, spec: ViewSpec, images: Sequence[np.ndarra
     drawn evenly at random from all the steps the runtime would run. Only the drawn steps are
     kept (their states copied: an engine's outputs may be its own buffers): keeping every step
     held 42 MB of membranes per slice at the paper's scale, 8 GB for one view of one case."""
+    if spec.window is not None:
+        return patch_feeds(spec.window, images, min(max_items, MAX_PATCH_ITEMS), seed)
     seqs = [to_view(image, view) for image in images]
     orders = [slices_to_run(spec, seq) for seq in seqs]  # the slices the runtime runs: no calibrating on air
     total = sum(len(o) for o in orders)
@@ -55,6 +60,19 @@ def calibration_feeds(engine: Engine, spec: ViewSpec, images: Sequence[np.ndarra
                     items.append({INPUT: np.ascontiguousarray(seq[t:t + 1], dtype=np.float32)})
                 step += 1
     return items
+
+
+def patch_feeds(window: WindowSpec, images: Sequence[np.ndarray], max_items: int,
+                seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """A volume model's calibration: ``max_items`` patches drawn at random from the sliding-window
+    grids of the images (the patches the runtime runs), patches of pure air left out."""
+    padded = [pad_to_patch(image, window.patch) for image in images]
+    brain = [(image, box) for image in padded for box in patch_boxes(image.shape[1:], window)
+             if np.any(image[(slice(None),) + box])]
+    if not brain:
+        return []
+    chosen = np.random.default_rng(seed).choice(len(brain), min(max_items, len(brain)), replace=False)
+    return [{INPUT: patch_feed(*brain[k])} for k in sorted(chosen.tolist())]
 
 
 def quantize_openvino(fp32_xml: Path, out_xml: Path, feeds: list[dict[str, np.ndarray]],

@@ -13,6 +13,7 @@ refuses the bundle with a clear error instead of running it wrongly.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,7 +33,15 @@ EXECUTIONS = {
     "slice-sequence": "one slice per step, front to back, each step's states fed to the next "
                       "(Spiking U-Seg-Net, U-Seg-Net + ConvLSTM)",
     "slice-batches": "slices in batches, no state (U-Seg-Net)",
+    "patch-sliding-window": "3D patches over the whole model grid, overlapping, class logits blended with a "
+                            "Gaussian weight, softmax to the nested regions, mirrored copies as test-time "
+                            "augmentation whose spread is the uncertainty (lite 3D U-Net)",
 }
+SLIDING = "patch-sliding-window"
+#: the manifest's "views" name for the one model of a volume architecture
+VOLUME = "volume"
+#: the classes a sliding-window model's logits stand for, in order (the regions are sums of them)
+VOLUME_CLASSES = ("background", "NCR", "ED", "ET")
 INPUT = "x"
 LOGITS = "logits"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -134,16 +143,15 @@ class LayerSpec:
     kind: str               # "conv" | "deconv"
     in_channels: int
     out_channels: int
-    kernel: tuple[int, int]
-    grid: tuple[int, int]   # the layer's input grid
+    kernel: tuple[int, ...]  # (kh, kw) of a slice model, (kd, kh, kw) of a volume model
+    grid: tuple[int, ...]    # the layer's input grid, of as many axes as the kernel
     spike_input: bool       # fed by binary spikes: its synaptic operations are accumulates
     output_scale: int       # output positions per input position (a 2x2 stride-2 deconv: 4)
 
     @property
     def dense_macs_per_slice(self) -> int:
-        kh, kw = self.kernel
-        h, w = self.grid
-        return self.in_channels * self.out_channels * kh * kw * h * w
+        """Per step of the graph: a slice, or a patch of a volume model."""
+        return self.in_channels * self.out_channels * math.prod(self.kernel) * math.prod(self.grid)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "module": self.module, "kind": self.kind, "in_channels": self.in_channels,
@@ -153,13 +161,31 @@ class LayerSpec:
 
 
 @dataclass(frozen=True)
+class WindowSpec:
+    """How a volume model tiles a case (``patch-sliding-window``): patch size on the model grid,
+    overlap between neighbouring patches (nnU-Net's 0.5), the Gaussian weight's sigma as a share
+    of the patch (nnU-Net's 1/8), and the mirrored copies run as test-time augmentation (each a
+    tuple of flipped spatial axes; ``()`` is the image as it is)."""
+
+    patch: tuple[int, int, int]
+    overlap: float = 0.5
+    sigma_scale: float = 0.125
+    flips: tuple[tuple[int, ...], ...] = ((),)
+    classes: tuple[str, ...] = VOLUME_CLASSES
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"patch": list(self.patch), "overlap": self.overlap, "sigma_scale": self.sigma_scale,
+                "flips": [list(f) for f in self.flips], "classes": list(self.classes)}
+
+
+@dataclass(frozen=True)
 class ViewSpec:
     """Everything the runtime needs to run and account for one view model."""
 
     execution: str
     in_channels: int
-    slice_shape: tuple[int, int]
-    slices_per_case: int
+    slice_shape: tuple[int, ...]  # one step's input grid: a slice (H, W) or a patch (D, H, W)
+    slices_per_case: int          # steps per case on the model grid: slices, or patches x flips
     states: tuple[StateSpec, ...]
     ops: tuple[str, ...]    # layers with an ``ops.<name>`` counter (effective synaptic operations)
     acts: tuple[str, ...]   # activations with an ``act.<name>`` counter (nonzero count)
@@ -170,6 +196,7 @@ class ViewSpec:
     parameters: int = 0
     #: what the export measured and where the weights came from: reported, never steering
     report: dict[str, Any] = field(default_factory=dict)
+    window: WindowSpec | None = None  # sliding-window executions only
 
     @property
     def stateful(self) -> bool:
@@ -208,7 +235,8 @@ class ViewSpec:
                 "activation_shapes": {k: list(v) for k, v in self.activation_shapes.items()},
                 "layers": [layer.to_dict() for layer in self.layers],
                 "dense_macs_per_slice": self.dense_macs_per_slice, "parameters": self.parameters,
-                "models": [m.to_dict() for m in self.models], **self.report}
+                "models": [m.to_dict() for m in self.models],
+                **({"window": self.window.to_dict()} if self.window else {}), **self.report}
 
     @classmethod
     def parse(cls, d: Any, view: str, where: Path | None) -> "ViewSpec":
@@ -272,23 +300,43 @@ class _Parser:
             raise self.bad("needs an 'activation_shapes' object")
         if not isinstance(d["layers"], list):
             raise self.bad("needs a list of layers")
+        sliding = d["execution"] == SLIDING
         spec = ViewSpec(
             execution=d["execution"], in_channels=self.count(d["in_channels"], "in_channels", 1),
-            slice_shape=self.shape(d["slice_shape"], "slice_shape", 2),  # type: ignore[arg-type]
+            slice_shape=self.shape(d["slice_shape"], "slice_shape", 3 if sliding else 2),
             slices_per_case=self.count(d["slices_per_case"], "slices_per_case", 1),
             states=tuple(StateSpec(s["name"], self.shape(s.get("shape"), f"state {s['name']}")) for s in states),
             ops=self.names(outputs.get("ops"), "outputs.ops"), acts=self.names(outputs.get("acts"), "outputs.acts"),
             mems=self.names(outputs.get("mems"), "outputs.mems"),
             activation_shapes={str(k): self.shape(v, f"activation {k}") for k, v in shapes.items()},
-            layers=tuple(self.layer(x) for x in d["layers"]), models=models,
+            layers=tuple(self.layer(x, 3 if sliding else 2) for x in d["layers"]), models=models,
             parameters=self.count(d.get("parameters", 0), "parameters"),
-            report=self.report(d))
+            report=self.report(d), window=self.window(d.get("window")) if sliding else None)
         if spec.stateful != bool(spec.states):
             raise self.bad(f"runs as {spec.execution} but has {len(spec.states)} states")
         unknown = [n for n in spec.mems + spec.acts if n not in spec.activation_shapes]
-        if unknown or len(spec.ops) != len(spec.layers):
+        counted = [layer.name for layer in spec.layers] if spec.ops else []  # a graph counts all layers or none
+        if unknown or list(spec.ops) != counted:
             raise self.bad("has counters that do not match its layers and activations")
         return spec
+
+    def window(self, d: Any) -> WindowSpec:
+        if not isinstance(d, dict) or [k for k in ("patch", "overlap", "sigma_scale", "flips", "classes")
+                                       if k not in d]:
+            raise self.bad("runs by sliding window but lacks a 'window' with patch, overlap, sigma_scale, "
+                           "flips and classes")
+        overlap, sigma = d["overlap"], d["sigma_scale"]
+        if not isinstance(overlap, (int, float)) or not 0 <= overlap < 1 \
+                or not isinstance(sigma, (int, float)) or sigma <= 0:
+            raise self.bad(f"needs 0 <= overlap < 1 and sigma_scale > 0, not {overlap!r}, {sigma!r}")
+        flips = d["flips"]
+        if not isinstance(flips, list) or not flips or not all(
+                isinstance(f, list) and all(a in (0, 1, 2) for a in f) for f in flips):
+            raise self.bad("needs 'flips' as a non-empty list of lists of spatial axes 0, 1, 2")
+        if d["classes"] != list(VOLUME_CLASSES):
+            raise self.bad(f"outputs classes {d['classes']!r}; this spikeseg reads {list(VOLUME_CLASSES)}")
+        return WindowSpec(self.shape(d["patch"], "window.patch", 3), float(overlap), float(sigma),  # type: ignore[arg-type]
+                          tuple(tuple(f) for f in flips))
 
     def report(self, d: dict[str, Any]) -> dict[str, Any]:
         report = {k: d[k] for k in REPORT_KEYS if k in d}
@@ -296,7 +344,8 @@ class _Parser:
             raise self.bad(f"needs objects (or null) for {list(REPORT_KEYS)}")
         return report
 
-    def layer(self, d: Any) -> LayerSpec:
+    def layer(self, d: Any, axes: int) -> LayerSpec:
+        """``axes``: 2 for a slice model's layers, 3 for a volume model's."""
         if not isinstance(d, dict) or [k for k in _LAYER_KEYS if k not in d]:
             raise self.bad(f"needs layers with {list(_LAYER_KEYS)}")
         if d["kind"] not in ("conv", "deconv") or not isinstance(d["spike_input"], bool) \
@@ -304,5 +353,5 @@ class _Parser:
             raise self.bad(f"has a malformed layer {d.get('name')!r}")
         return LayerSpec(d["name"], d["module"], d["kind"], self.count(d["in_channels"], "in_channels", 1),
                          self.count(d["out_channels"], "out_channels", 1),
-                         self.shape(d["kernel"], "kernel", 2), self.shape(d["grid"], "grid", 2),  # type: ignore[arg-type]
+                         self.shape(d["kernel"], "kernel", axes), self.shape(d["grid"], "grid", axes),
                          d["spike_input"], self.count(d["output_scale"], "output_scale", 1))

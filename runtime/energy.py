@@ -15,6 +15,7 @@ through OpenVINO in FP32 and INT8, and a memory-copy probe) and cached in
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import time
@@ -218,9 +219,9 @@ def bytes_per_slice(layers: Iterable[LayerSpec], precision: str) -> float:
     width = 1 if precision == "int8" else 4
     total = 0.0
     for layer in layers:
-        (kh, kw), (h, w) = layer.kernel, layer.grid
-        weights = layer.in_channels * layer.out_channels * kh * kw
-        activations = layer.in_channels * h * w + layer.out_channels * h * w * layer.output_scale
+        positions = math.prod(layer.grid)
+        weights = layer.in_channels * layer.out_channels * math.prod(layer.kernel)
+        activations = layer.in_channels * positions + layer.out_channels * positions * layer.output_scale
         total += (weights + activations) * width
     return total
 

@@ -1,7 +1,8 @@
 """Run one view model of a bundle over a volume, on ONNX Runtime or OpenVINO, without torch.
 
 The SNN runs slice by slice with every membrane potential fed back as an explicit input; the
-stateless twin runs slices in batches.
+stateless twin runs slices in batches; a volume model (the lite 3D U-Net) by sliding window
+(:mod:`spikeseg.runtime.sliding`). The spec's ``execution`` decides, nothing else.
 
 A bundle holds one step graph per model, with the operation counters in it. An engine opened
 with ``counting=False`` (the default: what a clinical case runs) prunes them: OpenVINO compiles
@@ -24,7 +25,9 @@ import numpy as np
 from spikeseg.runtime.bundle import Bundle, ModelFile
 from spikeseg.runtime.bundle_spec import INPUT, LOGITS, ViewSpec, act_output, is_counter, mem_output, ops_output
 from spikeseg.runtime.errors import InputError
-from spikeseg.runtime.preprocess import from_view, to_view
+from spikeseg.runtime.ensemble import fuse, spread
+from spikeseg.runtime.preprocess import VIEWS, from_view, to_view
+from spikeseg.runtime.sliding import mirrored_predictions, steps_per_case
 
 BACKENDS = ("openvino", "onnxruntime")
 PRECISIONS = ("fp32", "int8")
@@ -145,6 +148,8 @@ class ViewResult:
     acts: dict[str, float] = field(default_factory=dict)  # nonzero activations per layer, whole case
     mems: dict[str, float] = field(default_factory=dict)  # membrane updates per PLIF layer, whole case
     skipped: int = 0                                      # slices of air not run (probability 0)
+    #: (3, X, Y, Z) std of the region probabilities across a volume model's mirrored copies
+    spread: np.ndarray | None = None
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -194,7 +199,10 @@ def run_view(engine: Engine, spec: ViewSpec, image: np.ndarray, view: str,
     """(4, X, Y, Z) model-space image to (3, X, Y, Z) probabilities and operation counts.
     ``skip_air``: run only :func:`slices_to_run`; the others get probability 0 (background).
     ``advance(n)`` is told after each step how many slices it has dealt with (a progress bar's
-    update; skipped slices count as dealt with at the end)."""
+    update; skipped slices count as dealt with at the end). A sliding-window spec runs
+    :func:`run_volume` instead (``view`` and ``skip_air`` do not apply)."""
+    if spec.window is not None:
+        return run_volume(engine, spec, image, view, advance)
     seq = to_view(image, view)  # a view of the array: slices are copied one batch at a time
     t_total = seq.shape[0]
     order = slices_to_run(spec, seq) if skip_air else np.arange(t_total)
@@ -224,3 +232,24 @@ def run_view(engine: Engine, spec: ViewSpec, image: np.ndarray, view: str,
         advance(t_total - len(order))
     return ViewResult(view, from_view(sigmoid(logits), view), seconds, len(order), counted, ops, acts, mems,
                       skipped=t_total - len(order))
+
+
+def run_volume(engine: Engine, spec: ViewSpec, image: np.ndarray, name: str,
+               advance: Callable[[int], object] | None = None) -> ViewResult:
+    """A volume model over the (4, X, Y, Z) model-space image by sliding window, every mirrored
+    copy of the spec: their mean probabilities, and their spread as the uncertainty. ``slices``
+    counts the engine calls (patches x copies): the unit its layers' dense MACs are per."""
+    assert spec.window is not None
+    start = time.perf_counter()
+    members = mirrored_predictions(engine, spec.window, image, advance)
+    seconds = time.perf_counter() - start
+    mean = fuse(members)
+    return ViewResult(name, mean, seconds, steps_per_case(image.shape[1:], spec.window),
+                      spread=spread(members, mean) if len(members) > 1 else None)
+
+
+def steps_for(spec: ViewSpec, image: np.ndarray, view: str) -> int:
+    """How many units of progress :func:`run_view` reports for this image: slices or patches."""
+    if spec.window is not None:
+        return steps_per_case(image.shape[1:], spec.window)
+    return image.shape[1 + VIEWS[view]]

@@ -56,6 +56,13 @@ def view_operations(spec: ViewSpec, res: ViewResult) -> dict[str, Any]:
     membrane updates (NeuroBench's count, and the dense count a clocked chip pays), all over the
     slices run (the slices of air skipped are reported beside them)."""
     dense = float(spec.dense_macs_per_slice * res.slices)
+    if not spec.ops:  # a dense model whose graph has no counters (the lite 3D U-Net): effective MACs are
+        # taken as the dense ones, an upper bound (its LeakyReLUs are 0 only for inputs of exactly 0, but
+        # the first conv's zero background is counted too); all on analog inputs, no ACs
+        return {"slices": res.slices, "air_slices_skipped": res.skipped, "dense_macs": dense, "counted": True,
+                "membrane_updates": 0.0, "membrane_updates_dense": 0.0, "effective_macs": dense,
+                "effective_acs": 0.0, "activation_rates": {}, "activation_sparsity": None,
+                "per_layer_ops": {}, "per_layer_membrane_updates": {}}
     if not res.counted:  # a deployed engine: the static count only (--count-ops for the rest)
         return {"slices": res.slices, "air_slices_skipped": res.skipped, "dense_macs": dense, "counted": False}
     spikes_in = {layer.name: layer.spike_input for layer in spec.layers}

@@ -6,8 +6,9 @@ so a failed case leaves nothing behind):
 - ``<case>_pred.nii.gz``: uint8 labels in the input's convention and exact geometry (never
   ``_seg``, the name of a BraTS reference label map);
 - ``<case>_uncertainty.nii.gz``: per voxel the largest standard deviation across the view
-  models of the ET/TC/WT probabilities (0 = views agree; at most 0.5), stored as uint16 with a
-  NIfTI scale factor (viewers show the values; steps of 7.6e-6). Only with 2+ views;
+  models (or, for a volume model, across its mirrored copies) of the ET/TC/WT probabilities
+  (0 = they agree; at most 0.5), stored as uint16 with a NIfTI scale factor (viewers show the
+  values; steps of 7.6e-6). Only with 2+ views or copies;
 - ``<case>_prob.nii.gz`` (``--save-prob``): float32 ET/TC/WT fused probabilities, 4D;
 - ``<case>_report.json``: timings per stage, peak memory, dense MACs (with ``--count-ops``:
   synaptic operations, spike rates and membrane updates, counted in the graph), volumes;
@@ -34,10 +35,10 @@ from spikeseg.runtime.cohort import (SUMMARY, CohortCase, case_lock, check_outpu
 from spikeseg.runtime.energy import energy_table
 from spikeseg.runtime.ensemble import fuse, uncertainty_map
 from spikeseg.runtime.errors import InputError
-from spikeseg.runtime.inference import open_engine, run_view
+from spikeseg.runtime.inference import open_engine, run_view, steps_for
 from spikeseg.runtime.labels import REGIONS, labels_to_regions, regions_to_labels, relabel_small_et
 from spikeseg.runtime.opcount import view_operations
-from spikeseg.runtime.preprocess import VIEWS, model_space, parse_views, to_native_space
+from spikeseg.runtime.preprocess import model_space, parse_views, to_native_space
 from spikeseg.runtime.system import cpu_model, machine, peak_rss_mb, reset_peak_rss
 
 
@@ -73,20 +74,26 @@ class Segmenter:
         prepared = model_space(case, self.params)
         image, space = prepared.image, prepared.space
         times["preprocess"] = time.perf_counter() - t
-        view_probs, operations = [], {}
-        slices = sum(image.shape[1 + VIEWS[v]] for v in self.views)
-        with tqdm(total=slices, desc=f"{case.case_id} ({len(self.views)} views)", unit="slice", leave=False,
-                  disable=not self.progress) as bar:
+        view_probs, operations, spread = [], {}, None
+        steps = sum(steps_for(self.bundle.view(v), image, v) for v in self.views)
+        unit = "patch" if self.bundle.view(self.views[0]).window else "slice"
+        with tqdm(total=steps, desc=f"{case.case_id} ({len(self.views)} {'views' if unit == 'slice' else 'model'})",
+                  unit=unit, leave=False, disable=not self.progress) as bar:
             for view in self.views:
                 bar.set_postfix_str(view)
                 res = run_view(self.engines[view], self.bundle.view(view), image, view, advance=bar.update)
                 times[f"view_{view}"] = res.seconds
                 view_probs.append(res.prob)
+                spread = res.spread
                 operations[view] = view_operations(self.bundle.view(view), res)
         t = time.perf_counter()
         fused = fuse(view_probs)
         prob = to_native_space(fused, space)
-        unc = to_native_space(uncertainty_map(view_probs, fused)[None], space)[0] if len(view_probs) > 1 else None
+        unc = None
+        if len(view_probs) > 1:
+            unc = to_native_space(uncertainty_map(view_probs, fused)[None], space)[0]
+        elif spread is not None:  # one volume model: the spread of its mirrored copies
+            unc = to_native_space(spread.max(axis=0)[None], space)[0]
         conv = case.files.convention
         labels = regions_to_labels(prob >= 0.5, conv)
         relabelled = 0
@@ -118,8 +125,7 @@ class Segmenter:
             "compute_precision": engine.compute_precision, "threads": self.threads,
             "cpu": cpu_model(), "machine": machine(),
             "views": self.views,
-            "uncertainty": ("max over ET/TC/WT of the std across views" if unc is not None
-                            else "not available: a single view gives no ensemble spread"),
+            "uncertainty": self._uncertainty_kind(unc),
             "mean_uncertainty_in_wt": float(unc[wt].mean()) if unc is not None and wt.any() else None,
             "volumes_ml": volumes, "label_convention": conv.name,
             "postprocessing": ({"et_min_voxels": self.et_min_voxels, "relabelled_voxels": relabelled}
@@ -132,6 +138,13 @@ class Segmenter:
             "energy": energy_table(operations, {v: self.bundle.view(v) for v in operations}, self.precision,
                                    names="builtin"),
         }
+
+    def _uncertainty_kind(self, unc: np.ndarray | None) -> str:
+        if unc is None:
+            return "not available: a single view gives no ensemble spread"
+        if len(self.views) > 1:
+            return "max over ET/TC/WT of the std across views"
+        return "max over ET/TC/WT of the std across mirrored copies (test-time augmentation)"
 
     @staticmethod
     def _write_images(case: Case, folder: Path, labels, prob, unc, png: bool, save_prob: bool) -> None:

@@ -1,5 +1,5 @@
-"""The lightweight 3D U-Net of the model zoo (issue 16): Cecchin et al., "Brain tumour
-segmentation with a lightweight 3D U-Net" (BraTS 2020; weights published at
+"""The lightweight 3D U-Net of the model zoo (issue 16): Cecchin, Dugo and Soldà, "Improved 3D
+U-Net for Brain Tumor Segmentation on BraTS Dataset" (weights published at
 huggingface.co/dugoalberto/3D_U_Net_full_slice), a dense, non-spiking baseline that sees the
 whole volume where the Spiking U-Seg-Net sees slices.
 
@@ -15,21 +15,25 @@ convs with bias per block, InstanceNorm without affine parameters (PyTorch's def
 stride-2 transposed convs with bias, two convs per decoder block on the concatenated skip, and
 a 1x1x1 conv to 4 classes (background and the BraTS labels 1, 2, 4, softmax).
 
-This module is the architecture only (with its parameter count tested); training by patches,
-export and the sliding-window runtime are issue 16's remaining work.
+Trained on patches (:mod:`spikeseg.training.patches`), exported as one patch-in, logits-out
+graph, and run by the torch-free runtime by sliding window (:mod:`spikeseg.runtime.sliding`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+ARCH = "unet3d-lite"
 #: the paper's preset and smaller ones for a CPU
 PRESETS: dict[str, tuple[int, int, int]] = {"paper": (16, 32, 64), "small": (8, 16, 32), "tiny": (4, 8, 16)}
 PAPER_PARAMETERS = 340_596
 LEAKY_SLOPE = 0.01  # PyTorch's default negative slope; the paper does not state one
+MULTIPLE = 4  # two poolings: patch sides must be multiples of 4
+CONFIG_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,24 @@ class Unet3dConfig:
     in_channels: int = 4
     classes: int = 4
     dropout: float = 0.3
+    arch: str = ARCH
+    version: int = CONFIG_VERSION
+
+    @classmethod
+    def preset(cls, preset: str) -> "Unet3dConfig":
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose from {list(PRESETS)}")
+        return cls(widths=PRESETS[preset])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "widths": list(self.widths)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Unet3dConfig":
+        if d.get("version") != CONFIG_VERSION or d.get("arch") != ARCH:
+            raise ValueError(f"not a {ARCH} config of version {CONFIG_VERSION}: {d.get('arch')!r} "
+                             f"version {d.get('version')!r}")
+        return cls(**{**d, "widths": tuple(d["widths"])})
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -65,6 +87,14 @@ class LiteUnet3d(nn.Module):
             if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)):
                 nn.init.kaiming_normal_(m.weight, a=LEAKY_SLOPE, nonlinearity="leaky_relu")
                 nn.init.zeros_(m.bias)
+
+    stateful = False
+
+    def connection_layers(self) -> list[tuple[str, nn.Module]]:
+        """(module path, layer) of every conv and transposed conv, in execution order."""
+        order = ["enc0", "enc1", "enc2", "up1", "dec1", "up0", "dec0", "head"]
+        layers = [(n, m) for n, m in self.named_modules() if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d))]
+        return sorted(layers, key=lambda nm: (order.index(nm[0].split(".")[0]), nm[0]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s0 = self.enc0(x)

@@ -21,10 +21,13 @@ def _train(args: argparse.Namespace) -> int:
     from spikeseg.training.config import TrainConfig
     from spikeseg.training.trainer import train
 
-    cfg = TrainConfig(data=str(args.data), out=str(args.out), arch=args.arch, view=args.view,
+    cfg = TrainConfig.for_arch(
+                      data=str(args.data), out=str(args.out), arch=args.arch, view=args.view,
                       trainer=args.trainer, preset=args.preset, fold=args.fold, folds=args.folds,
                       epochs=args.epochs, batch_size=args.batch_size, window=args.window, alpha=args.alpha,
-                      lr=args.lr, seed=args.seed, device=args.device, amp=not args.no_amp,
+                      lr=args.lr, weight_decay=args.weight_decay, patch=args.patch,
+                      patches_per_case=args.patches_per_case, patch_tumour_share=args.patch_tumour_share,
+                      early_stop=args.early_stop, seed=args.seed, device=args.device, amp=not args.no_amp,
                       spacing_mm=args.spacing, eval_average=args.eval_average, state_reset=args.state_reset,
                       tau_min=args.tau_min, norm_gain=args.norm_gain, learn_threshold=args.learn_threshold,
                       surrogate_width=args.surrogate_width, neuron=args.neuron,
@@ -65,21 +68,40 @@ def register(sub: argparse._SubParsersAction) -> None:
                                  "several GPUs (DistributedDataParallel).")
     tr.add_argument("--data", type=Path, required=True, help="folder of labelled case folders")
     tr.add_argument("--out", type=Path, required=True, help="run folder (RUN/<view>/ with --view all)")
-    tr.add_argument("--arch", choices=["spiking-useg", "useg", "useg-clstm"], default="spiking-useg",
+    tr.add_argument("--arch", choices=["spiking-useg", "useg", "useg-clstm", "unet3d-lite"], default="spiking-useg",
                     help="spiking-useg: the Spiking U-Seg-Net (PLIF); useg: its ReLU twin, per slice; "
-                         "useg-clstm: the twin with a ConvLSTM at the bottleneck (default spiking-useg)")
-    tr.add_argument("--view", default="axial", help="sagittal, coronal, axial or all (default axial)")
-    tr.add_argument("--trainer", choices=["fptt", "tbptt", "bptt", "standard"],
-                    help="default: fptt for spiking-useg, standard for useg, tbptt for useg-clstm")
+                         "useg-clstm: the twin with a ConvLSTM at the bottleneck; unet3d-lite: the lightweight "
+                         "3D U-Net (Cecchin et al.; one model on 3D patches, no views) (default spiking-useg)")
+    tr.add_argument("--view", help="sagittal, coronal, axial or all (default axial; unet3d-lite has none)")
+    tr.add_argument("--trainer", choices=["fptt", "tbptt", "bptt", "standard", "patches"],
+                    help="default: fptt for spiking-useg, standard for useg, tbptt for useg-clstm, "
+                         "patches for unet3d-lite")
     tr.add_argument("--preset", choices=["tiny", "small", "paper"], default="tiny",
-                    help="model size: tiny (CPU tests, demo), small, paper (the paper's scale, for a GPU)")
+                    help="model size: tiny (CPU tests, demo), small, paper (the paper's scale, for a GPU; "
+                         "unet3d-lite's paper preset has the paper's 340,596 parameters)")
+    tr.add_argument("--patch", type=int,
+                    help="unet3d-lite: patch side in voxels, a multiple of 4 (default 64); the runtime slides "
+                         "the same patch over the case")
+    tr.add_argument("--patches-per-case", type=int,
+                    help="unet3d-lite: random patches per training case per epoch (default 4)")
+    tr.add_argument("--patch-tumour-share", type=float,
+                    help="unet3d-lite: share of patches centred on a tumour voxel, the rest placed uniformly "
+                         "(default 0.33, nnU-Net's foreground oversampling)")
+    tr.add_argument("--weight-decay", type=float,
+                    help="weight decay (default 1e-5 with Adam; unet3d-lite: 5e-4 with AdamW, the paper's)")
+    tr.add_argument("--early-stop", type=int, metavar="EPOCHS",
+                    help="stop after EPOCHS epochs without a better validation Dice (default: off; "
+                         "unet3d-lite: 10)")
     tr.add_argument("--fold", type=int, default=0, help="validation fold of --folds (default 0 of 5)")
     tr.add_argument("--folds", type=int, default=5, help="cross-validation folds, split by case (default 5)")
     tr.add_argument("--epochs", type=int, default=30, help="maximum epochs (default 30; see --max-minutes)")
-    tr.add_argument("--batch-size", type=int, default=4, help="sequences (volumes) per batch")
+    tr.add_argument("--batch-size", type=int,
+                    help="sequences (volumes) per batch (default 4); unet3d-lite: patches per batch (default 2)")
     tr.add_argument("--window", type=int, default=4, help="slices per update K (fptt, tbptt; default 4)")
     tr.add_argument("--alpha", type=float, default=0.1, help="FPTT regularisation strength (default 0.1)")
-    tr.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3, the paper's)")
+    tr.add_argument("--lr", type=float,
+                    help="learning rate (default 1e-3 with Adam, the Spiking U-Seg-Net paper's; unet3d-lite: "
+                         "5e-4 with AdamW, its paper's)")
     tr.add_argument("--spacing", type=float, default=2.0,
                     help="model voxel spacing in mm (default 2: 80x96x76 grid; the paper used 1)")
     tr.add_argument("--tau-min", type=float, default=1.0, help="floor under PLIF tau (default 1: none)")

@@ -41,3 +41,14 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     same weights computed before the neurons became binary, a denser signal than the labels,
     which on hard phantoms are mostly background."""
     return F.binary_cross_entropy_with_logits(student_logits.float(), torch.sigmoid(teacher_logits.float()))
+
+
+def ce_dice_loss(logits: torch.Tensor, classes: torch.Tensor, ce_weight: float = 0.3) -> torch.Tensor:
+    """The lite 3D U-Net's loss (Cecchin et al.): ``ce_weight`` x cross-entropy + the rest x soft
+    Dice of the softmax against the one-hot classes, per class over the batch, averaged over
+    the classes present (as :func:`soft_dice_loss`). ``logits`` (B, K, D, H, W), ``classes``
+    (B, D, H, W) integer."""
+    logits = logits.float()
+    ce = F.cross_entropy(logits, classes)
+    onehot = F.one_hot(classes, logits.shape[1]).movedim(-1, 1).to(logits.dtype)
+    return ce_weight * ce + (1 - ce_weight) * soft_dice_loss(torch.softmax(logits, 1), onehot, region_dim=1)

@@ -14,6 +14,7 @@ from spikeseg.runtime.atomic import atomic_path
 from spikeseg.runtime.errors import InputError
 from spikeseg.runtime.preprocess import PreprocessParams
 from spikeseg.snn.models import ModelConfig, SliceSegNet, build_model
+from spikeseg.snn.unet3d import ARCH as VOLUME_ARCH, LiteUnet3d, Unet3dConfig
 from spikeseg.training.config import RUN_VERSION, TrainConfig
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -40,7 +41,14 @@ def prepare_run(run: Path, cfg: TrainConfig, resume: bool, overwrite: bool) -> N
     run.mkdir(parents=True, exist_ok=True)
 
 
-def load_run(run: str | Path) -> tuple[SliceSegNet, dict[str, Any], PreprocessParams]:
+def build_any(model_config: dict[str, Any]) -> SliceSegNet | LiteUnet3d:
+    """The untrained model a checkpoint's ``model_config`` describes, slice or volume model."""
+    if model_config.get("arch") == VOLUME_ARCH:
+        return LiteUnet3d(Unet3dConfig.from_dict(model_config))
+    return build_model(ModelConfig.from_dict(model_config))
+
+
+def load_run(run: str | Path) -> tuple[SliceSegNet | LiteUnet3d, dict[str, Any], PreprocessParams]:
     """A trained view model from a run folder (best checkpoint), its config and preprocessing."""
     run = Path(run)
     cfg_path = run / "config.json"
@@ -50,7 +58,7 @@ def load_run(run: str | Path) -> tuple[SliceSegNet, dict[str, Any], PreprocessPa
     if info.get("version") != RUN_VERSION:
         raise InputError(cfg_path, f"run version {info.get('version')!r}; this spikeseg reads {RUN_VERSION}")
     ckpt = load_checkpoint(run / "checkpoints" / "best.pt")
-    model = build_model(ModelConfig.from_dict(ckpt["model_config"]))
+    model = build_any(ckpt["model_config"])
     model.load_state_dict(ckpt["model"])
     model.eval()
     info["best"] = {"epoch": ckpt["epoch"], **ckpt["val"]}

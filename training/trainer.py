@@ -42,9 +42,11 @@ from spikeseg.runtime.case_io import find_cases
 from spikeseg.runtime.errors import InputError
 from spikeseg.runtime.labels import REGIONS
 from spikeseg.runtime.metrics import nll, region_dice
+from spikeseg.runtime.bundle_spec import VOLUME
 from spikeseg.runtime.preprocess import PreprocessParams, parse_views
 from spikeseg.runtime.tables import rows_to_csv
 from spikeseg.snn.models import ModelConfig, SliceSegNet, build_model
+from spikeseg.snn.unet3d import ARCH as VOLUME_ARCH
 from spikeseg.training.data import CachedCase, data_fingerprint, kfold_split, preprocess_dataset, view_sequence
 from spikeseg.training.fptt import FPTT
 from spikeseg.training.activity import ActivityMonitor
@@ -70,6 +72,9 @@ def param_groups(model: SliceSegNet, lr: float, readout_scale: float) -> list[di
 class ViewTrainer:
     """Trains one view model; everything needed to resume is in :meth:`state`."""
 
+    #: the validation figure whose plateau halves the learning rate, and its better direction
+    PLATEAU = ("val_dice_mean", "max")
+
     def __init__(self, cfg: TrainConfig, run: Path, cases: list[CachedCase], train_ids: list[str],
                  val_ids: list[str], rank: int = 0, world: int = 1, local_rank: int = 0) -> None:
         self.cfg, self.run, self.rank, self.world = cfg, run, rank, world
@@ -80,30 +85,18 @@ class ViewTrainer:
         self.train_cases = [by_id[i] for i in train_ids]
         self.val_cases = [by_id[i] for i in val_ids]
         seed_everything(cfg.seed)
-        self.model_cfg = ModelConfig.preset(cfg.arch, cfg.preset, tau_min=cfg.tau_min, norm_gain=cfg.norm_gain,
-                                            learn_threshold=cfg.learn_threshold,
-                                            surrogate_width=cfg.surrogate_width, neuron=cfg.neuron,
-                                            readout_input=cfg.readout_input)
-        self.model: SliceSegNet = build_model(self.model_cfg)
         self.teacher: SliceSegNet | None = None
-        if cfg.distill and not cfg.init_from:
-            raise InputError(None, "--distill needs --init-from TWIN_RUN (the twin is the teacher)")
-        if cfg.init_from:
-            twin_run = twin_run_for(Path(cfg.init_from), cfg.view)
-            warm_start(self.model, twin_run)
-            if cfg.distill:
-                self.teacher = frozen_teacher(self.model, twin_run, self.device)
+        self.model_cfg, self.model = self.build_model()
         self.model.to(self.device)
         self.activity = ActivityMonitor(self.model)
         self.net = self.model
         if world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        self.opt = torch.optim.Adam(param_groups(self.model, cfg.lr, cfg.resolved_readout_lr_scale()), lr=cfg.lr,
-                                    weight_decay=cfg.weight_decay)
+        self.opt = self.optimiser()
         self.fptt = FPTT(self.model.parameters(), self.opt, cfg.alpha) if self.trainer == "fptt" else None
-        self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(self.opt, mode="max", factor=0.5,
-                                                                patience=cfg.plateau_patience)
+        self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(self.opt, mode=self.PLATEAU[1], factor=0.5,
+                                                                patience=cfg.plateau_patience, min_lr=cfg.min_lr)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.epoch = 0
         self.best_score = -math.inf
@@ -116,6 +109,27 @@ class ViewTrainer:
                 self.writer = SummaryWriter(str(run / "tb"))
             except Exception:  # TensorBoard is a convenience, never a reason to fail
                 self.writer = None
+
+    def build_model(self) -> tuple[Any, torch.nn.Module]:
+        """(its config, the model), warm-started (and a distillation teacher) as asked."""
+        cfg = self.cfg
+        model_cfg = ModelConfig.preset(cfg.arch, cfg.preset, tau_min=cfg.tau_min, norm_gain=cfg.norm_gain,
+                                       learn_threshold=cfg.learn_threshold, surrogate_width=cfg.surrogate_width,
+                                       neuron=cfg.neuron, readout_input=cfg.readout_input)
+        model = build_model(model_cfg)
+        if cfg.distill and not cfg.init_from:
+            raise InputError(None, "--distill needs --init-from TWIN_RUN (the twin is the teacher)")
+        if cfg.init_from:
+            twin_run = twin_run_for(Path(cfg.init_from), cfg.view)
+            warm_start(model, twin_run)
+            if cfg.distill:
+                self.teacher = frozen_teacher(model, twin_run, self.device)
+        return model_cfg, model
+
+    def optimiser(self) -> torch.optim.Optimizer:
+        cfg = self.cfg
+        return torch.optim.Adam(param_groups(self.model, cfg.lr, cfg.resolved_readout_lr_scale()), lr=cfg.lr,
+                                weight_decay=cfg.weight_decay)
 
     # -- state ------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -149,6 +163,12 @@ class ViewTrainer:
                 with torch.no_grad():
                     teacher_logits, _ = self.teacher(x)
                 loss = loss + self.cfg.distill * distillation_loss(logits, teacher_logits)
+        self.descend(loss)
+        self.activity.end_update(self.epoch + 1)
+        return float(loss.detach()), state
+
+    def descend(self, loss: torch.Tensor) -> None:
+        """Backward, clip, one optimiser step (FPTT's, or the plain one), with AMP's scaler."""
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.fptt is not None:
@@ -158,8 +178,6 @@ class ViewTrainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
             self.scaler.step(self.opt)
             self.scaler.update()
-        self.activity.end_update(self.epoch + 1)
-        return float(loss.detach()), state
 
     def _batches(self, rng: np.random.Generator) -> list[list[CachedCase]]:
         order = rng.permutation(len(self.train_cases))
@@ -262,7 +280,7 @@ class ViewTrainer:
             train_loss = self.train_epoch()
             val = self.validate()
             self.epoch += 1
-            self.sched.step(val["val_dice_mean"])
+            self.sched.step(val[self.PLATEAU[0]])
             taus = [m.tau for m in self.model.modules() if hasattr(m, "tau_min")]
             activity = self.activity.epoch_summary()
             per_layer = {k: v for k, v in activity.items() if "/" in k}
@@ -289,6 +307,11 @@ class ViewTrainer:
                           f"Dice ET/TC/WT {val['val_dice_ET']:.3f}/{val['val_dice_TC']:.3f}/"
                           f"{val['val_dice_WT']:.3f} NLL {val['val_nll']:.4f} "
                           f"lr {row['lr']:.1e} {row['seconds']:.1f}s", flush=True)
+            if self.cfg.early_stop and self.epoch - self.best_epoch >= self.cfg.early_stop:
+                if self.rank == 0 and self.cfg.progress:
+                    print(f"[{self.cfg.view}] no better validation Dice for {self.cfg.early_stop} epochs: "
+                          f"stopping early", flush=True)
+                break
             if self.cfg.max_minutes and (time.time() - started) / 60 > self.cfg.max_minutes:
                 if self.rank == 0 and self.cfg.progress:
                     print(f"[{self.cfg.view}] time budget of {self.cfg.max_minutes} min reached", flush=True)
@@ -342,7 +365,10 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     """Train every requested view; returns a summary per view."""
     rank, world, local_rank = init_distributed()
     out = Path(cfg.out)
-    views = parse_views(cfg.view)
+    from spikeseg.training.patches import PatchTrainer  # it builds on this module's ViewTrainer
+
+    volume = cfg.arch == VOLUME_ARCH
+    views = [VOLUME] if volume else parse_views(cfg.view)
     params = PreprocessParams(spacing_mm=(cfg.spacing_mm,) * 3, normalisation=cfg.normalisation)
     case_dirs = find_cases(cfg.data)
     cache_root = out / "preprocessed"
@@ -356,12 +382,13 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     summary: dict[str, Any] = {}
     for view in views:
         vcfg = TrainConfig(**{**asdict(cfg), "view": view})
-        run = out / view if len(views) > 1 or cfg.view == "all" else out
+        run = out / view if not volume and (len(views) > 1 or cfg.view == "all") else out
         if rank == 0:
             prepare_run(run, vcfg, resume, overwrite)
         if world > 1:
             dist.barrier()
-        trainer = ViewTrainer(vcfg, run, cases, train_ids, val_ids, rank, world, local_rank)
+        trainer_cls = PatchTrainer if volume else ViewTrainer
+        trainer = trainer_cls(vcfg, run, cases, train_ids, val_ids, rank, world, local_rank)
         last = run / "checkpoints" / "last.pt"
         if resume and last.exists():
             trainer.restore(load_checkpoint(last))

@@ -1,0 +1,144 @@
+"""Patch training of a volume model (``--arch unet3d-lite``): random patches biased towards
+tumour, the lite 3D U-Net paper's loss and optimiser, validation by the runtime's own sliding
+window.
+
+Why patches: a whole 240x240x155 case does not fit a GPU's memory with a 3D network's
+activations, and most of a volume is healthy tissue: a share of the patches (by default a third, as nnU-Net
+forces onto foreground; Isensee et al. 2021) centred on tumour voxels show the network the rare
+classes often enough. Mirroring along each axis with probability 0.5 is
+the augmentation (the paper also rotates). Everything else, resume, AMP, DDP, time budget,
+metrics.csv, TensorBoard, comes from :class:`~spikeseg.training.trainer.ViewTrainer`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from spikeseg.export.graphs import TorchEngine
+from spikeseg.runtime.bundle_spec import WindowSpec
+from spikeseg.runtime.errors import InputError
+from spikeseg.runtime.labels import REGIONS
+from spikeseg.runtime.metrics import nll, region_dice
+from spikeseg.runtime.sliding import mirrored_predictions, pad_to_patch
+from spikeseg.snn.unet3d import MULTIPLE, LiteUnet3d, Unet3dConfig
+from spikeseg.training.devices import seed_everything
+from spikeseg.training.losses import ce_dice_loss
+from spikeseg.training.trainer import ViewTrainer
+
+
+def regions_to_classes(regions: np.ndarray) -> np.ndarray:
+    """(3, …) nested ET/TC/WT masks to one class per voxel: 0 background, 1 NCR (TC without
+    ET), 2 edema (WT without TC), 3 ET: the order of ``VOLUME_CLASSES``."""
+    et, tc, wt = (np.asarray(regions[i], dtype=bool) for i in range(3))
+    out = np.zeros(et.shape, np.int64)
+    out[wt] = 2
+    out[tc] = 1
+    out[et] = 3
+    return out
+
+
+def sample_patch(image: np.ndarray, classes: np.ndarray, patch: int, rng: np.random.Generator,
+                 tumour_share: float) -> tuple[np.ndarray, np.ndarray]:
+    """One (C, p, p, p) image patch and its (p, p, p) classes, mirrored at random. With
+    probability ``tumour_share`` the patch is centred on a random tumour voxel (when the case
+    has one), else placed uniformly."""
+    image = pad_to_patch(np.asarray(image), (patch,) * 3)
+    classes = pad_to_patch(classes[None], (patch,) * 3)[0]
+    shape = classes.shape
+    tumour = np.flatnonzero(classes) if rng.random() < tumour_share else np.empty(0, np.int64)
+    if tumour.size:
+        centre = np.unravel_index(int(rng.choice(tumour)), shape)
+        start = [min(max(c - patch // 2, 0), n - patch) for c, n in zip(centre, shape)]
+    else:
+        start = [int(rng.integers(n - patch + 1)) for n in shape]
+    box = tuple(slice(s, s + patch) for s in start)
+    img, cls = image[(slice(None),) + box], classes[box]
+    for axis in range(3):
+        if rng.random() < 0.5:
+            img, cls = np.flip(img, axis + 1), np.flip(cls, axis)
+    return np.ascontiguousarray(img, dtype=np.float32), np.ascontiguousarray(cls)
+
+
+class PatchTrainer(ViewTrainer):
+    """:class:`ViewTrainer` with a volume model, AdamW, patch batches and sliding-window validation."""
+
+    #: the paper halves the learning rate when the validation loss stalls (here the NLL)
+    PLATEAU = ("val_nll", "min")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._classes: dict[str, np.ndarray] = {}
+
+    def classes(self, case_id: str, regions: np.ndarray) -> np.ndarray:
+        """A training case's classes, computed once (uint8: 0.6 MB a case at 2 mm)."""
+        if case_id not in self._classes:
+            self._classes[case_id] = regions_to_classes(regions).astype(np.uint8)
+        return self._classes[case_id]
+
+    def build_model(self) -> tuple[Unet3dConfig, torch.nn.Module]:
+        if self.cfg.patch % MULTIPLE or self.cfg.patch < MULTIPLE:
+            raise InputError(None, f"--patch {self.cfg.patch}: the lite 3D U-Net pools twice, so patch sides "
+                                   f"must be multiples of {MULTIPLE}")
+        if self.cfg.init_from or self.cfg.distill:
+            raise InputError(None, "--init-from and --distill are for the slice models")
+        model_cfg = Unet3dConfig.preset(self.cfg.preset)
+        return model_cfg, LiteUnet3d(model_cfg)
+
+    def optimiser(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+
+    @property
+    def window(self) -> WindowSpec:
+        """Validation's sliding window: the runtime's patches without overlap or mirrored copies
+        (at 2 mm with 32^3 patches, 36 calls a case instead of 320): choosing the best epoch
+        needs a ranking, and every second spent here is one not spent training."""
+        return WindowSpec((self.cfg.patch,) * 3, overlap=0.0)
+
+    def train_epoch(self) -> float:
+        cfg = self.cfg
+        rng = seed_everything(cfg.seed * 100003 + self.epoch + 1)
+        self.net.train()
+        draws = [c for c in self.train_cases for _ in range(cfg.patches_per_case)]
+        order = [draws[i] for i in rng.permutation(len(draws))]
+        steps = len(order) // (cfg.batch_size * self.world) or 1  # equal step counts on every rank
+        losses = []
+        bar = tqdm(range(steps), desc=f"volume epoch {self.epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
+                   disable=not cfg.progress or self.rank != 0)
+        for k in bar:
+            batch = order[(k * self.world + self.rank) * cfg.batch_size:][:cfg.batch_size] or order[:cfg.batch_size]
+            pairs = []
+            for case in batch:
+                image, regions = case.load()
+                pairs.append(sample_patch(image, self.classes(case.case_id, regions), cfg.patch, rng,
+                                          cfg.patch_tumour_share))
+            x = torch.from_numpy(np.stack([p[0] for p in pairs])).to(self.device)
+            y = torch.from_numpy(np.stack([p[1] for p in pairs]).astype(np.int64)).to(self.device)
+            with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+                loss = ce_dice_loss(self.net(x), y)
+            self.descend(loss)
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        return float(np.mean(losses)) if losses else math.nan
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, Any]:
+        self.model.eval()
+        engine = TorchEngine(self.model, device=self.device)
+        scores: dict[str, list[float]] = {r: [] for r in REGIONS}
+        nlls = []
+        for case in self.val_cases:
+            image, regions = case.load()
+            prob = mirrored_predictions(engine, self.window, np.asarray(image))[0]
+            target = np.asarray(regions).astype(bool)
+            for r, d in region_dice(prob, target).items():
+                scores[r].append(d)
+            nlls.append(nll(prob, target))
+        out = {f"val_dice_{r}": float(np.mean(v)) for r, v in scores.items()}
+        out["val_dice_mean"] = float(np.mean([out[f"val_dice_{r}"] for r in REGIONS]))
+        out["val_nll"] = float(np.mean(nlls))
+        return out
