@@ -22,13 +22,11 @@ from tqdm import tqdm
 from spikeseg.export.graphs import TorchEngine
 from spikeseg.runtime.bundle_spec import WindowSpec
 from spikeseg.runtime.errors import InputError
-from spikeseg.runtime.labels import REGIONS
-from spikeseg.runtime.metrics import nll, region_dice
 from spikeseg.runtime.sliding import mirrored_predictions, pad_to_patch
 from spikeseg.snn.unet3d import MULTIPLE, LiteUnet3d, Unet3dConfig
 from spikeseg.training.devices import seed_everything
 from spikeseg.training.losses import ce_dice_loss
-from spikeseg.training.trainer import ViewTrainer
+from spikeseg.training.trainer import ViewTrainer, validation_scores
 
 
 def regions_to_classes(regions: np.ndarray) -> np.ndarray:
@@ -126,19 +124,13 @@ class PatchTrainer(ViewTrainer):
         return float(np.mean(losses)) if losses else math.nan
 
     @torch.no_grad()
-    def validate(self) -> dict[str, Any]:
+    def validate(self) -> dict[str, float]:
         self.model.eval()
         engine = TorchEngine(self.model, device=self.device)
-        scores: dict[str, list[float]] = {r: [] for r in REGIONS}
-        nlls = []
-        for case in self.val_cases:
-            image, regions = case.load()
-            prob = mirrored_predictions(engine, self.window, np.asarray(image))[0]
-            target = np.asarray(regions).astype(bool)
-            for r, d in region_dice(prob, target).items():
-                scores[r].append(d)
-            nlls.append(nll(prob, target))
-        out = {f"val_dice_{r}": float(np.mean(v)) for r, v in scores.items()}
-        out["val_dice_mean"] = float(np.mean([out[f"val_dice_{r}"] for r in REGIONS]))
-        out["val_nll"] = float(np.mean(nlls))
-        return out
+
+        def predicted():
+            for case in self.val_cases:
+                image, regions = case.load()
+                yield mirrored_predictions(engine, self.window, np.asarray(image))[0], regions
+
+        return validation_scores(predicted())

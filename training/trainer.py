@@ -30,7 +30,7 @@ import math
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -65,6 +65,22 @@ def param_groups(model: SliceSegNet, lr: float, readout_scale: float) -> list[di
     readout = {id(p) for p in model.readout.parameters()}
     rest = [p for p in model.parameters() if id(p) not in readout]
     return [{"params": rest, "lr": lr}, {"params": list(model.readout.parameters()), "lr": lr * readout_scale}]
+
+
+def validation_scores(cases: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """Mean Dice per region, their mean, and mean NLL over (probabilities, region masks) pairs:
+    what every trainer logs and selects its best epoch by."""
+    scores: dict[str, list[float]] = {r: [] for r in REGIONS}
+    nlls = []
+    for prob, regions in cases:
+        target = np.asarray(regions).astype(bool)
+        for r, d in region_dice(prob, target).items():
+            scores[r].append(d)
+        nlls.append(nll(prob, target))
+    out = {f"val_dice_{r}": float(np.mean(v)) for r, v in scores.items()}
+    out["val_dice_mean"] = float(np.mean([out[f"val_dice_{r}"] for r in REGIONS]))
+    out["val_nll"] = float(np.mean(nlls))
+    return out
 
 
 # ---- the trainer --------------------------------------------------------------------------
@@ -255,22 +271,12 @@ class ViewTrainer:
         return losses
 
     def validate(self) -> dict[str, float]:
-        scores = {r: [] for r in REGIONS}
-        nlls = []
         ctx = self.fptt.averaged_weights() if (self.fptt and self.cfg.eval_average) else contextlib.nullcontext()
         with ctx:
             loaded = [case.load() for case in self.val_cases]
             probs = predict_views(self.model, [np.asarray(image) for image, _ in loaded], self.cfg.view,
                                   self.device, reset_every_step=self.cfg.state_reset)
-            for prob, (_, regions) in zip(probs, loaded):
-                target = np.asarray(regions).astype(bool)
-                for r, d in region_dice(prob, target).items():
-                    scores[r].append(d)
-                nlls.append(nll(prob, target))
-        out = {f"val_dice_{r}": float(np.mean(v)) for r, v in scores.items()}
-        out["val_dice_mean"] = float(np.mean([out[f"val_dice_{r}"] for r in REGIONS]))
-        out["val_nll"] = float(np.mean(nlls))
-        return out
+        return validation_scores(zip(probs, (regions for _, regions in loaded)))
 
     def fit(self) -> dict[str, Any]:
         started = time.time()
