@@ -1,7 +1,8 @@
 """``spikeseg export``: trained runs -> a checksummed deployment bundle.
 
-For each view model (or the one volume model of a 3D architecture): ONNX FP32 step graph, OpenVINO IR FP32, and with ``--int8`` an NNCF INT8
-IR and an ONNX Runtime QDQ INT8 graph, calibrated on real slices of ``--calib`` cases. INT8 is
+For each view model (or the one volume model of a 3D architecture): ONNX FP32 step (or patch)
+graph, OpenVINO IR FP32, and with ``--int8`` an NNCF INT8 IR and an ONNX Runtime QDQ INT8
+graph, calibrated on real slices (or patches) of ``--calib`` cases. INT8 is
 then compared with FP32 on held-out cases (the runs' validation cases when their data folder
 is reachable, else the calibration cases, and the manifest says which). When the WT Dice
 drop passes the budget, the first conv and the readout are kept in float and quantisation is

@@ -174,6 +174,8 @@ def test_trained_volume_model_exports_segments_without_torch_and_is_profiled(pha
         assert 0 < float(np.asarray(unc.dataobj).max()) <= 0.5
         spec = manifest["views"][VOLUME]
         assert report["operations"][VOLUME]["dense_macs"] == spec["dense_macs_per_slice"] * spec["slices_per_case"]
+    r = run_cli("train", "--data", phantom5, "--out", tmp_path / "views", "--view", "axial", *fast)
+    assert r.returncode == 2 and "no views" in r.stderr
     r = run_cli("profile", bundle, "--case", case)
     assert r.returncode == 0, r.stderr
     assert "dense MACs per case" in r.stdout and VOLUME in r.stdout

@@ -374,6 +374,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     from spikeseg.training.patches import PatchTrainer  # it builds on this module's ViewTrainer
 
     volume = cfg.arch == VOLUME_ARCH
+    if volume and cfg.view != VOLUME:
+        raise InputError(None, f"{cfg.arch} sees the whole volume and has no views: drop --view {cfg.view}")
     views = [VOLUME] if volume else parse_views(cfg.view)
     params = PreprocessParams(spacing_mm=(cfg.spacing_mm,) * 3, normalisation=cfg.normalisation)
     case_dirs = find_cases(cfg.data)
