@@ -16,6 +16,7 @@ across the views of the slice models) the voxel-wise uncertainty.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Callable
 
 import numpy as np
@@ -48,13 +49,17 @@ def steps_per_case(shape: tuple[int, ...], window: WindowSpec) -> int:
     return len(patch_boxes(padded, window)) * len(window.flips)
 
 
+@lru_cache(maxsize=4)
 def gaussian_weight(patch: tuple[int, ...], sigma_scale: float) -> np.ndarray:
-    """Separable Gaussian over the patch, 1 at its centre, never 0 (every voxel counts a little)."""
+    """Separable Gaussian over the patch, 1 at its centre, never 0 (every voxel counts a little).
+    Made once per patch shape (every copy of every case shares it), hence read-only."""
     w = np.ones((), np.float64)
     for p in patch:
         x = np.arange(p) - (p - 1) / 2.0
         w = np.multiply.outer(w, np.exp(-0.5 * (x / (sigma_scale * p)) ** 2))
-    return (w / w.max()).astype(np.float32)
+    out = (w / w.max()).astype(np.float32)
+    out.flags.writeable = False
+    return out
 
 
 def pad_to_patch(image: np.ndarray, patch: tuple[int, ...]) -> np.ndarray:

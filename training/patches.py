@@ -40,15 +40,22 @@ def regions_to_classes(regions: np.ndarray) -> np.ndarray:
     return out
 
 
-def sample_patch(image: np.ndarray, classes: np.ndarray, patch: int, rng: np.random.Generator,
-                 tumour_share: float) -> tuple[np.ndarray, np.ndarray]:
-    """One (C, p, p, p) image patch and its (p, p, p) classes, mirrored at random. With
-    probability ``tumour_share`` the patch is centred on a random tumour voxel (when the case
-    has one), else placed uniformly."""
+def patch_targets(regions: np.ndarray, patch: int) -> tuple[np.ndarray, np.ndarray]:
+    """A training case's classes padded to at least the patch, and its tumour voxels (flat
+    indices into them): computed once per case, not once per patch."""
+    classes = pad_to_patch(regions_to_classes(regions).astype(np.uint8)[None], (patch,) * 3)[0]
+    return classes, np.flatnonzero(classes)
+
+
+def sample_patch(image: np.ndarray, classes: np.ndarray, tumour: np.ndarray, patch: int,
+                 rng: np.random.Generator, tumour_share: float) -> tuple[np.ndarray, np.ndarray]:
+    """One (C, p, p, p) image patch and its (p, p, p) classes, mirrored at random, from
+    :func:`patch_targets`' ``classes`` and ``tumour``. With probability ``tumour_share`` the
+    patch is centred on a random tumour voxel (when the case has one), else placed uniformly."""
     image = pad_to_patch(np.asarray(image), (patch,) * 3)
-    classes = pad_to_patch(classes[None], (patch,) * 3)[0]
     shape = classes.shape
-    tumour = np.flatnonzero(classes) if rng.random() < tumour_share else np.empty(0, np.int64)
+    if rng.random() >= tumour_share:
+        tumour = tumour[:0]
     if tumour.size:
         centre = np.unravel_index(int(rng.choice(tumour)), shape)
         start = [min(max(c - patch // 2, 0), n - patch) for c, n in zip(centre, shape)]
@@ -70,13 +77,13 @@ class PatchTrainer(ViewTrainer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._classes: dict[str, np.ndarray] = {}
+        self._targets: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
-    def classes(self, case_id: str, regions: np.ndarray) -> np.ndarray:
-        """A training case's classes, computed once (uint8: 0.6 MB a case at 2 mm)."""
-        if case_id not in self._classes:
-            self._classes[case_id] = regions_to_classes(regions).astype(np.uint8)
-        return self._classes[case_id]
+    def targets(self, case_id: str, regions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`patch_targets` of a training case, kept (uint8: 0.6 MB a case at 2 mm)."""
+        if case_id not in self._targets:
+            self._targets[case_id] = patch_targets(regions, self.cfg.patch)
+        return self._targets[case_id]
 
     def build_model(self) -> tuple[Unet3dConfig, torch.nn.Module]:
         if self.cfg.patch % MULTIPLE or self.cfg.patch < MULTIPLE:
@@ -112,7 +119,7 @@ class PatchTrainer(ViewTrainer):
             pairs = []
             for case in batch:
                 image, regions = case.load()
-                pairs.append(sample_patch(image, self.classes(case.case_id, regions), cfg.patch, rng,
+                pairs.append(sample_patch(image, *self.targets(case.case_id, regions), cfg.patch, rng,
                                           cfg.patch_tumour_share))
             x = torch.from_numpy(np.stack([p[0] for p in pairs])).to(self.device)
             y = torch.from_numpy(np.stack([p[1] for p in pairs]).astype(np.int64)).to(self.device)
