@@ -7,8 +7,10 @@
 - ``snn-reset``  the same with the membrane reset every slice: does the state earn its keep?
 - ``twin``       the ReLU U-Seg-Net (per slice, stateless);
 - ``twin-clstm`` the ReLU U-Seg-Net + ConvLSTM (inter-slice context, the paper's best baseline);
-- ``snn-warm``   a twin trained for ``--warm-share`` of the budget, then the SNN started from
-                 its weights for the rest (the twin's time counted in the SNN's budget);
+- ``snn-warm``   a twin trained for ``--warm-share`` of the budget, then the SNN converted from
+                 it (threshold balancing, ``--convert balance``) and trained for the rest (the
+                 twin's time counted in the SNN's budget);
+- ``snn-warm-copy`` the same with the twin's weights copied as they are (``--convert copy``);
 - ``snn-distill`` the same, the SNN also matching the twin's probabilities (``--distill 1``).
 
 and scores each view and the three-view ensemble (voxel-wise mean, as the runtime fuses) on
@@ -49,11 +51,12 @@ MODELS: dict[str, tuple[str, list[str]]] = {
     "twin": ("useg", []),
     "twin-clstm": ("useg-clstm", []),
     "snn-warm": ("spiking-useg", []),
+    "snn-warm-copy": ("spiking-useg", ["--convert", "copy"]),
     "snn-distill": ("spiking-useg", ["--distill", "1"]),
 }
 #: Models started from a twin trained for ``--warm-share`` of their budget (one twin per view,
 #: shared: its time is counted in each of them).
-WARM_STARTED = ("snn-warm", "snn-distill")
+WARM_STARTED = ("snn-warm", "snn-warm-copy", "snn-distill")
 
 
 def train_model(name: str, train_dir: Path, runs: Path, minutes: float, common: list[str],
@@ -173,18 +176,23 @@ def report(rows: list[dict[str, Any]], extras: dict[str, Any], seconds: dict[str
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_budget_arguments(p: argparse.ArgumentParser, minutes: float, preset: str, spacing: str, per: str) -> None:
+    """What every equal-budget model comparison asks: cases, output, budget, size, grid, seed."""
     p.add_argument("--train", type=Path, required=True, help="labelled training cases")
     p.add_argument("--test", type=Path, required=True, help="labelled held-out cases")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--minutes", type=float, default=1.3, help="training budget per view model (default 1.3)")
-    p.add_argument("--models", default=",".join(MODELS), help=f"comma list from {','.join(MODELS)}")
-    p.add_argument("--preset", default="tiny")
-    p.add_argument("--spacing", default="4")
+    p.add_argument("--minutes", type=float, default=minutes, help=f"training budget per {per} (default {minutes:g})")
+    p.add_argument("--preset", default=preset, help=f"tiny, small or paper (default {preset})")
+    p.add_argument("--spacing", default=spacing, help=f"model grid spacing in mm (default {spacing})")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--warm-share", type=float, default=0.5, help="share of snn-warm's budget spent on its twin")
     p.add_argument("--train-args", default="", help="extra `spikeseg train` options for every model")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_budget_arguments(p, minutes=1.3, preset="tiny", spacing="4", per="view model")
+    p.add_argument("--models", default=",".join(MODELS), help=f"comma list from {','.join(MODELS)}")
+    p.add_argument("--warm-share", type=float, default=0.5, help="share of snn-warm's budget spent on its twin")
     a = p.parse_args(argv)
     torch.set_num_threads(2)
     names = [n for n in a.models.split(",") if n]

@@ -33,7 +33,7 @@ from spikeseg.runtime.metrics import region_dice
 from spikeseg.runtime.opcount import static_counts
 from spikeseg.runtime.preprocess import VIEWS, PreprocessParams, load_model_space
 from spikeseg.export.graphs import export_onnx, export_volume_onnx, onnx_to_openvino
-from spikeseg.snn.unet3d import ARCH as VOLUME_ARCH
+from spikeseg.training.config import VOLUME_ARCHS
 from spikeseg.export.quantize import calibration_feeds, quantize_onnxruntime, quantize_openvino
 
 #: the mirrored copies a volume model's bundle runs (test-time augmentation): as it is, and
@@ -131,7 +131,7 @@ def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | 
         for model, info, _ in sorted(loaded, key=lambda m: list(VIEWS).index(m[1]["view"]) if m[1]["view"] in VIEWS
                                      else len(VIEWS)):
             view = info["view"]
-            if info["arch"] == VOLUME_ARCH:
+            if info["arch"] in VOLUME_ARCHS:
                 window = WindowSpec((info["patch"],) * 3, flips=TTA_FLIPS)
                 log(f"exporting the {view} model ({info['arch']}, {info['patch']}^3 patches by sliding window, "
                     f"{len(window.flips)} mirrored copies)")

@@ -24,7 +24,11 @@ from spikeseg.runtime.bundle_spec import (INPUT, LOGITS, SLIDING, LayerSpec, Sta
                                           is_counter)
 from spikeseg.runtime.sliding import steps_per_case
 from spikeseg.snn.models import SliceSegNet
+from spikeseg.snn.cascade import CascadeUnet
 from spikeseg.snn.unet3d import LiteUnet3d
+
+#: the models that run by sliding window: one patch in, class logits out
+VolumeModel = LiteUnet3d | CascadeUnet
 
 OPSET = 17
 
@@ -91,7 +95,7 @@ class VolumeGraph(nn.Module):
     """A volume model as exported: one patch in, class logits out. The model sits at ``model``
     so its weights are named ``model.<path>.weight``, as in the slice models' step graphs."""
 
-    def __init__(self, model: LiteUnet3d) -> None:
+    def __init__(self, model: VolumeModel) -> None:
         super().__init__()
         self.model = model
 
@@ -99,7 +103,7 @@ class VolumeGraph(nn.Module):
         return self.model(x)
 
 
-def volume_layer_table(model: LiteUnet3d, patch: tuple[int, int, int]) -> list[LayerSpec]:
+def volume_layer_table(model: VolumeModel, patch: tuple[int, int, int]) -> list[LayerSpec]:
     """Per conv/transposed conv: shape and the grid it reads, recorded by running one patch."""
     grids: dict[str, tuple[int, ...]] = {}
 
@@ -120,11 +124,11 @@ def volume_layer_table(model: LiteUnet3d, patch: tuple[int, int, int]) -> list[L
         deconv = isinstance(layer, nn.ConvTranspose3d)
         table.append(LayerSpec(name, name, "deconv" if deconv else "conv", layer.in_channels, layer.out_channels,
                                tuple(layer.kernel_size), grids[name], False,
-                               int(torch.tensor(layer.stride).prod()) if deconv else 1))
+                               int(torch.tensor(layer.stride).prod()) if deconv else 1, layer.groups))
     return table
 
 
-def volume_spec(model: LiteUnet3d, window: WindowSpec, model_shape: tuple[int, int, int]) -> ViewSpec:
+def volume_spec(model: VolumeModel, window: WindowSpec, model_shape: tuple[int, int, int]) -> ViewSpec:
     """The bundle contract of a volume model run by sliding window over a grid of ``model_shape``."""
     return ViewSpec(execution=SLIDING, in_channels=model.cfg.in_channels, slice_shape=window.patch,
                     slices_per_case=steps_per_case(model_shape, window), states=(), ops=(), acts=(), mems=(),
@@ -132,7 +136,7 @@ def volume_spec(model: LiteUnet3d, window: WindowSpec, model_shape: tuple[int, i
                     parameters=int(sum(p.numel() for p in model.parameters())), window=window)
 
 
-def export_volume_onnx(model: LiteUnet3d, window: WindowSpec, model_shape: tuple[int, int, int],
+def export_volume_onnx(model: VolumeModel, window: WindowSpec, model_shape: tuple[int, int, int],
                        path: Path) -> ViewSpec:
     """Write the FP32 ONNX patch graph (batch 1, the spec's patch); returns its spec."""
     model = model.eval()
@@ -154,13 +158,13 @@ class TorchEngine:
     compute_precision = "fp32"
     precision = "fp32"
 
-    def __init__(self, model: SliceSegNet | LiteUnet3d, spec: ViewSpec | None = None, threads: int | None = None,
+    def __init__(self, model: SliceSegNet | VolumeModel, spec: ViewSpec | None = None, threads: int | None = None,
                  counting: bool = False, device: torch.device | str = "cpu") -> None:
         """``spec``: a slice model's (it names the states and counters); a volume model has none."""
         if threads:
             torch.set_num_threads(threads)
         self.counting, self.device = counting, torch.device(device)
-        if isinstance(model, LiteUnet3d):
+        if not isinstance(model, SliceSegNet):
             self.graph: nn.Module = VolumeGraph(model.eval())
             self.inputs, self.names = [INPUT], [LOGITS]
         else:

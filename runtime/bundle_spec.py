@@ -147,16 +147,17 @@ class LayerSpec:
     grid: tuple[int, ...]    # the layer's input grid, of as many axes as the kernel
     spike_input: bool       # fed by binary spikes: its synaptic operations are accumulates
     output_scale: int       # output positions per input position (a 2x2 stride-2 deconv: 4)
+    groups: int = 1         # grouped conv: each output reads in_channels / groups inputs
 
     @property
     def dense_macs_per_slice(self) -> int:
         """Per step of the graph: a slice, or a patch of a volume model."""
-        return self.in_channels * self.out_channels * math.prod(self.kernel) * math.prod(self.grid)
+        return (self.in_channels // self.groups) * self.out_channels * math.prod(self.kernel) * math.prod(self.grid)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "module": self.module, "kind": self.kind, "in_channels": self.in_channels,
                 "out_channels": self.out_channels, "kernel": list(self.kernel), "grid": list(self.grid),
-                "spike_input": self.spike_input, "output_scale": self.output_scale,
+                "spike_input": self.spike_input, "output_scale": self.output_scale, "groups": self.groups,
                 "dense_macs_per_slice": self.dense_macs_per_slice}
 
 
@@ -351,7 +352,10 @@ class _Parser:
         if d["kind"] not in ("conv", "deconv") or not isinstance(d["spike_input"], bool) \
                 or not isinstance(d["name"], str) or not isinstance(d["module"], str):
             raise self.bad(f"has a malformed layer {d.get('name')!r}")
-        return LayerSpec(d["name"], d["module"], d["kind"], self.count(d["in_channels"], "in_channels", 1),
+        in_channels, groups = self.count(d["in_channels"], "in_channels", 1), self.count(d.get("groups", 1), "groups", 1)
+        if in_channels % groups:
+            raise self.bad(f"has layer {d['name']!r} whose groups do not divide its input channels")
+        return LayerSpec(d["name"], d["module"], d["kind"], in_channels,
                          self.count(d["out_channels"], "out_channels", 1),
                          self.shape(d["kernel"], "kernel", axes), self.shape(d["grid"], "grid", axes),
-                         d["spike_input"], self.count(d["output_scale"], "output_scale", 1))
+                         d["spike_input"], self.count(d["output_scale"], "output_scale", 1), groups)

@@ -24,7 +24,10 @@ from spikeseg.runtime.errors import InputError
 from spikeseg.runtime.labels import labels_to_regions
 
 VIEWS: dict[str, int] = {"sagittal": 0, "coronal": 1, "axial": 2}
-NORMALISATIONS = ("minmax", "zscore")
+#: ``zscore-clip``: the cascaded multi-encoder U-Net's (Aliyev & Gardashova 2025, after Isensee
+#: et al. 2018): brain z-score clipped to [-5, 5] and shifted to [0, 10], background 0
+NORMALISATIONS = ("minmax", "zscore", "zscore-clip")
+CLIP_Z = 5.0
 PARAMS_VERSION = 1
 
 
@@ -175,7 +178,8 @@ def normalisation_stats(image: np.ndarray, method: str) -> list[tuple[float, flo
 
 def normalise(image: np.ndarray, method: str, stats: list[tuple[float, float]] | None = None) -> np.ndarray:
     """Per modality: min-max to [0, 1] over the volume (paper) or z-score over brain voxels
-    (nonzero), background staying 0. ``stats`` from :func:`normalisation_stats` of the volume
+    (nonzero), background staying 0 (``zscore-clip``: the z-score clipped to +-5 and shifted by
+    5, so brain lies in [0, 10] and background stays 0). ``stats`` from :func:`normalisation_stats` of the volume
     ``image`` was cut from; by default ``image``'s own."""
     stats = normalisation_stats(image, method) if stats is None else stats
     out = np.empty(image.shape, dtype=np.float32)
@@ -183,7 +187,10 @@ def normalise(image: np.ndarray, method: str, stats: list[tuple[float, float]] |
         if method == "minmax":
             out[c] = (vol - a) / (b - a) if b > a else 0.0
         else:
-            out[c] = np.where(vol != 0, (vol - a) / (b if b > 0 else 1.0), 0.0)
+            z = (vol - a) / (b if b > 0 else 1.0)
+            if method == "zscore-clip":
+                z = np.clip(z, -CLIP_Z, CLIP_Z) + CLIP_Z
+            out[c] = np.where(vol != 0, z, 0.0)
     return out
 
 

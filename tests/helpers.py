@@ -39,3 +39,18 @@ def run_cli(*args: str, block_torch: bool = False, allow: tuple[str, ...] = (),
             else "import sys; from spikeseg.cli import main; sys.exit(main(sys.argv[1:]))")
     return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, cwd=REPO)
+
+
+def exported_sliding_logits(model, window, image, tmp: Path):  # noqa: ANN001, ANN201 (torch types)
+    """A volume model's whole sliding-window logits from torch, and from its exported FP32 graph
+    through ONNX Runtime and OpenVINO: (torch's, {backend: theirs}), for torch-vs-exported tests."""
+    from spikeseg.export.graphs import TorchEngine, export_volume_onnx, onnx_to_openvino
+    from spikeseg.runtime.bundle import ModelFile
+    from spikeseg.runtime.inference import OrtEngine, OvEngine
+    from spikeseg.runtime.sliding import blended_logits
+
+    export_volume_onnx(model, window, tuple(image.shape[1:]), tmp / "m.onnx")
+    onnx_to_openvino(tmp / "m.onnx", tmp / "m.xml")
+    engines = (OrtEngine(ModelFile.local(tmp / "m.onnx"), "fp32", 2), OvEngine(ModelFile.local(tmp / "m.xml"), "fp32", 2))
+    return blended_logits(TorchEngine(model), window, image), {e.backend: blended_logits(e, window, image)
+                                                              for e in engines}

@@ -12,18 +12,16 @@ import numpy as np
 import pytest
 import torch
 
-from spikeseg.export.graphs import TorchEngine, export_volume_onnx, onnx_to_openvino, volume_spec
-from spikeseg.runtime.bundle import ModelFile
+from spikeseg.export.graphs import volume_spec
 from spikeseg.runtime.bundle_spec import INPUT, LOGITS, VOLUME, ViewSpec, WindowSpec
 from spikeseg.runtime.errors import InputError
-from spikeseg.runtime.inference import OrtEngine, OvEngine
 from spikeseg.runtime.preprocess import PreprocessParams, load_model_space
 from spikeseg.runtime.sliding import (blended_logits, classes_to_regions, mirrored_predictions, softmax,
                                       steps_per_case, window_starts)
 from spikeseg.snn.unet3d import LiteUnet3d, Unet3dConfig
 from spikeseg.training.losses import ce_dice_loss
 from spikeseg.training.patches import regions_to_classes
-from tests.helpers import run_cli
+from tests.helpers import exported_sliding_logits, run_cli
 
 
 def test_window_starts_span_the_axis_with_at_least_the_overlap() -> None:
@@ -125,15 +123,9 @@ def test_torch_onnxruntime_openvino_agree_on_a_full_sliding_window_prediction(ph
                                                                                tmp_path: Path) -> None:
     params = PreprocessParams(spacing_mm=(4.0, 4.0, 4.0), normalisation="zscore")
     image = load_model_space(sorted(phantom_root.iterdir())[0], params).image  # (4, 40, 48, 38)
-    model = _small_model()
-    window = WindowSpec((16, 16, 16))
-    export_volume_onnx(model, window, params.model_shape, tmp_path / "m.onnx")
-    onnx_to_openvino(tmp_path / "m.onnx", tmp_path / "m.xml")
-    ref = blended_logits(TorchEngine(model), window, image)
-    for engine in (OrtEngine(ModelFile.local(tmp_path / "m.onnx"), "fp32", 2),
-                   OvEngine(ModelFile.local(tmp_path / "m.xml"), "fp32", 2)):
-        got = blended_logits(engine, window, image)
-        assert np.abs(got - ref).max() < 1e-4, engine.backend
+    ref, exported = exported_sliding_logits(_small_model(), WindowSpec((16, 16, 16)), image, tmp_path)
+    for backend, got in exported.items():
+        assert np.abs(got - ref).max() < 1e-4, backend
 
 
 def test_trained_volume_model_exports_segments_without_torch_and_is_profiled(phantom5: Path, phantom_root: Path,

@@ -27,13 +27,14 @@ def _train(args: argparse.Namespace) -> int:
                       epochs=args.epochs, batch_size=args.batch_size, window=args.window, alpha=args.alpha,
                       lr=args.lr, weight_decay=args.weight_decay, patch=args.patch,
                       patches_per_case=args.patches_per_case, patch_tumour_share=args.patch_tumour_share,
-                      early_stop=args.early_stop, seed=args.seed, device=args.device, amp=not args.no_amp,
+                      early_stop=args.early_stop, momentum=args.momentum, lr_decay=args.lr_decay,
+                      channel_out=args.channel_out, seed=args.seed, device=args.device, amp=not args.no_amp,
                       spacing_mm=args.spacing, eval_average=args.eval_average, state_reset=args.state_reset,
                       tau_min=args.tau_min, norm_gain=args.norm_gain, learn_threshold=args.learn_threshold,
                       surrogate_width=args.surrogate_width, neuron=args.neuron,
                       readout_lr_scale=args.readout_lr_scale, readout_input=args.readout_input,
                       window_sampling=args.window_sampling, burn_in=args.burn_in, tumour_share=args.tumour_share,
-                      init_from=str(args.init_from) if args.init_from else None, distill=args.distill,
+                      init_from=str(args.init_from) if args.init_from else None, convert=args.convert, distill=args.distill,
                       empty_keep=args.empty_keep, max_minutes=args.max_minutes,
                       progress=not args.quiet)
     train(cfg, resume=args.resume, overwrite=args.overwrite)
@@ -68,27 +69,39 @@ def register(sub: argparse._SubParsersAction) -> None:
                                  "several GPUs (DistributedDataParallel).")
     tr.add_argument("--data", type=Path, required=True, help="folder of labelled case folders")
     tr.add_argument("--out", type=Path, required=True, help="run folder (RUN/<view>/ with --view all)")
-    tr.add_argument("--arch", choices=["spiking-useg", "useg", "useg-clstm", "unet3d-lite"], default="spiking-useg",
+    tr.add_argument("--arch", choices=["spiking-useg", "useg", "useg-clstm", "unet3d-lite", "cascade-me-unet",
+                                       "me-unet", "unet3d"], default="spiking-useg",
                     help="spiking-useg: the Spiking U-Seg-Net (PLIF); useg: its ReLU twin, per slice; "
                          "useg-clstm: the twin with a ConvLSTM at the bottleneck; unet3d-lite: the lightweight "
-                         "3D U-Net (Cecchin et al.; one model on 3D patches, no views) (default spiking-useg)")
-    tr.add_argument("--view", help="sagittal, coronal, axial or all (default axial; unet3d-lite has none)")
+                         "3D U-Net (Cecchin et al.); cascade-me-unet: three cascaded multi-encoder 3D U-Nets at "
+                         "x4, x2, x1 (Aliyev & Gardashova), with its ablations me-unet (one stage) and unet3d "
+                         "(one stage, one encoder). The 3D models train on patches and have no views "
+                         "(default spiking-useg)")
+    tr.add_argument("--view", help="sagittal, coronal, axial or all (default axial; the 3D models have none)")
     tr.add_argument("--trainer", choices=["fptt", "tbptt", "bptt", "standard", "patches"],
                     help="default: fptt for spiking-useg, standard for useg, tbptt for useg-clstm, "
-                         "patches for unet3d-lite")
+                         "patches for the 3D models")
     tr.add_argument("--preset", choices=["tiny", "small", "paper"], default="tiny",
                     help="model size: tiny (CPU tests, demo), small, paper (the paper's scale, for a GPU; "
                          "unet3d-lite's paper preset has the paper's 340,596 parameters)")
     tr.add_argument("--patch", type=int,
-                    help="unet3d-lite: patch side in voxels, a multiple of 4 (default 64); the runtime slides "
-                         "the same patch over the case")
+                    help="3D models: patch side in voxels (default 64), a multiple of 4 for unet3d-lite, unet3d "
+                         "and me-unet, of 16 for cascade-me-unet; the runtime slides the same patch over the case")
     tr.add_argument("--patches-per-case", type=int,
-                    help="unet3d-lite: random patches per training case per epoch (default 4)")
+                    help="3D models: random patches per training case per epoch (default 4)")
     tr.add_argument("--patch-tumour-share", type=float,
-                    help="unet3d-lite: share of patches centred on a tumour voxel, the rest placed uniformly "
+                    help="3D models: share of patches centred on a tumour voxel, the rest placed uniformly "
                          "(default 0.33, nnU-Net's foreground oversampling)")
     tr.add_argument("--weight-decay", type=float,
                     help="weight decay (default 1e-5 with Adam; unet3d-lite: 5e-4 with AdamW, the paper's)")
+    tr.add_argument("--momentum", type=float,
+                    help="SGD with this momentum instead of Adam/AdamW (default: off; the cascade models: 0.9)")
+    tr.add_argument("--lr-decay", type=float,
+                    help="multiply the learning rate by 1 - LR_DECAY after every epoch instead of halving it on "
+                         "a plateau (default: off; the cascade models: 0.01, their paper's)")
+    tr.add_argument("--channel-out", type=float,
+                    help="3D models: probability, per modality and patch, of replacing the modality by Gaussian "
+                         "noise (channel-out augmentation; default 0; the cascade models: 0.1, their paper's)")
     tr.add_argument("--early-stop", type=int, metavar="EPOCHS",
                     help="stop after EPOCHS epochs without a better validation Dice (default: off; "
                          "unet3d-lite: 10)")
@@ -96,7 +109,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--folds", type=int, default=5, help="cross-validation folds, split by case (default 5)")
     tr.add_argument("--epochs", type=int, default=30, help="maximum epochs (default 30; see --max-minutes)")
     tr.add_argument("--batch-size", type=int,
-                    help="sequences (volumes) per batch (default 4); unet3d-lite: patches per batch (default 2)")
+                    help="sequences (volumes) per batch (default 4); 3D models: patches per batch (unet3d-lite 2, "
+                         "the cascade models 4)")
     tr.add_argument("--window", type=int, default=4, help="slices per update K (fptt, tbptt; default 4)")
     tr.add_argument("--alpha", type=float, default=0.1, help="FPTT regularisation strength (default 0.1)")
     tr.add_argument("--lr", type=float,
@@ -130,6 +144,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="spiking-useg: width w of the arctan surrogate 1/(1+(pi x/w)^2); 1 = the paper's")
     tr.add_argument("--init-from", type=Path, metavar="TWIN_RUN",
                     help="spiking-useg: start from a trained useg run's weights (same preset), then train")
+    tr.add_argument("--convert", choices=["balance", "copy"], default="balance",
+                    help="with --init-from: balance (default) sets each layer's threshold and folds its spike "
+                         "scale into the next weights so spikes approximate the twin's ReLUs (threshold "
+                         "balancing, fitted on 3 training cases); copy takes the twin's weights as they are")
     tr.add_argument("--distill", type=float, default=0.0, metavar="WEIGHT",
                     help="with --init-from: add WEIGHT x the BCE between the SNN's per-region probabilities "
                          "and the twin's on the same slices (knowledge distillation); default 0 = off")

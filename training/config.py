@@ -8,7 +8,12 @@ from dataclasses import dataclass
 from spikeseg.runtime.errors import InputError
 
 TRAINERS = ("fptt", "tbptt", "bptt", "standard", "patches")
-DEFAULT_TRAINER = {"spiking-useg": "fptt", "useg": "standard", "useg-clstm": "tbptt", "unet3d-lite": "patches"}
+#: models that see the volume in 3D patches (``snn.unet3d.ARCH`` and ``snn.cascade.ARCHS``; named
+#: here so reading a config never imports torch)
+VOLUME_ARCHS = ("unet3d-lite", "unet3d", "me-unet", "cascade-me-unet")
+CASCADE_ARCHS = VOLUME_ARCHS[1:]
+DEFAULT_TRAINER = {"spiking-useg": "fptt", "useg": "standard", "useg-clstm": "tbptt",
+                   **{arch: "patches" for arch in VOLUME_ARCHS}}
 #: Per architecture, the settings its paper states, used where the command line is silent. The
 #: lite 3D U-Net (Cecchin et al.): AdamW 5e-4 with weight decay 5e-4, ReduceLROnPlateau (0.5,
 #: patience 2, floor 1e-6), early stopping, gradient clipping, z-score over brain voxels. The
@@ -16,6 +21,12 @@ DEFAULT_TRAINER = {"spiking-useg": "fptt", "useg": "standard", "useg-clstm": "tb
 ARCH_DEFAULTS: dict[str, dict[str, object]] = {
     "unet3d-lite": {"lr": 5e-4, "weight_decay": 5e-4, "plateau_patience": 2, "min_lr": 1e-6, "early_stop": 10,
                     "clip": 1.0, "normalisation": "zscore", "batch_size": 2, "view": "volume"},
+    # The cascaded multi-encoder U-Net and its ablations (Aliyev & Gardashova 2025): SGD at 0.1
+    # decaying 1 % per epoch, batches of 4, mean Dice loss, channel-out 0.1 per modality, brain
+    # z-score clipped to +-5 and shifted to [0, 10]. The paper's "weight decay of 0.9" is read as
+    # SGD momentum (a decay of 0.9 would zero the weights); it gives no clipping norm: 1.0 here.
+    **{arch: {"lr": 0.1, "momentum": 0.9, "lr_decay": 0.01, "batch_size": 4, "channel_out": 0.1, "clip": 1.0,
+              "normalisation": "zscore-clip", "view": "volume"} for arch in CASCADE_ARCHS},
 }
 RUN_VERSION = 1
 #: The SNN recipe's one measured departure from the paper's settings (benchmarks/fidelity.py,
@@ -61,6 +72,9 @@ class TrainConfig:
     burn_in: int = 8
     tumour_share: float = 0.5
     init_from: str | None = None
+    #: with init_from: "balance" sets thresholds and folds spike scales from the twin
+    #: (training.conversion); "copy" takes its weights as they are
+    convert: str = "balance"
     distill: float = 0.0
     empty_keep: float = 1.0
     max_minutes: float | None = None
@@ -71,6 +85,12 @@ class TrainConfig:
     #: share of patches centred on a tumour voxel (the rest anywhere in the grid)
     patch_tumour_share: float = 0.33
     min_lr: float = 0.0
+    #: SGD momentum (the cascade's recipe); 0 = the Adam/AdamW recipes
+    momentum: float = 0.0
+    #: exponential learning-rate decay per epoch instead of halving on a plateau; 0 = off
+    lr_decay: float = 0.0
+    #: volume models: probability, per modality and patch, of replacing it by noise (channel-out)
+    channel_out: float = 0.0
     early_stop: int | None = None  # epochs without a better validation Dice before stopping
     version: int = RUN_VERSION
 
@@ -91,8 +111,9 @@ class TrainConfig:
         trainer = self.trainer or DEFAULT_TRAINER[self.arch]
         if trainer not in TRAINERS:
             raise InputError(None, f"unknown trainer {trainer!r}; choose from {TRAINERS}")
-        if (self.arch == "unet3d-lite") != (trainer == "patches"):
-            raise InputError(None, "unet3d-lite trains on patches (--trainer patches), and only it does")
+        if (self.arch in VOLUME_ARCHS) != (trainer == "patches"):
+            raise InputError(None, f"the volume models {VOLUME_ARCHS} train on patches (--trainer patches), "
+                                   f"and only they do")
         if trainer == "patches":
             return trainer
         stateful = self.arch != "useg"

@@ -52,3 +52,16 @@ def ce_dice_loss(logits: torch.Tensor, classes: torch.Tensor, ce_weight: float =
     ce = F.cross_entropy(logits, classes)
     onehot = F.one_hot(classes, logits.shape[1]).movedim(-1, 1).to(logits.dtype)
     return ce_weight * ce + (1 - ce_weight) * soft_dice_loss(torch.softmax(logits, 1), onehot, region_dim=1)
+
+
+def deep_mean_dice_loss(stage_logits: list[torch.Tensor], classes: torch.Tensor) -> torch.Tensor:
+    """The cascade's loss (Aliyev & Gardashova 2025): mean Dice over the classes of each stage's
+    softmax, each stage against the one-hot classes average-pooled to its grid (soft targets at
+    x4 and x2), summed over the stages (each stage has its own loss). ``classes`` (B, D, H, W)."""
+    onehot = F.one_hot(classes, stage_logits[-1].shape[1]).movedim(-1, 1).float()
+    total = stage_logits[0].new_zeros((), dtype=torch.float32)
+    for logits in stage_logits:
+        scale = onehot.shape[-1] // logits.shape[-1]
+        target = F.avg_pool3d(onehot, scale) if scale > 1 else onehot
+        total = total + soft_dice_loss(torch.softmax(logits.float(), 1), target, region_dim=1)
+    return total

@@ -1,6 +1,6 @@
-"""Patch training of a volume model (``--arch unet3d-lite``): random patches biased towards
-tumour, the lite 3D U-Net paper's loss and optimiser, validation by the runtime's own sliding
-window.
+"""Patch training of a volume model (``--arch unet3d-lite``, ``cascade-me-unet`` and its ablations
+``unet3d``, ``me-unet``): random patches biased towards tumour, each paper's loss and optimiser,
+validation by the runtime's own sliding window.
 
 Why patches: a whole 240x240x155 case does not fit a GPU's memory with a 3D network's
 activations, and most of a volume is healthy tissue: a share of the patches (by default a third, as nnU-Net
@@ -23,9 +23,11 @@ from spikeseg.export.graphs import TorchEngine
 from spikeseg.runtime.bundle_spec import WindowSpec
 from spikeseg.runtime.errors import InputError
 from spikeseg.runtime.sliding import mirrored_predictions, pad_to_patch
+from spikeseg.snn.cascade import CascadeConfig, CascadeUnet
 from spikeseg.snn.unet3d import MULTIPLE, LiteUnet3d, Unet3dConfig
+from spikeseg.training.config import CASCADE_ARCHS
 from spikeseg.training.devices import seed_everything
-from spikeseg.training.losses import ce_dice_loss
+from spikeseg.training.losses import ce_dice_loss, deep_mean_dice_loss
 from spikeseg.training.trainer import ViewTrainer, validation_scores
 
 
@@ -69,14 +71,34 @@ def sample_patch(image: np.ndarray, classes: np.ndarray, tumour: np.ndarray, pat
     return np.ascontiguousarray(img, dtype=np.float32), np.ascontiguousarray(cls)
 
 
+def channel_out(image: np.ndarray, p: float, rng: np.random.Generator) -> np.ndarray:
+    """Each modality of a (C, ...) patch replaced, with probability ``p``, by Gaussian noise of
+    that modality's brain mean and spread (background left 0): the cascade paper's channel-out
+    augmentation, so the network cannot lean on one modality. A modality with no brain voxels
+    in the patch is left as it is."""
+    out = image.copy()
+    brain = np.any(image != 0, axis=0)
+    for c in range(image.shape[0]):
+        if rng.random() < p and brain.any():
+            vals = image[c][brain]
+            out[c][brain] = rng.normal(float(vals.mean()), float(vals.std()), int(brain.sum()))
+    return out
+
+
 class PatchTrainer(ViewTrainer):
-    """:class:`ViewTrainer` with a volume model, AdamW, patch batches and sliding-window validation."""
+    """:class:`ViewTrainer` with a volume model, AdamW (or SGD with ``--momentum``), patch batches
+    and sliding-window validation."""
 
     #: the paper halves the learning rate when the validation loss stalls (here the NLL)
     PLATEAU = ("val_nll", "min")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if self.device.type == "cpu":
+            # Subnormal floats (gradients of a network still near its start, SGD's momentum) run
+            # through the CPU's slow path: a tiny cascade's epoch took 94 s instead of 3.5 s.
+            # Process-wide: later training in the same process also flushes them to zero.
+            torch.set_flush_denormal(True)
         self._targets: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def targets(self, case_id: str, regions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -85,17 +107,35 @@ class PatchTrainer(ViewTrainer):
             self._targets[case_id] = patch_targets(regions, self.cfg.patch)
         return self._targets[case_id]
 
-    def build_model(self) -> tuple[Unet3dConfig, torch.nn.Module]:
-        if self.cfg.patch % MULTIPLE or self.cfg.patch < MULTIPLE:
-            raise InputError(None, f"--patch {self.cfg.patch}: the lite 3D U-Net pools twice, so patch sides "
-                                   f"must be multiples of {MULTIPLE}")
-        if self.cfg.init_from or self.cfg.distill:
+    def build_model(self) -> tuple[Unet3dConfig | CascadeConfig, torch.nn.Module]:
+        cfg = self.cfg
+        if cfg.init_from or cfg.distill:
             raise InputError(None, "--init-from and --distill are for the slice models")
-        model_cfg = Unet3dConfig.preset(self.cfg.preset)
-        return model_cfg, LiteUnet3d(model_cfg)
+        model_cfg: Unet3dConfig | CascadeConfig
+        if cfg.arch in CASCADE_ARCHS:
+            model_cfg = CascadeConfig.preset(cfg.arch, cfg.preset)
+            model: torch.nn.Module = CascadeUnet(model_cfg)
+            multiple, smallest = model_cfg.multiple, model_cfg.min_patch
+        else:
+            model_cfg, multiple, smallest = Unet3dConfig.preset(cfg.preset), MULTIPLE, MULTIPLE
+            model = LiteUnet3d(model_cfg)
+        if cfg.patch % multiple or cfg.patch < smallest:
+            raise InputError(None, f"--patch {cfg.patch}: {cfg.arch} needs patch sides that are multiples of "
+                                   f"{multiple} (its pooling), at least {smallest}")
+        return model_cfg, model
 
     def optimiser(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        cfg = self.cfg
+        if cfg.momentum:
+            return torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                   weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The lite U-Net's CE + Dice on its output; the cascade's mean Dice on every stage."""
+        if isinstance(self.model, CascadeUnet):
+            return deep_mean_dice_loss(self.net(x, stages=True), y)  # through DDP's forward
+        return ce_dice_loss(self.net(x), y)
 
     @property
     def window(self) -> WindowSpec:
@@ -119,12 +159,13 @@ class PatchTrainer(ViewTrainer):
             pairs = []
             for case in batch:
                 image, regions = case.load()
-                pairs.append(sample_patch(image, *self.targets(case.case_id, regions), cfg.patch, rng,
-                                          cfg.patch_tumour_share))
+                img, cls = sample_patch(image, *self.targets(case.case_id, regions), cfg.patch, rng,
+                                        cfg.patch_tumour_share)
+                pairs.append((channel_out(img, cfg.channel_out, rng) if cfg.channel_out else img, cls))
             x = torch.from_numpy(np.stack([p[0] for p in pairs])).to(self.device)
             y = torch.from_numpy(np.stack([p[1] for p in pairs]).astype(np.int64)).to(self.device)
             with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-                loss = ce_dice_loss(self.net(x), y)
+                loss = self.loss(x, y)
             self.descend(loss)
             losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")

@@ -14,6 +14,7 @@ from spikeseg.runtime.atomic import atomic_path
 from spikeseg.runtime.errors import InputError
 from spikeseg.runtime.preprocess import PreprocessParams
 from spikeseg.snn.models import ModelConfig, SliceSegNet, build_model
+from spikeseg.snn.cascade import ARCHS as CASCADE_ARCHS, CascadeConfig, CascadeUnet
 from spikeseg.snn.unet3d import ARCH as VOLUME_ARCH, LiteUnet3d, Unet3dConfig
 from spikeseg.training.config import RUN_VERSION, TrainConfig
 
@@ -41,14 +42,16 @@ def prepare_run(run: Path, cfg: TrainConfig, resume: bool, overwrite: bool) -> N
     run.mkdir(parents=True, exist_ok=True)
 
 
-def build_any(model_config: dict[str, Any]) -> SliceSegNet | LiteUnet3d:
+def build_any(model_config: dict[str, Any]) -> SliceSegNet | LiteUnet3d | CascadeUnet:
     """The untrained model a checkpoint's ``model_config`` describes, slice or volume model."""
     if model_config.get("arch") == VOLUME_ARCH:
         return LiteUnet3d(Unet3dConfig.from_dict(model_config))
+    if model_config.get("arch") in CASCADE_ARCHS:
+        return CascadeUnet(CascadeConfig.from_dict(model_config))
     return build_model(ModelConfig.from_dict(model_config))
 
 
-def load_run(run: str | Path) -> tuple[SliceSegNet | LiteUnet3d, dict[str, Any], PreprocessParams]:
+def load_run(run: str | Path) -> tuple[SliceSegNet | LiteUnet3d | CascadeUnet, dict[str, Any], PreprocessParams]:
     """A trained view model from a run folder (best checkpoint), its config and preprocessing."""
     run = Path(run)
     cfg_path = run / "config.json"

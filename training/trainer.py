@@ -46,15 +46,19 @@ from spikeseg.runtime.bundle_spec import VOLUME
 from spikeseg.runtime.preprocess import PreprocessParams, parse_views
 from spikeseg.runtime.tables import rows_to_csv
 from spikeseg.snn.models import ModelConfig, SliceSegNet, build_model
-from spikeseg.snn.unet3d import ARCH as VOLUME_ARCH
 from spikeseg.training.data import CachedCase, data_fingerprint, kfold_split, preprocess_dataset, view_sequence
 from spikeseg.training.fptt import FPTT
 from spikeseg.training.activity import ActivityMonitor
-from spikeseg.training.config import TrainConfig
+from spikeseg.training.config import VOLUME_ARCHS, TrainConfig
+from spikeseg.training.conversion import balance
 from spikeseg.training.devices import amp_dtype, init_distributed, params_digest, resolve_device, seed_everything
 from spikeseg.training.losses import bce_dice_loss, distillation_loss
 from spikeseg.training.predict import predict_views
 from spikeseg.training.run_folder import load_checkpoint, prepare_run, save_checkpoint, twin_run_for
+
+#: training cases the twin-to-SNN conversion is fitted on (the first of the fold's training cases)
+CONVERSION_CASES = 3
+
 
 def param_groups(model: SliceSegNet, lr: float, readout_scale: float) -> list[dict[str, Any]]:
     """The readout at ``readout_scale`` x the learning rate, everything else at ``lr``.
@@ -102,6 +106,7 @@ class ViewTrainer:
         self.val_cases = [by_id[i] for i in val_ids]
         seed_everything(cfg.seed)
         self.teacher: SliceSegNet | None = None
+        self.conversion: dict[str, Any] | None = None
         self.model_cfg, self.model = self.build_model()
         self.model.to(self.device)
         self.activity = ActivityMonitor(self.model)
@@ -111,8 +116,7 @@ class ViewTrainer:
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.opt = self.optimiser()
         self.fptt = FPTT(self.model.parameters(), self.opt, cfg.alpha) if self.trainer == "fptt" else None
-        self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(self.opt, mode=self.PLATEAU[1], factor=0.5,
-                                                                patience=cfg.plateau_patience, min_lr=cfg.min_lr)
+        self.sched = self.scheduler()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.epoch = 0
         self.best_score = -math.inf
@@ -137,15 +141,34 @@ class ViewTrainer:
             raise InputError(None, "--distill needs --init-from TWIN_RUN (the twin is the teacher)")
         if cfg.init_from:
             twin_run = twin_run_for(Path(cfg.init_from), cfg.view)
+            if cfg.convert not in ("balance", "copy"):
+                raise InputError(None, f"unknown --convert {cfg.convert!r}; choose balance or copy")
             warm_start(model, twin_run)
+            twin = frozen_teacher(model, twin_run, self.device) if cfg.convert == "balance" or cfg.distill else None
+            if twin is not None and cfg.convert == "balance":
+                calibration = [c.load() for c in self.train_cases[:CONVERSION_CASES]]
+                self.conversion = balance(model.to(self.device), twin, calibration, cfg.view)
             if cfg.distill:
-                self.teacher = frozen_teacher(model, twin_run, self.device)
+                self.teacher = twin
         return model_cfg, model
 
     def optimiser(self) -> torch.optim.Optimizer:
         cfg = self.cfg
         return torch.optim.Adam(param_groups(self.model, cfg.lr, cfg.resolved_readout_lr_scale()), lr=cfg.lr,
                                 weight_decay=cfg.weight_decay)
+
+    def scheduler(self) -> Any:
+        """Halving on a plateau of :attr:`PLATEAU`, or ``--lr-decay``'s exponential decay per epoch."""
+        if self.cfg.lr_decay:
+            return torch.optim.lr_scheduler.ExponentialLR(self.opt, gamma=1.0 - self.cfg.lr_decay)
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(self.opt, mode=self.PLATEAU[1], factor=0.5,
+                                                          patience=self.cfg.plateau_patience, min_lr=self.cfg.min_lr)
+
+    def step_schedule(self, val: dict[str, float]) -> None:
+        if isinstance(self.sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.sched.step(val[self.PLATEAU[0]])
+        else:
+            self.sched.step()
 
     # -- state ------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -286,7 +309,7 @@ class ViewTrainer:
             train_loss = self.train_epoch()
             val = self.validate()
             self.epoch += 1
-            self.sched.step(val[self.PLATEAU[0]])
+            self.step_schedule(val)
             taus = [m.tau for m in self.model.modules() if hasattr(m, "tau_min")]
             activity = self.activity.epoch_summary()
             per_layer = {k: v for k, v in activity.items() if "/" in k}
@@ -373,7 +396,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     out = Path(cfg.out)
     from spikeseg.training.patches import PatchTrainer  # it builds on this module's ViewTrainer
 
-    volume = cfg.arch == VOLUME_ARCH
+    volume = cfg.arch in VOLUME_ARCHS
     if volume and cfg.view != VOLUME:
         raise InputError(None, f"{cfg.arch} sees the whole volume and has no views: drop --view {cfg.view}")
     views = [VOLUME] if volume else parse_views(cfg.view)
@@ -404,7 +427,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
                 print(f"[{view}] resuming after epoch {trainer.epoch}", flush=True)
         if rank == 0:
             info = {**asdict(vcfg), "trainer": trainer.trainer, "model_config": trainer.model_cfg.to_dict(),
-                    "device": str(trainer.device), "amp_dtype": str(trainer.amp) if trainer.amp else "float32",
+                    "conversion": trainer.conversion, "device": str(trainer.device),
+                    "amp_dtype": str(trainer.amp) if trainer.amp else "float32",
                     "world_size": world, "data_fingerprint": data_fingerprint(case_dirs),
                     "torch": torch.__version__}
             write_json(run / "config.json", info)
