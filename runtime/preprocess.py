@@ -179,8 +179,8 @@ def normalisation_stats(image: np.ndarray, method: str) -> list[tuple[float, flo
 def normalise(image: np.ndarray, method: str, stats: list[tuple[float, float]] | None = None) -> np.ndarray:
     """Per modality: min-max to [0, 1] over the volume (paper) or z-score over brain voxels
     (nonzero), background staying 0 (``zscore-clip``: the z-score clipped to +-5 and shifted by
-    5, so brain lies in [0, 10] and background stays 0). ``stats`` from :func:`normalisation_stats` of the volume
-    ``image`` was cut from; by default ``image``'s own."""
+    5, so brain lies in [0, 10] and background stays 0). ``stats`` from
+    :func:`normalisation_stats` of the volume ``image`` was cut from; by default ``image``'s own."""
     stats = normalisation_stats(image, method) if stats is None else stats
     out = np.empty(image.shape, dtype=np.float32)
     for c, (vol, (a, b)) in enumerate(zip(image, stats)):

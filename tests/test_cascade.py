@@ -76,6 +76,13 @@ def test_cascade_stages_work_at_x4_x2_x1_and_each_feeds_the_next() -> None:
     assert CascadeConfig(arch="me-unet", widths=(2, 4, 8)).multiple == 4
 
 
+def test_the_torch_free_list_of_volume_architectures_names_every_volume_model() -> None:
+    from spikeseg.snn.unet3d import ARCH
+    from spikeseg.training.config import VOLUME_ARCHS
+
+    assert VOLUME_ARCHS == (ARCH, *ARCHS)
+
+
 def test_deep_mean_dice_loss_matches_numpy() -> None:
     rng = np.random.default_rng(0)
     classes = rng.integers(0, 4, size=(2, 8, 8, 8))

@@ -64,12 +64,14 @@ def spiking_layers(model: SliceSegNet) -> dict[str, SpikingLayer]:
 def _relu_inputs(twin: SliceSegNet, sequences: list[np.ndarray], view: str) -> dict[str, np.ndarray]:
     """A strided sample of what each of the twin's ReLUs received over ``sequences``."""
     seen: dict[str, list[torch.Tensor]] = {}
-    hooks = []
-    for name, m in twin.named_modules():
-        if isinstance(m, nn.ReLU):
-            key = name.removesuffix(".act")
-            hooks.append(m.register_forward_hook(
-                lambda mod, inp, out, key=key: seen.setdefault(key, []).append(inp[0].detach().flatten()[::SAMPLE_STRIDE])))
+
+    def record(key: str):
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            seen.setdefault(key, []).append(inputs[0].detach().flatten()[::SAMPLE_STRIDE])
+        return hook
+
+    hooks = [m.register_forward_hook(record(name.removesuffix(".act")))
+             for name, m in twin.named_modules() if isinstance(m, nn.ReLU)]
     try:
         predict_views(twin, sequences, view, next(twin.parameters()).device)
     finally:
@@ -131,7 +133,8 @@ def balance(model: SliceSegNet, twin: SliceSegNet, calibration: list[tuple[np.nd
         for k, n in neurons.items():
             n.theta.fill_(c * fits[k][0])
         probs = predict_views(model, images, view, next(model.parameters()).device)
-        scored.append((float(np.mean([nll(p, np.asarray(r).astype(bool)) for p, (_, r) in zip(probs, calibration)])), c))
+        losses = [nll(p, np.asarray(regions).astype(bool)) for p, (_, regions) in zip(probs, calibration)]
+        scored.append((float(np.mean(losses)), c))
     best_nll, best_c = min(scored)
     for k, n in neurons.items():
         n.theta.fill_(best_c * fits[k][0])
