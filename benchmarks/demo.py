@@ -7,9 +7,13 @@ exported again), so a second run is quick; steps 4-6 always run, over the demo's
      balancing) and trained with FPTT (the recipe that measured best; README "Fidelity"),
      one model per view, on a 2 mm grid (80x96x76) with a time budget per model; then the lite
      3D U-Net (one model on 3D patches) with the three views' budget;
-  3. export all three to ONNX and OpenVINO, FP32 and INT8 (calibrated on training cases);
-  4. segment the held-out cases with the torch-free runtime (uncertainty, reports, PNGs);
-  5. evaluate against the reference labels; 6. benchmark FP32 vs INT8 vs SNN; 7. say where it all is.
+  3. export all three to ONNX and OpenVINO, FP32 and INT8 (calibrated on training cases); the 3D
+     bundle also gets the uncertainty-guided refinement fitted for two guides (the SNN's views,
+     the twin's axial view over spherical projections);
+  4. segment the held-out cases with the torch-free runtime (uncertainty, reports, PNGs), and
+     the SNN refined by the 3D model where its views disagree;
+  5. evaluate against the reference labels; 6. benchmark FP32 vs INT8 vs SNN, and the refinement
+     (benchmarks/refinement.py); 7. say where it all is.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+from spikeseg.benchmarks.refinement import main as refinement_main
 from spikeseg.runtime.bundle import load_bundle
 from spikeseg.cli import main as cli
 from spikeseg.runtime.errors import InputError
@@ -61,6 +66,20 @@ def grids(folder: Path, arch: str) -> set[float]:
 def finished(folder: Path, arch: str) -> bool:
     return (all((d / "summary.json").is_file() for d in run_dirs(folder, arch))
             and grids(folder, arch) == {float(SPACING_MM)})
+
+
+def fitted_for(bundle, guides: list[str]) -> bool:
+    """Whether a 3D bundle holds a refinement fit for each ``BUNDLE:mode`` guide as it is now
+    (a guide exported again has a new checksum, and its fit must be made again)."""
+    fits = {(f["guide"]["sha256"], f["guide"]["mode"]) for f in bundle.manifest.get("refinement", [])}
+    for g in guides:
+        path, mode = g.rsplit(":", 1)
+        try:
+            if (load_bundle(path).checksum, mode) not in fits:
+                return False
+        except InputError:
+            return False
+    return True
 
 
 def run(*args: str | Path) -> None:
@@ -107,33 +126,38 @@ def main(argv: list[str] | None = None) -> int:
         run("train", "--data", data_train, "--out", folder, "--arch", arch, "--spacing", SPACING_MM,
             "--epochs", "400", "--quiet", "--overwrite" if other_grid or stale_twin else "--resume", *recipe[name])
 
-    step("3/7 export: ONNX + OpenVINO, FP32 + INT8")
-    bundles = {}
+    step("3/7 export: ONNX + OpenVINO, FP32 + INT8; the 3D bundle with its refinement fits")
+    bundles = {name: out / "bundles" / name for name in runs}
+    guides = {"unet3d": [f"{bundles['snn']}:views", f"{bundles['twin']}:projections"]}
     for name, (arch, folder) in runs.items():
-        bundles[name] = out / "bundles" / name
         stale = []
         if (bundles[name] / "manifest.json").is_file():
             try:
-                spacing = load_bundle(bundles[name]).preprocess.spacing_mm[0]
-                if spacing == float(SPACING_MM) and name not in retrained:
+                bundle = load_bundle(bundles[name])
+                current = bundle.preprocess.spacing_mm[0] == float(SPACING_MM) and name not in retrained
+                if current and fitted_for(bundle, guides.get(name, [])):
                     print(f"{bundles[name]}: already exported")
                     continue
-                print(f"{bundles[name]}: made from other runs; exporting again")
+                print(f"{bundles[name]}: " + ("its refinement was not fitted for the current guide bundles"
+                                              if current else "made from other runs") + "; exporting again")
             except InputError as exc:  # e.g. made by an older spikeseg: export it again
                 print(f"{bundles[name]}: {exc.problem}; exporting again")
             stale = ["--overwrite"]
+        refine = [a for g in guides.get(name, []) for a in ("--refine-guide", g)]
         run("export", *run_dirs(folder, arch), "--out", bundles[name], "--int8",
-            "--calib", data_train, "--calib-items", "200", "--allow-accuracy-drop", *stale)
+            "--calib", data_train, "--calib-items", "200", "--allow-accuracy-drop", *refine, *stale)
 
     step("4/7 segment held-out cases with the torch-free runtime (OpenVINO FP32 and INT8)")
-    for name in bundles:
+    segmentations = {**{name: (bundles[name], []) for name in bundles},
+                     "snn-refined": (bundles["snn"], ["--refine", str(bundles["unet3d"]), "--guide", "views"])}
+    for name, (bundle, extra) in segmentations.items():
         for precision in ("fp32", "int8"):
             seg_out = out / "segment" / f"{name}-{precision}"
-            cli(["segment", str(bundles[name]), str(data_test), str(seg_out), "--precision", precision, "--png",
-                 "--quiet", "--overwrite"])  # the demo owns its folder; a re-export must not leave stale results
+            cli(["segment", str(bundle), str(data_test), str(seg_out), "--precision", precision, "--png",
+                 "--quiet", "--overwrite", *extra])  # the demo owns its folder; a re-export must not leave stale results
 
     step("5/7 evaluate against the reference labels")
-    for name in bundles:
+    for name in segmentations:
         for precision in ("fp32", "int8"):
             seg_out = out / "segment" / f"{name}-{precision}"
             print(f"-- {name} {precision}")
@@ -143,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     run("bench", "--data", data_test, "--bundles", bundles["snn"], bundles["twin"], bundles["unet3d"],
         "--out", out / "bench",
         "--repeats", "1", "--overwrite")
+    refinement_main(["--data", str(data_test), "--twin", str(bundles["twin"]), "--snn", str(bundles["snn"]),
+                     "--refiner", str(bundles["unet3d"]), "--out", str(out / "refinement"), "--overwrite"])
 
     step("7/7 where everything is")
     print(f"phantom cases      {data_train}, {data_test}")
@@ -150,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bundles            {out / 'bundles'}  (manifest.json with checksums)")
     print(f"segmentations      {out / 'segment'}  (<case>_pred / _uncertainty .nii.gz, report, quick-look PNG)")
     print(f"benchmark          {out / 'bench' / 'results.md'}  (+ results.csv, PNG plots)")
+    print(f"refinement         {out / 'refinement' / 'results.md'}  (2D vs 3D vs 2D + uncertainty-guided 3D)")
     print(f"demo took {(time.time() - started) / 60:.1f} min")
     return 0
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from spikeseg.runtime import __version__
 from spikeseg.runtime.atomic import atomic_dir, write_json
-from spikeseg.runtime.bundle import MANIFEST, ModelFile
+from spikeseg.runtime.bundle import MANIFEST, ModelFile, load_bundle
 from spikeseg.runtime.bundle_spec import SCHEMA_VERSION, ModelEntry, ViewSpec, WindowSpec
 from spikeseg.runtime.case_io import find_cases
 from spikeseg.runtime.errors import InputError
@@ -32,6 +32,9 @@ from spikeseg.runtime.labels import REGIONS
 from spikeseg.runtime.metrics import region_dice
 from spikeseg.runtime.opcount import static_counts
 from spikeseg.runtime.preprocess import VIEWS, PreprocessParams, load_model_space
+from spikeseg.runtime.projections import CAP_DEGREES
+from spikeseg.runtime.refine import MAX_KERNELS, STOP_SHARE
+from spikeseg.export.fusion_fit import DEFAULT_PROJECTIONS, fit_refinement, parse_guide
 from spikeseg.export.graphs import export_onnx, export_volume_onnx, onnx_to_openvino
 from spikeseg.training.config import VOLUME_ARCHS
 from spikeseg.export.quantize import calibration_feeds, quantize_onnxruntime, quantize_openvino
@@ -103,9 +106,15 @@ def _quantise_view(tmp: Path, view: str, spec: ViewSpec, feeds, holdout, budget:
 
 def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | None = None,
                  overwrite: bool = False, allow_accuracy_drop: bool = False, budget: float = 0.01,
-                 threads: int = 2, calib_items: int = 300, check_accuracy: bool = True, log=print) -> Path:
+                 threads: int = 2, calib_items: int = 300, check_accuracy: bool = True, log=print,
+                 refine_guides: list[str] | None = None, projections: int = DEFAULT_PROJECTIONS,
+                 refine_stop: float = STOP_SHARE, refine_max_kernels: int = MAX_KERNELS,
+                 projection_cap: float = CAP_DEGREES, seed: int = 0) -> Path:
     """``check_accuracy=False`` (speed benchmarks on untrained weights only, not the CLI): INT8
-    without the comparison against FP32; the manifest says it was not checked."""
+    without the comparison against FP32; the manifest says it was not checked.
+    ``refine_guides``: for a volume model, guide bundles (``BUNDLE[:views|:projections]``) to fit
+    the uncertainty-guided refinement's fusion for (:mod:`spikeseg.export.fusion_fit`), stored in
+    the manifest's "refinement" list."""
     from spikeseg.training.run_folder import load_run
 
     out = Path(out)
@@ -124,6 +133,13 @@ def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | 
     if len(set(views)) != len(views):
         raise InputError(None, f"two runs for the same view: {views}")
     params = loaded[0][2]
+    guides = [parse_guide(g) for g in refine_guides or []]
+    if guides and (loaded[0][1]["arch"] not in VOLUME_ARCHS or len(loaded) != 1):
+        raise InputError(None, "--refine-guide fits a 3D refiner: export one volume model (e.g. unet3d-lite) with it")
+    for path, _ in guides:
+        load_bundle(path)  # refused now, before anything is exported, if it is not a readable bundle
+    if projections < 1:
+        raise InputError(None, f"--projections {projections}: at least 1")
     calib_images = _load_model_space(find_cases(calib), params) if int8 else []
     holdout_cache: dict[tuple[Path, ...], list] = {}
     with atomic_dir(out) as tmp:
@@ -176,6 +192,20 @@ def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | 
                           "folds": info["folds"], "epochs": info["epochs"], "best": info["best"], "seed": info["seed"],
                           "data_fingerprint": info["data_fingerprint"], "preset": info["preset"]})
             manifest_views[view] = spec.to_dict()
+        refinement = []
+        if guides:
+            info = loaded[0][1]
+            fit_dirs = [d for d in _holdout_dirs(info)]
+            source = "3D run's validation split"
+            if len(fit_dirs) < 2:
+                fit_dirs, source = (find_cases(calib) if calib else []), "calibration cases"
+            if not fit_dirs:
+                raise InputError(None, "--refine-guide needs labelled cases: the 3D run's validation data, or --calib")
+            engine3d = OvEngine(ModelFile.local(tmp / f"{view}_fp32.xml"), "fp32", threads)
+            for path, mode in guides:
+                refinement.append(fit_refinement(path, mode, projections, engine3d, spec, params, fit_dirs, source,
+                                                 threads, seed, log, refine_stop, refine_max_kernels,
+                                                 projection_cap).to_dict())
         first = loaded[0][1]
         manifest = {"schema_version": SCHEMA_VERSION, "spikeseg_version": __version__,
                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -185,5 +215,7 @@ def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | 
                     "regions": list(REGIONS), "output": "sigmoid probabilities of the nested regions ET, TC, WT",
                     "label_convention": "written in the input case's convention (2021 names: ET=4; 2023+: ET=3)",
                     "openvino_inference_precision": "f32 (INFERENCE_PRECISION_HINT set by the runtime)"}
+        if refinement:
+            manifest["refinement"] = refinement
         write_json(tmp / MANIFEST, manifest)
     return out

@@ -20,7 +20,9 @@ def _export(args: argparse.Namespace) -> int:
 
     out = build_bundle(args.runs, args.out, int8=args.int8, calib=args.calib, overwrite=args.overwrite,
                        allow_accuracy_drop=args.allow_accuracy_drop, budget=args.budget / 100.0,
-                       threads=args.threads, calib_items=args.calib_items)
+                       threads=args.threads, calib_items=args.calib_items, refine_guides=args.refine_guide,
+                       projections=args.projections, refine_stop=args.refine_stop,
+                       refine_max_kernels=args.refine_max_kernels, projection_cap=args.projection_cap)
     print(f"bundle written to {out}")
     return 0
 
@@ -51,6 +53,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     ex.add_argument("--budget", type=_budget, default=1.0,
                     help="largest WT Dice drop of INT8 vs FP32 allowed, in points (default 1)")
     ex.add_argument("--allow-accuracy-drop", action="store_true", help="write the bundle even over budget")
+    ex.add_argument("--refine-guide", action="append", metavar="BUNDLE[:views|:projections]",
+                    help="(3D models) fit the uncertainty-guided refinement for this guide bundle and store it: "
+                         "the guide's view ensemble (views, the default for several views) or its axial view "
+                         "over spherical projections; fitted by particle swarm on the 3D run's validation cases. "
+                         "Repeatable; then `spikeseg segment GUIDE CASES OUT --refine THIS_BUNDLE`")
+    ex.add_argument("--projections", type=int, default=16,
+                    help="spherical projections of a projections guide (default 16; the paper used 1024)")
+    ex.add_argument("--projection-cap", type=float, default=30.0, metavar="DEGREES",
+                    help="the spherical projections' cap angle, 90 = the hemisphere (default 30; larger "
+                         "magnifies more and costs a 2D model trained without projections accuracy)")
+    ex.add_argument("--refine-stop", type=float, default=0.1, metavar="SHARE",
+                    help="refine a cube while its mean voxel entropy is at least SHARE of the largest possible "
+                         "(default 0.1); higher refines less")
+    ex.add_argument("--refine-max-kernels", type=int, default=4, metavar="N",
+                    help="at most N cubes per region (ET, TC, WT; default 4)")
     add_threads_argument(ex, "threads for the INT8 accuracy check")
     ex.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     ex.set_defaults(handler=_export)

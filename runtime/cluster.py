@@ -17,8 +17,9 @@ from typing import Any, Callable, Iterator
 from spikeseg.runtime.cohort import CohortCase
 from spikeseg.runtime.errors import InputError
 
-#: (bundle folder, backend, precision, views, inference threads, ET minimum voxels, count operations)
-SegmenterKey = tuple[str, str, str, tuple[str, ...], int, int, bool]
+#: (bundle folder, backend, precision, views (None: the bundle's), inference threads, ET minimum voxels,
+#: count operations, spherical projections, refiner bundle folder, guide mode): Segmenter's arguments
+SegmenterKey = tuple[str, str, str, tuple[str, ...] | None, int, int, bool, int, str | None, str | None]
 _SEGMENTERS: dict[SegmenterKey, Any] = {}
 
 
@@ -28,9 +29,10 @@ def _segmenter(key: SegmenterKey) -> Any:
     from spikeseg.runtime.segment import Segmenter
 
     if key not in _SEGMENTERS:
-        bundle, backend, precision, views, threads, et_min_voxels, count_ops = key
-        _SEGMENTERS[key] = Segmenter(load_bundle(bundle), backend, precision, list(views), threads, et_min_voxels,
-                                     count_ops=count_ops)
+        bundle, backend, precision, views, threads, et_min_voxels, count_ops, projections, refine, guide = key
+        _SEGMENTERS[key] = Segmenter(load_bundle(bundle), backend, precision, list(views) if views else None, threads,
+                                     et_min_voxels, count_ops=count_ops, projections=projections,
+                                     refine=Path(refine) if refine else None, guide_mode=guide)
     return _SEGMENTERS[key]
 
 

@@ -37,7 +37,8 @@ def _segment(args: argparse.Namespace) -> int:
     return segment(args.bundle, args.input, args.out, backend=args.backend, precision=args.precision,
                    views=args.views, threads=args.threads, png=args.png, save_prob=args.save_prob,
                    overwrite=args.overwrite, et_min_voxels=args.et_min_voxels, progress=not args.quiet,
-                   shard=args.shard, dask=args.dask, count_ops=args.count_ops)
+                   shard=args.shard, dask=args.dask, count_ops=args.count_ops, projections=args.projections,
+                   refine=args.refine, guide_mode=args.guide)
 
 
 def _profile(args: argparse.Namespace) -> int:
@@ -65,6 +66,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="model weights/activations; OpenVINO computes the rest in f32 (stated in the report)")
     sg.add_argument("--views", default="all", help="all, or a comma list such as axial,coronal")
     add_threads_argument(sg, "inference threads for either backend")
+    sg.add_argument("--projections", type=int, default=0, metavar="N",
+                    help="run each view over N spherical projections of its slices (test-time ensemble after "
+                         "Yang et al.; the uncertainty map is their spread); default 0: as it is")
+    sg.add_argument("--refine", type=Path, metavar="BUNDLE3D",
+                    help="a 3D bundle exported with --refine-guide BUNDLE: run it only on the cubes where this "
+                         "bundle is most unsure and fuse the two there (views and projections come from the fit)")
+    sg.add_argument("--guide", choices=["views", "projections"],
+                    help="with --refine, which fit to use when the 3D bundle holds both for this bundle")
     sg.add_argument("--png", action="store_true", help="write a quick-look PNG per case")
     sg.add_argument("--save-prob", action="store_true", help="also write the ET/TC/WT probabilities")
     sg.add_argument("--et-min-voxels", type=int, default=0,

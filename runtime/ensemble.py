@@ -39,8 +39,3 @@ def spread(view_probs: list[np.ndarray], mean: np.ndarray | None = None) -> np.n
         acc += d
     acc /= np.float32(len(view_probs))
     return np.sqrt(acc, out=acc)
-
-
-def uncertainty_map(view_probs: list[np.ndarray], mean: np.ndarray | None = None) -> np.ndarray:
-    """(X, Y, Z): the largest per-region spread across views."""
-    return spread(view_probs, mean).max(axis=0)

@@ -5,13 +5,16 @@ so a failed case leaves nothing behind):
 
 - ``<case>_pred.nii.gz``: uint8 labels in the input's convention and exact geometry (never
   ``_seg``, the name of a BraTS reference label map);
-- ``<case>_uncertainty.nii.gz``: per voxel the largest standard deviation across the view
-  models (or, for a volume model, across its mirrored copies) of the ET/TC/WT probabilities
+- ``<case>_uncertainty.nii.gz``: per voxel the largest standard deviation across the
+  ensemble's members (the view models; with ``--projections N`` every view's N spherical
+  projections; for a volume model its mirrored copies) of the ET/TC/WT probabilities
   (0 = they agree; at most 0.5), stored as uint16 with a NIfTI scale factor (viewers show the
-  values; steps of 7.6e-6). Only with 2+ views or copies;
+  values; steps of 7.6e-6). Only with 2+ members;
 - ``<case>_prob.nii.gz`` (``--save-prob``): float32 ET/TC/WT fused probabilities, 4D;
 - ``<case>_report.json``: timings per stage, peak memory, dense MACs (with ``--count-ops``:
-  synaptic operations, spike rates and membrane updates, counted in the graph), volumes;
+  synaptic operations, spike rates and membrane updates, counted in the graph), volumes; with
+  ``--refine BUNDLE3D`` the cubes refined, the share of the brain they cover and the 3D
+  compute saved against running the 3D model everywhere (:mod:`spikeseg.runtime.guide`);
 - ``<case>_quicklook.png`` (``--png``).
 """
 
@@ -33,12 +36,15 @@ from spikeseg.runtime.case_io import Case, load_case, save_like
 from spikeseg.runtime.cohort import (SUMMARY, CohortCase, case_lock, check_output_apart, check_writable, discover,
                                      parse_shard, prediction_name, record_outcome, report_name, shard_of, write_summary)
 from spikeseg.runtime.energy import energy_table
-from spikeseg.runtime.ensemble import fuse, uncertainty_map
 from spikeseg.runtime.errors import InputError
-from spikeseg.runtime.inference import open_engine, run_view, steps_for
+from spikeseg.runtime.guide import GuideResult, Refined, Refiner, fitted_refinement, guide_steps, run_guide
+from spikeseg.runtime.guide import refine as refine_case
+from spikeseg.runtime.inference import open_engine
 from spikeseg.runtime.labels import REGIONS, labels_to_regions, regions_to_labels, relabel_small_et
 from spikeseg.runtime.opcount import view_operations
 from spikeseg.runtime.preprocess import model_space, parse_views, to_native_space
+from spikeseg.runtime.projections import CAP_DEGREES
+from spikeseg.runtime.refine import GUIDE_MODES
 from spikeseg.runtime.system import cpu_model, machine, peak_rss_mb, reset_peak_rss
 
 
@@ -51,15 +57,28 @@ UNCERTAINTY_STEP = 0.5 / 65535
 class Segmenter:
     """Engines compiled once, then any number of cases."""
 
-    def __init__(self, bundle: Bundle, backend: str, precision: str, views: list[str], threads: int,
-                 et_min_voxels: int = 0, progress: bool = False, count_ops: bool = False) -> None:
-        self.bundle, self.backend, self.precision, self.views = bundle, backend, precision, views
+    def __init__(self, bundle: Bundle, backend: str, precision: str, views: list[str] | None, threads: int,
+                 et_min_voxels: int = 0, progress: bool = False, count_ops: bool = False,
+                 projections: int = 0, refine: Path | None = None, guide_mode: str | None = None) -> None:
+        """``views`` None: the bundle's (or, with ``refine``, those the fusion was fitted with);
+        ``projections``: run each view over that many spherical projections (0: as it is);
+        ``refine``: a 3D bundle holding a fusion fitted for this bundle (``guide_mode`` picks
+        between its fits: views or projections), which then also fixes views and projections."""
+        self.refiner = None
+        if refine is not None:
+            self.refiner = Refiner(load_bundle(refine), bundle, backend, precision, threads, guide_mode, views,
+                                   projections)
+            views, projections = list(self.refiner.spec.views), self.refiner.spec.projections
+        self.cap_degrees = self.refiner.spec.cap_degrees if self.refiner else CAP_DEGREES
+        self.bundle, self.backend, self.precision = bundle, backend, precision
+        self.views = bundle.views if views is None else views
+        self.projections = projections
         self.threads, self.et_min_voxels, self.count_ops = threads, et_min_voxels, count_ops
         self.progress = progress and sys.stderr.isatty()  # a bar only where someone watches
         self.params = bundle.preprocess
         t0 = time.perf_counter()
-        self.engines = {v: open_engine(bundle, v, backend, precision, threads, counting=count_ops) for v in views}
-        self.compile_seconds = time.perf_counter() - t0
+        self.engines = {v: open_engine(bundle, v, backend, precision, threads, counting=count_ops) for v in self.views}
+        self.compile_seconds = time.perf_counter() - t0 + (self.refiner.compile_seconds if self.refiner else 0.0)
 
     def run(self, case_dir: Path, out_root: Path, png: bool, save_prob: bool) -> dict[str, Any]:
         """Segment one case into ``out_root/<case id>/``, replacing what is there (the caller
@@ -74,33 +93,30 @@ class Segmenter:
         prepared = model_space(case, self.params)
         image, space = prepared.image, prepared.space
         times["preprocess"] = time.perf_counter() - t
-        view_probs, operations, spread = [], {}, None
-        steps = sum(steps_for(self.bundle.view(v), image, v) for v in self.views)
+        steps = guide_steps(self.bundle, self.views, image, self.projections)
         unit = "patch" if self.bundle.view(self.views[0]).window else "slice"
         with tqdm(total=steps, desc=f"{case.case_id} ({len(self.views)} {'views' if unit == 'slice' else 'model'})",
                   unit=unit, leave=False, disable=not self.progress) as bar:
-            for view in self.views:
-                bar.set_postfix_str(view)
-                res = run_view(self.engines[view], self.bundle.view(view), image, view, advance=bar.update)
-                times[f"view_{view}"] = res.seconds
-                view_probs.append(res.prob)
-                spread = res.spread
-                operations[view] = view_operations(self.bundle.view(view), res)
+            guide = run_guide(self.engines, self.bundle, self.views, image, self.projections, bar.update,
+                              entropy=self.refiner is not None, cap_degrees=self.cap_degrees)
+            operations = {v: view_operations(self.bundle.view(v), res) for v, res in guide.results.items()}
+            times.update({f"view_{v}": res.seconds for v, res in guide.results.items()})
+            refined = None
+            if self.refiner is not None:
+                refined = self._refine(case, guide, image, times, bar)
+                operations["refiner"] = view_operations(self.refiner.view_spec, refined.result)
         t = time.perf_counter()
-        fused = fuse(view_probs)
-        prob = to_native_space(fused, space)
-        unc = None
-        if len(view_probs) > 1:
-            unc = to_native_space(uncertainty_map(view_probs, fused)[None], space)[0]
-        elif spread is not None:  # one volume model: the spread of its mirrored copies
-            unc = to_native_space(spread.max(axis=0)[None], space)[0]
+        prob = to_native_space(refined.prob if refined is not None else guide.prob, space)
+        unc = to_native_space(guide.spread.max(axis=0)[None], space)[0] if guide.spread is not None else None
         conv = case.files.convention
         labels = regions_to_labels(prob >= 0.5, conv)
         relabelled = 0
         if self.et_min_voxels:
             labels, relabelled = relabel_small_et(labels, conv, self.et_min_voxels)
         times["fuse"] = time.perf_counter() - t
-        report = self._report(case, times, operations, labels, unc, relabelled)
+        report = self._report(case, times, operations, labels, unc, relabelled, guide)
+        if refined is not None:
+            report["refinement"] = self._refinement_report(refined, image)
         with atomic_dir(out_root / case.case_id) as tmp:
             t = time.perf_counter()
             self._write_images(case, tmp, labels, prob, unc, png, save_prob)
@@ -110,7 +126,36 @@ class Segmenter:
             write_json(tmp / report_name(case.case_id), report)
         return report
 
-    def _report(self, case: Case, times, operations, labels, unc, relabelled) -> dict[str, Any]:
+    def _refine(self, case: Case, guide: GuideResult, image: np.ndarray, times: dict[str, float], bar) -> Refined:
+        """The 3D model on the guide's most uncertain cubes; the case is normalised the 3D
+        bundle's way when that differs from the guide's (same grid: checked on opening)."""
+        ref = self.refiner
+        assert ref is not None
+        t = time.perf_counter()
+        image3d = image if ref.params == self.params else model_space(case, ref.params).image
+        times["preprocess_refiner"] = time.perf_counter() - t
+        bar.set_postfix_str("refine")
+        refined = refine_case(guide, ref.engine, ref.view_spec, image3d, ref.spec, self.params.spacing_mm,
+                               advance=bar.update, plan=lambda n: setattr(bar, "total", bar.total + n))
+        times["refine"] = refined.result.seconds
+        return refined
+
+    def _refinement_report(self, refined: Refined, image: np.ndarray) -> dict[str, Any]:
+        ref = self.refiner
+        assert ref is not None
+        per_patch = float(ref.view_spec.dense_macs_per_slice)
+        run, full = refined.result.slices, refined.full_steps
+        return {"refiner_bundle": {"path": str(ref.bundle.root), "sha256": ref.bundle.checksum,
+                                   "architecture": ref.bundle.architecture},
+                "guide": {"mode": ref.spec.mode, "views": list(ref.spec.views), "projections": ref.spec.projections,
+                          "projection_cap_degrees": ref.spec.cap_degrees if ref.spec.projections else None},
+                **refined.cubes.summary(np.any(image != 0, axis=0)),
+                "refiner_patches_run": run, "refiner_patches_everywhere": full,
+                "refiner_dense_macs": per_patch * run, "refiner_dense_macs_everywhere": per_patch * full,
+                "compute_saved": 1.0 - run / full if full else 0.0,
+                "fusion": {r: vars(f) for r, f in ref.spec.fusion.items()}}
+
+    def _report(self, case: Case, times, operations, labels, unc, relabelled, guide: GuideResult) -> dict[str, Any]:
         conv = case.files.convention
         voxel_ml = float(np.prod(case.spacing)) / 1000.0
         regions = labels_to_regions(labels, conv)
@@ -125,7 +170,8 @@ class Segmenter:
             "compute_precision": engine.compute_precision, "threads": self.threads,
             "cpu": cpu_model(), "machine": machine(),
             "views": self.views,
-            "uncertainty": self._uncertainty_kind(unc),
+            "uncertainty": (f"max over ET/TC/WT of the std across {guide.members} {guide.kind}" if unc is not None
+                            else "not available: a single view gives no ensemble spread"),
             "mean_uncertainty_in_wt": float(unc[wt].mean()) if unc is not None and wt.any() else None,
             "volumes_ml": volumes, "label_convention": conv.name,
             "postprocessing": ({"et_min_voxels": self.et_min_voxels, "relabelled_voxels": relabelled}
@@ -135,16 +181,12 @@ class Segmenter:
                 "yes: synaptic operations, spikes and membrane updates counted in the graph (--count-ops)"
                 if self.count_ops else "dense MACs only (static); --count-ops counts synaptic operations"),
             "operations": operations,
-            "energy": energy_table(operations, {v: self.bundle.view(v) for v in operations}, self.precision,
-                                   names="builtin"),
+            "energy": energy_table(operations, self._specs(operations), self.precision, names="builtin"),
         }
 
-    def _uncertainty_kind(self, unc: np.ndarray | None) -> str:
-        if unc is None:
-            return "not available: a single view gives no ensemble spread"
-        if len(self.views) > 1:
-            return "max over ET/TC/WT of the std across views"
-        return "max over ET/TC/WT of the std across mirrored copies (test-time augmentation)"
+    def _specs(self, operations: dict[str, Any]) -> dict[str, Any]:
+        return {v: self.refiner.view_spec if v == "refiner" and self.refiner else self.bundle.view(v)
+                for v in operations}
 
     @staticmethod
     def _write_images(case: Case, folder: Path, labels, prob, unc, png: bool, save_prob: bool) -> None:
@@ -168,14 +210,22 @@ class Segmenter:
 def segment(bundle_path: Path, input_path: Path, out: Path, backend: str = "openvino", precision: str = "fp32",
             views: str = "all", threads: int = 2, png: bool = False, save_prob: bool = False,
             overwrite: bool = False, et_min_voxels: int = 0, progress: bool = True,
-            shard: str | None = None, dask: str | None = None, count_ops: bool = False) -> int:
+            shard: str | None = None, dask: str | None = None, count_ops: bool = False,
+            projections: int = 0, refine: Path | None = None, guide_mode: str | None = None) -> int:
     """Segment one case or a cohort; returns the exit status (1 if a case this process ran failed).
     ``dask``: run the cohort's cases as tasks on a Dask cluster ("local" or a scheduler address).
+    ``projections``, ``refine``, ``guide_mode``: see :class:`Segmenter`.
 
     Everything that can be refused is refused before the engines are compiled: the bundle, an
     output folder that overlaps the input, an output folder that cannot be written."""
     bundle = load_bundle(bundle_path)
-    chosen = bundle.views if views == "all" else parse_views(views)
+    chosen = None if views == "all" else parse_views(views)
+    if projections < 0:
+        raise InputError(None, f"--projections {projections}: a count of spherical projections, 0 for none")
+    if guide_mode is not None and guide_mode not in GUIDE_MODES:
+        raise InputError(None, f"unknown guide {guide_mode!r}; choose from {GUIDE_MODES}")
+    if refine is not None:
+        fitted_refinement(load_bundle(refine), bundle, guide_mode, chosen, projections)
     input_path, out = Path(input_path), Path(out)
     cases = discover(input_path)
     single = len(cases) == 1 and cases[0].folder == input_path
@@ -189,10 +239,12 @@ def segment(bundle_path: Path, input_path: Path, out: Path, backend: str = "open
     outcomes: dict[Path, tuple[str, str]] = {}
     if dask and not single:
         from spikeseg.runtime.cluster import run_on_dask
-        key = (str(bundle.root.resolve()), backend, precision, tuple(chosen), threads, et_min_voxels, count_ops)
+        key = (str(bundle.root.resolve()), backend, precision, tuple(chosen) if chosen else None, threads,
+               et_min_voxels, count_ops, projections, str(Path(refine).resolve()) if refine else None, guide_mode)
         done = run_on_dask(dask, key, mine, out, overwrite, png, save_prob)
     else:
-        seg = Segmenter(bundle, backend, precision, chosen, threads, et_min_voxels, progress, count_ops)
+        seg = Segmenter(bundle, backend, precision, chosen, threads, et_min_voxels, progress, count_ops,
+                        projections, refine, guide_mode)
         done = ((case, run_case(seg, case, out, overwrite, png, save_prob, single)) for case in mine)
     for case, status in tqdm(done, total=len(mine), desc="segment", unit="case", disable=not progress or single):
         outcomes[case.folder] = status

@@ -113,3 +113,70 @@ def mirrored_predictions(engine: Callable, window: WindowSpec, image: np.ndarray
         regions = classes_to_regions(softmax(blended_logits(engine, window, copy, advance)))
         members.append(np.ascontiguousarray(np.flip(regions, dims)) if dims else regions)
     return members
+
+
+def tiles(cubes: list[tuple[tuple[int, int, int], tuple[int, int, int]]],
+          patch: tuple[int, ...]) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """The cubes, each larger than the patch along an axis split into equal tiles that fit."""
+    out = []
+    for start, size in cubes:
+        splits = [-(-k // p) for k, p in zip(size, patch)]
+        edges = [np.linspace(s, s + k, n + 1).round().astype(int) for s, k, n in zip(start, size, splits)]
+        for a in range(splits[0]):
+            for b in range(splits[1]):
+                for c in range(splits[2]):
+                    lo = (edges[0][a], edges[1][b], edges[2][c])
+                    hi = (edges[0][a + 1], edges[1][b + 1], edges[2][c + 1])
+                    out.append((tuple(int(x) for x in lo), tuple(int(h - l) for l, h in zip(lo, hi))))
+    return out
+
+
+def cube_steps(shape: tuple[int, ...], window: WindowSpec,
+               cubes: list[tuple[tuple[int, int, int], tuple[int, int, int]]]) -> int:
+    """Engine calls :func:`cube_predictions` makes: distinct centred patches x mirrored copies."""
+    padded = tuple(max(n, p) for n, p in zip(shape, window.patch))
+    boxes = {tuple(b.start for b in centred_box(st, sz, window.patch, padded)) for st, sz in tiles(cubes, window.patch)}
+    return len(boxes) * len(window.flips)
+
+
+def centred_box(start: tuple[int, ...], size: tuple[int, ...], patch: tuple[int, ...],
+                grid: tuple[int, ...]) -> tuple[slice, slice, slice]:
+    """The patch box centred on a cube (``start``, ``size``), moved inside the (padded) grid."""
+    lo = [min(max(s + k // 2 - p // 2, 0), max(n - p, 0)) for s, k, p, n in zip(start, size, patch, grid)]
+    return tuple(slice(a, a + p) for a, p in zip(lo, patch))
+
+
+def cube_predictions(engine: Callable, window: WindowSpec, image: np.ndarray,
+                     cubes: list[tuple[tuple[int, int, int], tuple[int, int, int]]],
+                     advance: Callable[[int], object] | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """A volume model on chosen cubes only (uncertainty-guided refinement): each cube
+    (start, size) is seen by one patch centred on it (the centre of a patch is where the model
+    has the most context), every mirrored copy of the spec, a patch shared by several cubes run
+    once. Returns the (3, X, Y, Z) region probabilities averaged over the cubes covering each
+    voxel (0 elsewhere), how many cubes cover each voxel, and the engine calls made."""
+    shape = image.shape[1:]
+    padded = pad_to_patch(image, window.patch)
+    acc = np.zeros((3,) + padded.shape[1:], np.float32)
+    count = np.zeros(padded.shape[1:], np.float32)
+    seen: dict[tuple[int, ...], np.ndarray] = {}
+    for start, size in tiles(cubes, window.patch):
+        box = centred_box(start, size, window.patch, padded.shape[1:])
+        key = tuple(b.start for b in box)
+        if key not in seen:
+            feed = patch_feed(padded, box)
+            members = []
+            for axes in window.flips:
+                dims = tuple(2 + a for a in axes)
+                logits = engine({INPUT: np.ascontiguousarray(np.flip(feed, dims)) if dims else feed})[LOGITS]
+                logits = np.flip(logits, dims)[0] if dims else logits[0]
+                members.append(classes_to_regions(softmax(logits)))
+                if advance is not None:
+                    advance(1)
+            seen[key] = np.mean(members, axis=0)
+        cube = tuple(slice(s, s + k) for s, k in zip(start, size))
+        inner = tuple(slice(c.start - b.start, c.stop - b.start) for c, b in zip(cube, box))
+        acc[(slice(None),) + cube] += seen[key][(slice(None),) + inner]
+        count[cube] += 1
+    np.divide(acc, np.maximum(count, 1), out=acc)
+    crop = tuple(slice(0, n) for n in shape)
+    return acc[(slice(None),) + crop], count[crop], len(seen) * len(window.flips)

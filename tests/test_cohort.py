@@ -372,7 +372,7 @@ def test_a_killed_dask_worker_has_its_case_run_elsewhere(bundles, cohort: Path, 
     single, clustered = tmp_path / "single", tmp_path / "dask"
     assert run_cli("segment", bundles["useg"], cohort, single, *FAST).returncode == 0
     clustered.mkdir()
-    key = (str(load_bundle(bundles["useg"]).root.resolve()), "openvino", "fp32", ("axial",), 1, 0, False)
+    key = (str(load_bundle(bundles["useg"]).root.resolve()), "openvino", "fp32", ("axial",), 1, 0, False, 0, None, None)
     outcomes = {c.name: s for c, s in run_on_dask("local", key, discover(cohort), clustered, False, False, False,
                                                   task=dies_once)}
     assert marker.exists()  # the worker really died
