@@ -34,6 +34,7 @@ from spikeseg.runtime.opcount import static_counts
 from spikeseg.runtime.preprocess import VIEWS, PreprocessParams, load_model_space
 from spikeseg.runtime.projections import CAP_DEGREES
 from spikeseg.runtime.refine import MAX_KERNELS, STOP_SHARE
+from spikeseg.runtime.guide import check_guide
 from spikeseg.export.fusion_fit import DEFAULT_PROJECTIONS, fit_refinement, parse_guide
 from spikeseg.export.graphs import export_onnx, export_volume_onnx, onnx_to_openvino
 from spikeseg.training.config import VOLUME_ARCHS
@@ -136,8 +137,8 @@ def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | 
     guides = [parse_guide(g) for g in refine_guides or []]
     if guides and (loaded[0][1]["arch"] not in VOLUME_ARCHS or len(loaded) != 1):
         raise InputError(None, "--refine-guide fits a 3D refiner: export one volume model (e.g. unet3d-lite) with it")
-    for path, _ in guides:
-        load_bundle(path)  # refused now, before anything is exported, if it is not a readable bundle
+    for path, _ in guides:  # refused now, before anything is exported: not a bundle, not on this grid
+        check_guide(load_bundle(path), params, path)
     if projections < 1:
         raise InputError(None, f"--projections {projections}: at least 1")
     calib_images = _load_model_space(find_cases(calib), params) if int8 else []

@@ -20,7 +20,7 @@ import numpy as np
 from spikeseg.runtime.bundle import load_bundle
 from spikeseg.runtime.bundle_spec import ViewSpec
 from spikeseg.runtime.errors import InputError
-from spikeseg.runtime.guide import refine, run_guide
+from spikeseg.runtime.guide import check_guide, refine, run_guide
 from spikeseg.runtime.inference import Engine, OvEngine
 from spikeseg.runtime.labels import REGIONS
 from spikeseg.runtime.preprocess import PreprocessParams, load_model_space, model_space
@@ -134,13 +134,12 @@ def fit_refinement(guide_path: Path, mode: str, projections: int, engine3d: Engi
     fit the fusion per region on what they give. ``stop_share``, ``max_kernels``: the kernel
     search's stop (:mod:`spikeseg.runtime.refine`), stored with the fit."""
     guide = load_bundle(guide_path)
-    if any(guide.view(v).window is not None for v in guide.views):
-        raise InputError(guide_path, "a refinement guide must be a slice-model bundle (2D views)")
+    check_guide(guide, params3d, guide_path)
     g = guide.preprocess
-    if g.crop_mm != params3d.crop_mm or g.spacing_mm != params3d.spacing_mm:
-        raise InputError(guide_path, f"model grid {g.crop_mm} mm at {g.spacing_mm} mm differs from the 3D model's "
-                                     f"{params3d.crop_mm} at {params3d.spacing_mm}: refinement needs one grid")
     mode = mode or ("views" if len(guide.views) > 1 else "projections")
+    if mode == "views" and len(guide.views) < 2:
+        raise InputError(guide_path, f"holds one view ({guide.views[0]}): a views guide needs two or more to "
+                                     f"disagree; use {guide_path}:projections")
     views = guide.views if mode == "views" else [PROJECTION_VIEW if PROJECTION_VIEW in guide.views else guide.views[0]]
     count = projections if mode == "projections" else 0
     engines = {v: OvEngine(guide.model_file(v, "openvino", "fp32"), "fp32", threads) for v in views}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -18,7 +19,7 @@ from spikeseg.runtime.bundle_spec import ViewSpec
 from spikeseg.runtime.ensemble import fuse, spread
 from spikeseg.runtime.errors import InputError
 from spikeseg.runtime.inference import Engine, ViewResult, open_engine, run_view, steps_for
-from spikeseg.runtime.preprocess import from_view, to_view
+from spikeseg.runtime.preprocess import PreprocessParams, from_view, to_view
 from spikeseg.runtime.projections import CAP_DEGREES, projections_for
 from spikeseg.runtime.refine import Cubes, RefinementSpec, binned_entropy, choose_cubes, fuse_refined, to_bins
 from spikeseg.runtime.sliding import cube_predictions, cube_steps, steps_per_case
@@ -74,8 +75,10 @@ def run_guide(engines: dict[str, Engine], bundle: Bundle, views: list[str], imag
                                binned_entropy(np.stack([to_bins(p) for p in probs])) if entropy else None,
                                len(probs), "views", results)
         only = next(iter(results.values()))  # one view, or a volume model with its mirrored copies
-        return GuideResult(mean, only.spread, None, 1, "mirrored copies" if only.spread is not None else "views",
-                           results)
+        window = bundle.view(views[0]).window
+        if only.spread is not None and window is not None:
+            return GuideResult(mean, only.spread, None, len(window.flips), "mirrored copies", results)
+        return GuideResult(mean, None, None, 1, "views", results)
     if any(bundle.view(v).window is not None for v in views):
         raise InputError(bundle.root, "spherical projections are for slice models; this bundle holds a volume model")
     total = sq = None
@@ -123,6 +126,17 @@ def refine(guide: GuideResult, engine: Engine, spec: ViewSpec, image: np.ndarray
                    steps_per_case(image.shape[1:], spec.window))
 
 
+def check_guide(guide: Bundle, grid: PreprocessParams, where: Path) -> None:
+    """A guide must be a slice-model bundle on the 3D model's grid (``grid``: its preprocessing;
+    normalisation may differ): refused naming ``where`` otherwise."""
+    if any(guide.view(v).window is not None for v in guide.views):
+        raise InputError(guide.root, "the guide of a refinement must be a slice-model bundle (2D views)")
+    g = guide.preprocess
+    if g.crop_mm != grid.crop_mm or g.spacing_mm != grid.spacing_mm:
+        raise InputError(where, f"the 3D model's grid ({grid.crop_mm} mm at {grid.spacing_mm} mm) differs from the "
+                                f"guide's ({g.crop_mm} at {g.spacing_mm}): refinement needs one grid")
+
+
 def fitted_refinement(bundle: Bundle, guide: Bundle, mode: str | None = None, views: list[str] | None = None,
                       projections: int = 0) -> RefinementSpec:
     """The 3D ``bundle``'s fit for ``guide`` (matched by the guide's checksum, and ``mode`` when
@@ -132,8 +146,7 @@ def fitted_refinement(bundle: Bundle, guide: Bundle, mode: str | None = None, vi
     if len(bundle.views) != 1 or bundle.view(bundle.views[0]).window is None:
         raise InputError(bundle.root, "--refine needs a 3D (volume) bundle, e.g. one of unet3d-lite; "
                                       f"this one holds {bundle.architecture} views {bundle.views}")
-    if any(guide.view(v).window is not None for v in guide.views):
-        raise InputError(guide.root, "the guide of a refinement must be a slice-model bundle (2D views)")
+    check_guide(guide, bundle.preprocess, bundle.root)
     records = bundle.manifest.get("refinement", [])
     if not isinstance(records, list):
         raise InputError(source, "malformed manifest: 'refinement' must be a list")
@@ -144,10 +157,6 @@ def fitted_refinement(bundle: Bundle, guide: Bundle, mode: str | None = None, vi
         raise InputError(bundle.root, f"holds no fusion fitted for the guide bundle {guide.root} "
                                       f"(sha256 {guide.checksum[:12]}{', mode ' + mode if mode else ''}); "
                                       f"fits it has: {have}. Export it with --refine-guide {guide.root}")
-    g, r = guide.preprocess, bundle.preprocess
-    if g.crop_mm != r.crop_mm or g.spacing_mm != r.spacing_mm:
-        raise InputError(bundle.root, f"model grid {r.crop_mm} mm at {r.spacing_mm} mm differs from the guide's "
-                                      f"{g.crop_mm} at {g.spacing_mm}: refinement needs one grid")
     fit = match[0]
     if views is not None and list(views) != list(fit.views) or projections and projections != fit.projections:
         raise InputError(bundle.root, f"its fusion was fitted on views {list(fit.views)} with {fit.projections} "
