@@ -42,7 +42,7 @@ def rows(a: argparse.Namespace) -> list[tuple[str, Path, dict]]:
     return [("2D twin, axial", a.twin, {"views": "axial"}),
             (f"2D twin, axial x {k} projections", a.twin, {"views": "axial", "projections": k}),
             ("3D everywhere", a.refiner, {}),
-            (f"2D twin projections + 3D refinement", a.twin, {"refine": a.refiner, "guide_mode": "projections"}),
+            ("2D twin projections + 3D refinement", a.twin, {"refine": a.refiner, "guide_mode": "projections"}),
             ("SNN 3 views", a.snn, {}),
             ("SNN 3 views + 3D refinement", a.snn, {"refine": a.refiner, "guide_mode": "views"})]
 

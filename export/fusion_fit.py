@@ -82,8 +82,12 @@ class RegionSamples:
         return float(np.mean(scores))
 
     def nll(self, fusion: Fusion) -> float:
-        vals = [(-(t * np.log(np.clip(q, 1e-6, 1)) + (~t) * np.log(np.clip(1 - q, 1e-6, 1)))).mean()
-                for p2, p3, t in self.inside if t.size for q in [fusion(p2, p3)]]
+        """Mean binary cross-entropy of the fused probabilities inside the cubes, over the cases."""
+        vals = []
+        for p2, p3, t in self.inside:
+            if t.size:
+                q = np.clip(fusion(p2, p3), 1e-6, 1 - 1e-6)
+                vals.append(float(-np.where(t, np.log(q), np.log(1 - q)).mean()))
         return float(np.mean(vals)) if vals else 0.0
 
 
