@@ -137,8 +137,9 @@ def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | 
     guides = [parse_guide(g) for g in refine_guides or []]
     if guides and (loaded[0][1]["arch"] not in VOLUME_ARCHS or len(loaded) != 1):
         raise InputError(None, "--refine-guide fits a 3D refiner: export one volume model (e.g. unet3d-lite) with it")
-    for path, _ in guides:  # refused now, before anything is exported: not a bundle, not on this grid
-        check_guide(load_bundle(path), params, path)
+    guides = [(load_bundle(path), mode) for path, mode in guides]  # read and verified once
+    for guide, _ in guides:  # refused now, before anything is exported: not on this grid
+        check_guide(guide, params, guide.root)
     if projections < 1:
         raise InputError(None, f"--projections {projections}: at least 1")
     calib_images = _load_model_space(find_cases(calib), params) if int8 else []
@@ -203,8 +204,8 @@ def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | 
             if not fit_dirs:
                 raise InputError(None, "--refine-guide needs labelled cases: the 3D run's validation data, or --calib")
             engine3d = OvEngine(ModelFile.local(tmp / f"{view}_fp32.xml"), "fp32", threads)
-            for path, mode in guides:
-                refinement.append(fit_refinement(path, mode, projections, engine3d, spec, params, fit_dirs, source,
+            for guide, mode in guides:
+                refinement.append(fit_refinement(guide, mode, projections, engine3d, spec, params, fit_dirs, source,
                                                  threads, seed, log, refine_stop, refine_max_kernels,
                                                  projection_cap).to_dict())
         first = loaded[0][1]

@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from spikeseg.runtime.bundle import load_bundle
+from spikeseg.runtime.bundle import Bundle
 from spikeseg.runtime.bundle_spec import ViewSpec
 from spikeseg.runtime.errors import InputError
 from spikeseg.runtime.guide import check_guide, refine, run_guide
@@ -130,14 +130,14 @@ def parse_guide(text: str) -> tuple[Path, str]:
     return Path(path), mode
 
 
-def fit_refinement(guide_path: Path, mode: str, projections: int, engine3d: Engine, spec3d: ViewSpec,
+def fit_refinement(guide: Bundle, mode: str, projections: int, engine3d: Engine, spec3d: ViewSpec,
                    params3d: PreprocessParams, case_dirs: list[Path], source: str, threads: int, seed: int,
                    log: Callable[[str], object] = print, stop_share: float = STOP_SHARE,
                    max_kernels: int = MAX_KERNELS, cap_degrees: float = CAP_DEGREES) -> RefinementSpec:
     """Run guide and refiner on labelled cases exactly as ``spikeseg segment --refine`` does, and
     fit the fusion per region on what they give. ``stop_share``, ``max_kernels``: the kernel
     search's stop (:mod:`spikeseg.runtime.refine`), stored with the fit."""
-    guide = load_bundle(guide_path)
+    guide_path = guide.root
     check_guide(guide, params3d, guide_path)
     g = guide.preprocess
     mode = mode or ("views" if len(guide.views) > 1 else "projections")

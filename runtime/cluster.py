@@ -32,7 +32,7 @@ def _segmenter(key: SegmenterKey) -> Any:
         bundle, backend, precision, views, threads, et_min_voxels, count_ops, projections, refine, guide = key
         _SEGMENTERS[key] = Segmenter(load_bundle(bundle), backend, precision, list(views) if views else None, threads,
                                      et_min_voxels, count_ops=count_ops, projections=projections,
-                                     refine=Path(refine) if refine else None, guide_mode=guide)
+                                     refine=load_bundle(refine) if refine else None, guide_mode=guide)
     return _SEGMENTERS[key]
 
 

@@ -59,15 +59,14 @@ class Segmenter:
 
     def __init__(self, bundle: Bundle, backend: str, precision: str, views: list[str] | None, threads: int,
                  et_min_voxels: int = 0, progress: bool = False, count_ops: bool = False,
-                 projections: int = 0, refine: Path | None = None, guide_mode: str | None = None) -> None:
+                 projections: int = 0, refine: Bundle | None = None, guide_mode: str | None = None) -> None:
         """``views`` None: the bundle's (or, with ``refine``, those the fusion was fitted with);
         ``projections``: run each view over that many spherical projections (0: as it is);
         ``refine``: a 3D bundle holding a fusion fitted for this bundle (``guide_mode`` picks
         between its fits: views or projections), which then also fixes views and projections."""
         self.refiner = None
         if refine is not None:
-            self.refiner = Refiner(load_bundle(refine), bundle, backend, precision, threads, guide_mode, views,
-                                   projections)
+            self.refiner = Refiner(refine, bundle, backend, precision, threads, guide_mode, views, projections)
             views, projections = list(self.refiner.spec.views), self.refiner.spec.projections
         self.cap_degrees = self.refiner.spec.cap_degrees if self.refiner else CAP_DEGREES
         self.bundle, self.backend, self.precision = bundle, backend, precision
@@ -224,8 +223,9 @@ def segment(bundle_path: Path, input_path: Path, out: Path, backend: str = "open
         raise InputError(None, f"--projections {projections}: a count of spherical projections, 0 for none")
     if guide_mode is not None and guide_mode not in GUIDE_MODES:
         raise InputError(None, f"unknown guide {guide_mode!r}; choose from {GUIDE_MODES}")
-    if refine is not None:
-        fitted_refinement(load_bundle(refine), bundle, guide_mode, chosen, projections)
+    refiner = load_bundle(refine) if refine is not None else None  # read and verified once
+    if refiner is not None:
+        fitted_refinement(refiner, bundle, guide_mode, chosen, projections)
     input_path, out = Path(input_path), Path(out)
     cases = discover(input_path)
     single = len(cases) == 1 and cases[0].folder == input_path
@@ -244,7 +244,7 @@ def segment(bundle_path: Path, input_path: Path, out: Path, backend: str = "open
         done = run_on_dask(dask, key, mine, out, overwrite, png, save_prob)
     else:
         seg = Segmenter(bundle, backend, precision, chosen, threads, et_min_voxels, progress, count_ops,
-                        projections, refine, guide_mode)
+                        projections, refiner, guide_mode)
         done = ((case, run_case(seg, case, out, overwrite, png, save_prob, single)) for case in mine)
     for case, status in tqdm(done, total=len(mine), desc="segment", unit="case", disable=not progress or single):
         outcomes[case.folder] = status
