@@ -241,6 +241,9 @@ def test_folded_spike_scales_give_the_logits_of_scaled_spikes() -> None:
 
 
 def test_warm_start_converts_by_default_and_copies_when_asked(phantom5: Path, tmp_path: Path) -> None:
+    """Converting is the default, and so is the converted SNN's learning rate decaying to
+    RECIPE_LR_DECAY_TO x --lr over the budget; copying keeps the plain schedule."""
+    from spikeseg.training.config import RECIPE_LR_DECAY_TO
     from spikeseg.training.conversion import FACTORS
 
     twin_run = tmp_path / "twin"
@@ -249,12 +252,15 @@ def test_warm_start_converts_by_default_and_copies_when_asked(phantom5: Path, tm
     thetas = {}
     for mode in ("balance", "copy"):
         r = run_cli("train", "--data", phantom5, "--out", tmp_path / mode, "--arch", "spiking-useg", *TRAIN[:6],
-                    "--epochs", "1", "--quiet", "--init-from", twin_run, *(["--convert", "copy"] if mode == "copy" else []))
+                    "--epochs", "2", "--quiet", "--init-from", twin_run, *(["--convert", "copy"] if mode == "copy" else []))
         assert r.returncode == 0, r.stderr
         cfg = json.loads((tmp_path / mode / "config.json").read_text())
         assert cfg["convert"] == mode
         ckpt = torch.load(tmp_path / mode / "checkpoints" / "last.pt", weights_only=True)
         thetas[mode] = {k: float(v) for k, v in ckpt["model"].items() if k.endswith(".act.theta")}
+        lrs = [row["lr"] for row in ckpt["history"]]
+        ratio = RECIPE_LR_DECAY_TO if mode == "balance" else 1.0
+        assert lrs == pytest.approx([1e-3 * ratio ** 0.5, 1e-3 * ratio])
         if mode == "balance":
             conv = cfg["conversion"]
             assert conv["factor"] in FACTORS and set(conv["thresholds"]) == set(conv["scales"])
@@ -263,3 +269,21 @@ def test_warm_start_converts_by_default_and_copies_when_asked(phantom5: Path, tm
             assert cfg["conversion"] is None
     assert all(v == 1.0 for v in thetas["copy"].values())
     assert all(v != 1.0 for v in thetas["balance"].values())
+
+
+def test_budget_decay_follows_the_clock_when_minutes_end_first(phantom5: Path, tmp_path: Path) -> None:
+    """With --max-minutes the decay tracks the share of the time budget spent, so a run stopped by
+    the clock ends near RATIO x --lr whatever its epoch count; --lr-decay and --lr-decay-to are
+    refused together."""
+    run = tmp_path / "snn"
+    r = run_cli("train", "--data", phantom5, "--out", run, "--arch", "spiking-useg", *TRAIN[:6], "--epochs", "50",
+                "--max-minutes", "0.05", "--lr-decay-to", "0.1", "--quiet")
+    assert r.returncode == 0, r.stderr
+    hist = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["history"]
+    assert len(hist) < 50, "the clock, not the epochs, should end this run"
+    lrs = [row["lr"] for row in hist]
+    assert all(a > b for a, b in zip(lrs, lrs[1:])) and lrs[-1] == pytest.approx(1e-4, rel=1e-9)
+    assert lrs[0] < 1e-3 * 0.1 ** (1 / 50), "the clock, not the epoch count, sets the decay"
+    r = run_cli("train", "--data", phantom5, "--out", tmp_path / "both", "--arch", "spiking-useg", *TRAIN[:6],
+                "--lr-decay", "0.1", "--lr-decay-to", "0.5", "--quiet")
+    assert r.returncode == 2 and "choose one" in r.stderr

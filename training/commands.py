@@ -28,6 +28,7 @@ def _train(args: argparse.Namespace) -> int:
                       lr=args.lr, weight_decay=args.weight_decay, patch=args.patch,
                       patches_per_case=args.patches_per_case, patch_tumour_share=args.patch_tumour_share,
                       early_stop=args.early_stop, momentum=args.momentum, lr_decay=args.lr_decay,
+                      lr_decay_to=args.lr_decay_to,
                       channel_out=args.channel_out, seed=args.seed, device=args.device, amp=not args.no_amp,
                       spacing_mm=args.spacing, eval_average=args.eval_average, state_reset=args.state_reset,
                       tau_min=args.tau_min, norm_gain=args.norm_gain, learn_threshold=args.learn_threshold,
@@ -99,6 +100,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--lr-decay", type=float,
                     help="multiply the learning rate by 1 - LR_DECAY after every epoch instead of halving it on "
                          "a plateau (default: off; the cascade models: 0.01, their paper's)")
+    tr.add_argument("--lr-decay-to", type=float, metavar="RATIO",
+                    help="decay the learning rate exponentially to RATIO x --lr over the run's budget (--epochs "
+                         "or --max-minutes, whichever ends first) instead of halving it on a plateau; 1 = off "
+                         "(default: 0.075 for a spiking-useg converted from a twin with --init-from, else off)")
     tr.add_argument("--channel-out", type=float,
                     help="3D models: probability, per modality and patch, of replacing the modality by Gaussian "
                          "noise (channel-out augmentation; default 0; the cascade models: 0.1, their paper's)")

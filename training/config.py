@@ -34,6 +34,12 @@ RUN_VERSION = 1
 #: 80 s: the SNN's validation Dice stayed at 0 for ~8 epochs (~240 updates) with the readout at
 #: 1x and was 0.21 WT after 2 epochs at 10x.
 RECIPE_READOUT_LR_SCALE = 10.0
+#: The recipe's learning rate after converting a twin (``--init-from``): decayed exponentially to
+#: this share of ``--lr`` over the run's budget (``--lr-decay-to``). Why: at a constant rate the
+#: fine-tuned SNN's validation Dice swung from 0.76 to 0.23 between epochs and the best epoch was
+#: a lottery on 3 validation cases (README "Fidelity"); 0.075 is 1 - 0.25 per epoch over the
+#: demo's 9 epochs.
+RECIPE_LR_DECAY_TO = 0.075
 
 
 @dataclass
@@ -89,6 +95,9 @@ class TrainConfig:
     momentum: float = 0.0
     #: exponential learning-rate decay per epoch instead of halving on a plateau; 0 = off
     lr_decay: float = 0.0
+    #: exponential decay from lr to lr * lr_decay_to over the budget (epochs or max_minutes,
+    #: whichever ends first); None: the recipe's (RECIPE_LR_DECAY_TO after a conversion), 1 = off
+    lr_decay_to: float | None = None
     #: volume models: probability, per modality and patch, of replacing it by noise (channel-out)
     channel_out: float = 0.0
     early_stop: int | None = None  # epochs without a better validation Dice before stopping
@@ -106,6 +115,17 @@ class TrainConfig:
         if self.readout_lr_scale is not None:
             return self.readout_lr_scale
         return RECIPE_READOUT_LR_SCALE if self.arch == "spiking-useg" else 1.0
+
+    def resolved_lr_decay_to(self) -> float:
+        """The share of ``lr`` the budget ends at (1: no budget decay)."""
+        if self.lr_decay_to is not None:
+            if not 0 < self.lr_decay_to <= 1:
+                raise InputError(None, f"--lr-decay-to must be in (0, 1], got {self.lr_decay_to}")
+            if self.lr_decay and self.lr_decay_to < 1:
+                raise InputError(None, "--lr-decay and --lr-decay-to are two schedules: choose one")
+            return self.lr_decay_to
+        converted = self.arch == "spiking-useg" and self.init_from and self.convert == "balance"
+        return RECIPE_LR_DECAY_TO if converted and not self.lr_decay else 1.0
 
     def resolved_trainer(self) -> str:
         trainer = self.trainer or DEFAULT_TRAINER[self.arch]

@@ -116,9 +116,10 @@ class ViewTrainer:
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.opt = self.optimiser()
         self.fptt = FPTT(self.model.parameters(), self.opt, cfg.alpha) if self.trainer == "fptt" else None
+        self.epoch = 0
+        self.started: float | None = None  # set by fit(): the budget's clock
         self.sched = self.scheduler()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
-        self.epoch = 0
         self.best_score = -math.inf
         self.best_epoch = -1
         self.history: list[dict[str, Any]] = []
@@ -158,11 +159,32 @@ class ViewTrainer:
                                 weight_decay=cfg.weight_decay)
 
     def scheduler(self) -> Any:
-        """Halving on a plateau of :attr:`PLATEAU`, or ``--lr-decay``'s exponential decay per epoch."""
+        """Halving on a plateau of :attr:`PLATEAU`, ``--lr-decay``'s exponential decay per epoch,
+        or ``--lr-decay-to``'s exponential decay over the budget (the converted SNN's recipe)."""
+        ratio = self.cfg.resolved_lr_decay_to()
+        if ratio < 1:
+            return torch.optim.lr_scheduler.LambdaLR(self.opt, lambda _: ratio ** self.progress())
         if self.cfg.lr_decay:
             return torch.optim.lr_scheduler.ExponentialLR(self.opt, gamma=1.0 - self.cfg.lr_decay)
         return torch.optim.lr_scheduler.ReduceLROnPlateau(self.opt, mode=self.PLATEAU[1], factor=0.5,
                                                           patience=self.cfg.plateau_patience, min_lr=self.cfg.min_lr)
+
+    def progress(self) -> float:
+        """Share of the budget spent: epochs run over ``--epochs`` or minutes over
+        ``--max-minutes``, whichever is further."""
+        done = self.epoch / self.cfg.epochs
+        if self.cfg.max_minutes and self.started is not None:
+            done = max(done, self.elapsed_minutes() / self.cfg.max_minutes)
+        return min(1.0, done)
+
+    def elapsed_minutes(self) -> float:
+        """Minutes since :meth:`fit` began by rank 0's clock, on every rank: ranks that stopped
+        or decayed by their own clocks would fall out of step (DDP hangs at the next all-reduce)."""
+        assert self.started is not None
+        t = torch.tensor([(time.time() - self.started) / 60.0], dtype=torch.float64, device=self.device)
+        if self.world > 1:
+            dist.broadcast(t, src=0)
+        return float(t)
 
     def step_schedule(self, val: dict[str, float]) -> None:
         if isinstance(self.sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -302,7 +324,7 @@ class ViewTrainer:
         return validation_scores(zip(probs, (regions for _, regions in loaded)))
 
     def fit(self) -> dict[str, Any]:
-        started = time.time()
+        self.started = time.time()
         ckpts = self.run / "checkpoints"
         while self.epoch < self.cfg.epochs:
             t0 = time.time()
@@ -341,14 +363,14 @@ class ViewTrainer:
                     print(f"[{self.cfg.view}] no better validation Dice for {self.cfg.early_stop} epochs: "
                           f"stopping early", flush=True)
                 break
-            if self.cfg.max_minutes and (time.time() - started) / 60 > self.cfg.max_minutes:
+            if self.cfg.max_minutes and self.elapsed_minutes() > self.cfg.max_minutes:
                 if self.rank == 0 and self.cfg.progress:
                     print(f"[{self.cfg.view}] time budget of {self.cfg.max_minutes} min reached", flush=True)
                 break
         if self.writer:
             self.writer.close()
         return {"best_epoch": self.best_epoch, "best_val_dice_mean": self.best_score,
-                "epochs_run": self.epoch, "seconds": time.time() - started}
+                "epochs_run": self.epoch, "seconds": time.time() - self.started}
 
     def _save_best(self, val: dict[str, float]) -> None:
         ctx = self.fptt.averaged_weights() if (self.fptt and self.cfg.eval_average) else contextlib.nullcontext()
