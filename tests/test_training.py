@@ -84,6 +84,22 @@ def test_ddp_two_cpu_processes_stay_in_sync(phantom5: Path, tmp_path: Path) -> N
     assert hist[-1]["train_loss"] < hist[0]["train_loss"]
 
 
+def test_ddp_ranks_share_one_clock_for_the_budget_and_its_decay(phantom5: Path, tmp_path: Path) -> None:
+    """A run ended by --max-minutes with the learning rate decaying by the clock: every rank must
+    stop after the same epoch and step with the same rate, so rank 0's clock is the one used (two
+    clocks differ by milliseconds: rates drift apart and the parameter digests differ)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "spikeseg.cli", *_train_args(phantom5, tmp_path / "ddp", "--epochs", "1000", "--batch-size", "1",
+                                              "--max-minutes", "0.1", "--lr-decay-to", "0.5")]
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    digests = json.loads((tmp_path / "ddp" / "summary.json").read_text())["rank_param_digests"]
+    assert len(digests) == 2 and digests[0] == digests[1]
+    hist = torch.load(tmp_path / "ddp" / "checkpoints" / "last.pt", weights_only=True)["history"]
+    assert len(hist) < 1000 and hist[0]["lr"] < 1e-3 * 0.5 ** (1 / 1000), "the clock should set the rate"
+
+
 def test_bad_combinations_are_refused(phantom5: Path, tmp_path: Path) -> None:
     r = run_cli("train", "--data", phantom5, "--out", tmp_path / "x", "--arch", "useg", "--trainer", "fptt",
                 "--quiet")
