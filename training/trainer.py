@@ -117,7 +117,10 @@ class ViewTrainer:
         self.opt = self.optimiser()
         self.fptt = FPTT(self.model.parameters(), self.opt, cfg.alpha) if self.trainer == "fptt" else None
         self.epoch = 0
-        self.started: float | None = None  # set by fit(): the budget's clock
+        self.started = time.time()  # the budget's clock, reset by fit()
+        #: minutes spent when the last epoch ended, read once per epoch so the schedule and the
+        #: stop agree on where the budget stands
+        self.minutes = 0.0
         self.sched = self.scheduler()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.best_score = -math.inf
@@ -173,14 +176,13 @@ class ViewTrainer:
         """Share of the budget spent: epochs run over ``--epochs`` or minutes over
         ``--max-minutes``, whichever is further."""
         done = self.epoch / self.cfg.epochs
-        if self.cfg.max_minutes and self.started is not None:
-            done = max(done, self.elapsed_minutes() / self.cfg.max_minutes)
+        if self.cfg.max_minutes:
+            done = max(done, self.minutes / self.cfg.max_minutes)
         return min(1.0, done)
 
     def elapsed_minutes(self) -> float:
         """Minutes since :meth:`fit` began by rank 0's clock, on every rank: ranks that stopped
         or decayed by their own clocks would fall out of step (DDP hangs at the next all-reduce)."""
-        assert self.started is not None
         t = torch.tensor([(time.time() - self.started) / 60.0], dtype=torch.float64, device=self.device)
         if self.world > 1:
             dist.broadcast(t, src=0)
@@ -331,6 +333,7 @@ class ViewTrainer:
             train_loss = self.train_epoch()
             val = self.validate()
             self.epoch += 1
+            self.minutes = self.elapsed_minutes()
             self.step_schedule(val)
             taus = [m.tau for m in self.model.modules() if hasattr(m, "tau_min")]
             activity = self.activity.epoch_summary()
@@ -363,7 +366,7 @@ class ViewTrainer:
                     print(f"[{self.cfg.view}] no better validation Dice for {self.cfg.early_stop} epochs: "
                           f"stopping early", flush=True)
                 break
-            if self.cfg.max_minutes and self.elapsed_minutes() > self.cfg.max_minutes:
+            if self.cfg.max_minutes and self.minutes > self.cfg.max_minutes:
                 if self.rank == 0 and self.cfg.progress:
                     print(f"[{self.cfg.view}] time budget of {self.cfg.max_minutes} min reached", flush=True)
                 break
