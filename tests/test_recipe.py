@@ -273,7 +273,7 @@ def test_warm_start_converts_by_default_and_copies_when_asked(phantom5: Path, tm
 
 def test_budget_decay_follows_the_clock_when_minutes_end_first(phantom5: Path, tmp_path: Path) -> None:
     """With --max-minutes the decay tracks the share of the time budget spent, so a run stopped by
-    the clock ends near RATIO x --lr whatever its epoch count; --lr-decay and --lr-decay-to are
+    the clock ends at RATIO x --lr whatever its epoch count; --lr-decay and --lr-decay-to are
     refused together."""
     run = tmp_path / "snn"
     r = run_cli("train", "--data", phantom5, "--out", run, "--arch", "spiking-useg", *TRAIN[:6], "--epochs", "50",

@@ -37,8 +37,8 @@ RECIPE_READOUT_LR_SCALE = 10.0
 #: The recipe's learning rate after converting a twin (``--init-from``): decayed exponentially to
 #: this share of ``--lr`` over the run's budget (``--lr-decay-to``). Why: at a constant rate the
 #: fine-tuned SNN's validation Dice swung from 0.76 to 0.23 between epochs and the best epoch was
-#: a lottery on 3 validation cases (README "Fidelity"); 0.075 is 1 - 0.25 per epoch over the
-#: demo's 9 epochs.
+#: a lottery on 3 validation cases (README "Fidelity"); 0.075 is 1 - 0.25 per epoch over the 9
+#: epochs of the fixed-epoch comparison that chose it.
 RECIPE_LR_DECAY_TO = 0.075
 
 
