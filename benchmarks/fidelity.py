@@ -10,6 +10,8 @@
 - ``snn-warm``   a twin trained for ``--warm-share`` of the budget, then the SNN converted from
                  it (threshold balancing, ``--convert balance``) and trained for the rest (the
                  twin's time counted in the SNN's budget);
+- ``snn-warm-reset`` the same with the membrane reset every slice (converted and fine-tuned
+                 that way): does the state earn its keep in the recipe?
 - ``snn-warm-copy`` the same with the twin's weights copied as they are (``--convert copy``);
 - ``snn-distill`` the same, the SNN also matching the twin's probabilities (``--distill 1``).
 
@@ -51,12 +53,13 @@ MODELS: dict[str, tuple[str, list[str]]] = {
     "twin": ("useg", []),
     "twin-clstm": ("useg-clstm", []),
     "snn-warm": ("spiking-useg", []),
+    "snn-warm-reset": ("spiking-useg", ["--state-reset"]),
     "snn-warm-copy": ("spiking-useg", ["--convert", "copy"]),
     "snn-distill": ("spiking-useg", ["--distill", "1"]),
 }
 #: Models started from a twin trained for ``--warm-share`` of their budget (one twin per view,
 #: shared: its time is counted in each of them).
-WARM_STARTED = ("snn-warm", "snn-warm-copy", "snn-distill")
+WARM_STARTED = ("snn-warm", "snn-warm-reset", "snn-warm-copy", "snn-distill")
 
 
 def train_model(name: str, train_dir: Path, runs: Path, minutes: float, common: list[str],

@@ -124,6 +124,11 @@ def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | 
     if int8 and calib is None:
         raise InputError(None, "--int8 needs --calib CASES_DIR (real slices to calibrate on)")
     loaded = [load_run(r) for r in runs]
+    for _, info, _ in loaded:
+        if info.get("state_reset"):  # the step graph carries the state from slice to slice
+            raise InputError(Path(info["run_dir"]), "was trained with --state-reset (membrane zeroed every slice, "
+                                                    "an ablation); a bundle carries the state between slices, so "
+                                                    "it would run differently than it was trained: not exported")
     archs = {info["arch"] for _, info, _ in loaded}
     pres = {json.dumps(p.to_dict(), sort_keys=True) for _, _, p in loaded}
     views = [info["view"] for _, info, _ in loaded]

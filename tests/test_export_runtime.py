@@ -474,11 +474,16 @@ def test_bad_export_inputs_are_refused_by_name_and_write_nothing(bundles, tmp_pa
     shutil.copytree(runs / "useg" / "coronal", old)
     cfg = json.loads((old / "config.json").read_text())
     (old / "config.json").write_text(json.dumps({**cfg, "version": 99}))
+    ablation = tmp_path / "ablation"
+    shutil.copytree(runs / "spiking-useg" / "axial", ablation)
+    cfg = json.loads((ablation / "config.json").read_text())
+    (ablation / "config.json").write_text(json.dumps({**cfg, "state_reset": True}))
     cases = [([tmp_path / "nowhere"], "not a training run"),
              ([runs / "useg" / "axial", runs / "spiking-useg" / "coronal"], "mix architectures"),
              ([runs / "useg" / "axial", runs / "useg" / "axial"], "two runs for the same view"),
              ([broken], f"{best}: cannot read checkpoint"),
              ([old], "run version 99"),
+             ([ablation], "trained with --state-reset"),
              ([runs / "useg" / "axial", "--int8"], "--int8 needs --calib")]
     for args, problem in cases:
         out = tmp_path / "bundle"

@@ -240,6 +240,32 @@ def test_folded_spike_scales_give_the_logits_of_scaled_spikes() -> None:
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("reset", [False, True])
+def test_conversion_scores_its_thresholds_the_way_the_model_will_run(reset: bool) -> None:
+    """The threshold factor is chosen on the NLL of the SNN as it will be trained and run: with
+    the membrane reset every slice (``--state-reset``, the fidelity benchmark's ablation) too."""
+    from spikeseg.runtime.metrics import nll
+    from spikeseg.training.conversion import balance
+    from spikeseg.training.predict import predict_views
+
+    torch.manual_seed(0)
+    twin = build_model(ModelConfig.preset("useg", "tiny")).eval()
+    snn = build_model(ModelConfig.preset("spiking-useg", "tiny"))
+    snn.load_state_dict(twin.state_dict(), strict=False)
+    rng = np.random.default_rng(0)
+    calibration = [(rng.random((4, 16, 24, 12), dtype=np.float32), rng.random((3, 16, 24, 12)) < 0.2)
+                   for _ in range(2)]
+    conv = balance(snn, twin, calibration, "axial", reset_every_step=reset)
+    images = [im for im, _ in calibration]
+
+    def mean_nll(with_reset: bool) -> float:
+        probs = predict_views(snn, images, "axial", reset_every_step=with_reset)
+        return float(np.mean([nll(p, r) for p, (_, r) in zip(probs, calibration)]))
+
+    assert conv["calibration_nll"] == pytest.approx(mean_nll(reset), rel=1e-6)
+    assert mean_nll(reset) != pytest.approx(mean_nll(not reset), rel=1e-6)  # the reset changes what is scored
+
+
 def test_warm_start_converts_by_default_and_copies_when_asked(phantom5: Path, tmp_path: Path) -> None:
     """Converting is the default, and so is the converted SNN's learning rate decaying to
     RECIPE_LR_DECAY_TO x --lr over the budget; copying keeps the plain schedule."""

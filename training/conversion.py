@@ -115,10 +115,12 @@ def fold_input_scales(model: SliceSegNet, scales: dict[str, float]) -> None:
 
 @torch.no_grad()
 def balance(model: SliceSegNet, twin: SliceSegNet, calibration: list[tuple[np.ndarray, np.ndarray]],
-            view: str, factors: Iterable[float] = FACTORS) -> dict[str, float | dict[str, float]]:
+            view: str, factors: Iterable[float] = FACTORS,
+            reset_every_step: bool = False) -> dict[str, float | dict[str, float]]:
     """Set ``model``'s thresholds and fold the spike scales, from ``twin`` (whose weights
     ``model`` already holds) on ``calibration`` (model-space image, region masks) pairs.
-    Returns what was chosen, for the run's config."""
+    ``reset_every_step``: score the factors with the membrane zeroed every slice, as a
+    ``--state-reset`` model is trained and run. Returns what was chosen, for the run's config."""
     if not model.spiking or twin.spiking:
         raise ValueError("balance converts a ReLU twin's weights in a spiking model")
     twin.eval()
@@ -132,7 +134,7 @@ def balance(model: SliceSegNet, twin: SliceSegNet, calibration: list[tuple[np.nd
     for c in factors:
         for k, n in neurons.items():
             n.theta.fill_(c * fits[k][0])
-        probs = predict_views(model, images, view, next(model.parameters()).device)
+        probs = predict_views(model, images, view, next(model.parameters()).device, reset_every_step=reset_every_step)
         losses = [nll(p, np.asarray(regions).astype(bool)) for p, (_, regions) in zip(probs, calibration)]
         scored.append((float(np.mean(losses)), c))
     best_nll, best_c = min(scored)

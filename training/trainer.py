@@ -151,7 +151,8 @@ class ViewTrainer:
             twin = frozen_teacher(model, twin_run, self.device) if cfg.convert == "balance" or cfg.distill else None
             if twin is not None and cfg.convert == "balance":
                 calibration = [c.load() for c in self.train_cases[:CONVERSION_CASES]]
-                self.conversion = balance(model.to(self.device), twin, calibration, cfg.view)
+                self.conversion = balance(model.to(self.device), twin, calibration, cfg.view,
+                                          reset_every_step=cfg.state_reset)
             if cfg.distill:
                 self.teacher = twin
         return model_cfg, model
