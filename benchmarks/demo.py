@@ -134,12 +134,14 @@ def main(argv: list[str] | None = None) -> int:
         if (bundles[name] / "manifest.json").is_file():
             try:
                 bundle = load_bundle(bundles[name])
-                current = bundle.preprocess.spacing_mm[0] == float(SPACING_MM) and name not in retrained
+                current = (bundle.preprocess.spacing_mm[0] == float(SPACING_MM) and name not in retrained
+                           and all(bundle.view(v).passes == 2 for v in bundle.views if bundle.view(v).stateful))
                 if current and fitted_for(bundle, guides.get(name, [])):
                     print(f"{bundles[name]}: already exported")
                     continue
                 print(f"{bundles[name]}: " + ("its refinement was not fitted for the current guide bundles"
-                                              if current else "made from other runs") + "; exporting again")
+                                              if current else "made from other runs or runs one way")
+                      + "; exporting again")
             except InputError as exc:  # e.g. made by an older spikeseg: export it again
                 print(f"{bundles[name]}: {exc.problem}; exporting again")
             stale = ["--overwrite"]

@@ -110,12 +110,13 @@ def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | 
                  threads: int = 2, calib_items: int = 300, check_accuracy: bool = True, log=print,
                  refine_guides: list[str] | None = None, projections: int = DEFAULT_PROJECTIONS,
                  refine_stop: float = STOP_SHARE, refine_max_kernels: int = MAX_KERNELS,
-                 projection_cap: float = CAP_DEGREES, seed: int = 0) -> Path:
+                 projection_cap: float = CAP_DEGREES, seed: int = 0, both_ways: bool = True) -> Path:
     """``check_accuracy=False`` (speed benchmarks on untrained weights only, not the CLI): INT8
     without the comparison against FP32; the manifest says it was not checked.
     ``refine_guides``: for a volume model, guide bundles (``BUNDLE[:views|:projections]``) to fit
     the uncertainty-guided refinement's fusion for (:mod:`spikeseg.export.fusion_fit`), stored in
-    the manifest's "refinement" list."""
+    the manifest's "refinement" list. ``both_ways``: a stateful model runs its slices back to front
+    too, the two passes averaged (:func:`spikeseg.export.graphs.execution_for`)."""
     from spikeseg.training.run_folder import load_run
 
     out = Path(out)
@@ -161,8 +162,9 @@ def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | 
                 spec = export_volume_onnx(model, window, params.model_shape, tmp / f"{view}_fp32.onnx")
             else:
                 h, w = params.slice_shape(view)
-                log(f"exporting {view} ({info['arch']}, {h}x{w} slices)")
-                spec = export_onnx(model, h, w, tmp / f"{view}_fp32.onnx", params.model_shape[VIEWS[view]])
+                log(f"exporting {view} ({info['arch']}, {h}x{w} slices"
+                    f"{', both ways' if both_ways and model.stateful else ''})")
+                spec = export_onnx(model, h, w, tmp / f"{view}_fp32.onnx", params.model_shape[VIEWS[view]], both_ways)
             onnx_to_openvino(tmp / f"{view}_fp32.onnx", tmp / f"{view}_fp32.xml")
             models = [ModelFile.local(tmp / f"{view}_fp32.onnx").entry, ModelFile.local(tmp / f"{view}_fp32.xml").entry]
             quant = None

@@ -22,7 +22,8 @@ def _export(args: argparse.Namespace) -> int:
                        allow_accuracy_drop=args.allow_accuracy_drop, budget=args.budget / 100.0,
                        threads=args.threads, calib_items=args.calib_items, refine_guides=args.refine_guide,
                        projections=args.projections, refine_stop=args.refine_stop,
-                       refine_max_kernels=args.refine_max_kernels, projection_cap=args.projection_cap)
+                       refine_max_kernels=args.refine_max_kernels, projection_cap=args.projection_cap,
+                       both_ways=not args.one_way)
     print(f"bundle written to {out}")
     return 0
 
@@ -69,6 +70,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     ex.add_argument("--refine-max-kernels", type=int, default=4, metavar="N",
                     help="at most N cubes per region (ET, TC, WT; default 4)")
     add_threads_argument(ex, "threads for the INT8 accuracy check")
+    ex.add_argument("--one-way", action="store_true",
+                    help="stateful models (Spiking U-Seg-Net, ConvLSTM twin) run their slices front to back only, "
+                         "as the paper does: half the steps and operations of the default, which also runs them "
+                         "back to front and averages the two passes (1.1-1.5 WT Dice points better on the hard "
+                         "phantoms)")
     ex.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     ex.set_defaults(handler=_export)
 

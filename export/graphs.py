@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from spikeseg.runtime.bundle_spec import (INPUT, LOGITS, SLIDING, LayerSpec, StateSpec, ViewSpec, WindowSpec,
-                                          is_counter)
+from spikeseg.runtime.bundle_spec import (INPUT, LOGITS, SEQUENCE_PASSES, SLIDING, LayerSpec, StateSpec, ViewSpec,
+                                          WindowSpec, is_counter)
 from spikeseg.runtime.sliding import steps_per_case
 from spikeseg.snn.models import SliceSegNet
 from spikeseg.snn.cascade import CascadeUnet
@@ -49,13 +49,25 @@ class StepGraph(nn.Module):
         return (logits, *new_state, *ops, *acts, *mems)
 
 
-def view_spec(model: SliceSegNet, h: int, w: int, slices_per_case: int) -> ViewSpec:
-    """The bundle contract for this model on h x w slices: I/O names, state layout, counters,
-    layers and how it runs (the model files are added once exported)."""
+def execution_for(model: SliceSegNet, both_ways: bool) -> str:
+    """How the runtime runs this model: a stateful one over its slices in sequence, front to
+    back and (``both_ways``) back to front too. Why both: a membrane carries context from the
+    slices before, so a one-way pass sees one side of every slice; averaged over the two passes
+    the spiking ensemble gained 1.1-1.5 WT Dice points and 16-17 % NLL on held-out hard phantoms
+    (README, "Fidelity"), for twice the slice steps."""
+    if not model.stateful:
+        return "slice-batches"
+    return "slice-sequence-both-ways" if both_ways else "slice-sequence"
+
+
+def view_spec(model: SliceSegNet, h: int, w: int, slices: int, both_ways: bool = True) -> ViewSpec:
+    """The bundle contract for this model on h x w slices, ``slices`` per case: I/O names, state
+    layout, counters, layers and how it runs (the model files are added once exported)."""
     activations = model.activation_names()
+    execution = execution_for(model, both_ways)
     return ViewSpec(
-        execution="slice-sequence" if model.stateful else "slice-batches",
-        in_channels=model.cfg.in_channels, slice_shape=(h, w), slices_per_case=slices_per_case,
+        execution=execution, in_channels=model.cfg.in_channels, slice_shape=(h, w),
+        slices_per_case=slices * SEQUENCE_PASSES.get(execution, 1),
         states=tuple(StateSpec(n, tuple(shape)) for n, shape in model.state_specs(h, w)),
         ops=tuple(name for name, _, _ in model.connection_layers()), acts=tuple(activations),
         mems=tuple(activations) if model.spiking else (),
@@ -75,10 +87,10 @@ def layer_table(model: SliceSegNet, h: int, w: int) -> list[LayerSpec]:
     return table
 
 
-def export_onnx(model: SliceSegNet, h: int, w: int, path: Path, slices_per_case: int = 1) -> ViewSpec:
+def export_onnx(model: SliceSegNet, h: int, w: int, path: Path, slices: int = 1, both_ways: bool = True) -> ViewSpec:
     """Write the FP32 ONNX step graph; returns its spec (without model files)."""
     model = model.eval()
-    spec = view_spec(model, h, w, slices_per_case)
+    spec = view_spec(model, h, w, slices, both_ways)
     x = torch.zeros(1, model.cfg.in_channels, h, w)
     states = tuple(model.init_state(1, h, w))
     input_names, outputs = spec.input_names(), spec.output_names()

@@ -32,12 +32,18 @@ PRECISIONS = ("fp32", "int8")
 EXECUTIONS = {
     "slice-sequence": "one slice per step, front to back, each step's states fed to the next "
                       "(Spiking U-Seg-Net, U-Seg-Net + ConvLSTM)",
+    "slice-sequence-both-ways": "the slice sequence run twice, front to back and back to front, each pass "
+                                "one slice per step with its own states from zero; the two passes' "
+                                "probabilities averaged, so every slice has context from both sides "
+                                "(Spiking U-Seg-Net, U-Seg-Net + ConvLSTM, by default)",
     "slice-batches": "slices in batches, no state (U-Seg-Net)",
     "patch-sliding-window": "3D patches over the whole model grid, overlapping, class logits blended with a "
                             "Gaussian weight, softmax to the nested regions, mirrored copies as test-time "
                             "augmentation whose spread is the uncertainty (lite 3D U-Net)",
 }
 SLIDING = "patch-sliding-window"
+#: the stateful executions, by the number of passes over the slices they make
+SEQUENCE_PASSES = {"slice-sequence": 1, "slice-sequence-both-ways": 2}
 #: the manifest's "views" name for the one model of a volume architecture
 VOLUME = "volume"
 #: the classes a sliding-window model's logits stand for, in order (the regions are sums of them)
@@ -186,7 +192,7 @@ class ViewSpec:
     execution: str
     in_channels: int
     slice_shape: tuple[int, ...]  # one step's input grid: a slice (H, W) or a patch (D, H, W)
-    slices_per_case: int          # steps per case on the model grid: slices, or patches x flips
+    slices_per_case: int          # steps per case on the model grid: slices x passes, or patches x flips
     states: tuple[StateSpec, ...]
     ops: tuple[str, ...]    # layers with an ``ops.<name>`` counter (effective synaptic operations)
     acts: tuple[str, ...]   # activations with an ``act.<name>`` counter (nonzero count)
@@ -201,7 +207,12 @@ class ViewSpec:
 
     @property
     def stateful(self) -> bool:
-        return self.execution == "slice-sequence"
+        return self.execution in SEQUENCE_PASSES
+
+    @property
+    def passes(self) -> int:
+        """Passes over a case's slices: 2 for ``slice-sequence-both-ways``, else 1."""
+        return SEQUENCE_PASSES.get(self.execution, 1)
 
     @property
     def dense_macs_per_slice(self) -> int:

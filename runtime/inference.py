@@ -1,7 +1,8 @@
 """Run one view model of a bundle over a volume, on ONNX Runtime or OpenVINO, without torch.
 
-The SNN runs slice by slice with every membrane potential fed back as an explicit input; the
-stateless twin runs slices in batches; a volume model (the lite 3D U-Net) by sliding window
+The SNN runs slice by slice with every membrane potential fed back as an explicit input (by
+default a pass each way, front to back and back to front, averaged); the stateless twin runs
+slices in batches; a volume model (the lite 3D U-Net) by sliding window
 (:mod:`spikeseg.runtime.sliding`). The spec's ``execution`` decides, nothing else.
 
 A bundle holds one step graph per model, with the operation counters in it. An engine opened
@@ -194,9 +195,23 @@ def feed_back(engine: Engine, spec: ViewSpec, seq: np.ndarray, batch: int = STAT
         states = {s.input: out[s.output] for s in spec.states}
 
 
+def pass_orders(spec: ViewSpec, seq: np.ndarray, skip_air: bool = True) -> list[np.ndarray]:
+    """The slice indices each pass over a sequence runs, in the order it runs them: front to back,
+    and for ``slice-sequence-both-ways`` back to front as well. Each pass skips only what
+    :func:`slices_to_run` would skip of the sequence as that pass sees it (so the backward pass
+    keeps the trailing air, which comes first for it)."""
+    t = seq.shape[0]
+    forward = slices_to_run(spec, seq) if skip_air else np.arange(t)
+    if spec.passes == 1:
+        return [forward]
+    backward = t - 1 - (slices_to_run(spec, seq[::-1]) if skip_air else np.arange(t))
+    return [forward, backward]
+
+
 def run_view(engine: Engine, spec: ViewSpec, image: np.ndarray, view: str,
              advance: Callable[[int], object] | None = None, skip_air: bool = True) -> ViewResult:
-    """(4, X, Y, Z) model-space image to (3, X, Y, Z) probabilities and operation counts.
+    """(4, X, Y, Z) model-space image to (3, X, Y, Z) probabilities and operation counts, over
+    every pass the spec makes (probabilities averaged over the passes, operations summed).
     ``skip_air``: run only :func:`slices_to_run`; the others get probability 0 (background).
     ``advance(n)`` is told after each step how many slices it has dealt with (a progress bar's
     update; skipped slices count as dealt with at the end). A sliding-window spec runs
@@ -205,8 +220,6 @@ def run_view(engine: Engine, spec: ViewSpec, image: np.ndarray, view: str,
         return run_volume(engine, spec, image, view, advance)
     seq = to_view(image, view)  # a view of the array: slices are copied one batch at a time
     t_total = seq.shape[0]
-    order = slices_to_run(spec, seq) if skip_air else np.arange(t_total)
-    logits = np.full((t_total, 3) + seq.shape[2:], -np.inf, dtype=np.float32)
     counted = engine.counting
     ops = dict.fromkeys(spec.ops if counted else (), 0.0)
     acts = dict.fromkeys(spec.acts if counted else (), 0.0)
@@ -214,24 +227,32 @@ def run_view(engine: Engine, spec: ViewSpec, image: np.ndarray, view: str,
     # NeuroBench's convention: the first step writes every membrane (initialisation), later
     # steps count the membranes that changed
     mem_numel = {n: float(np.prod(spec.activation_shapes[n])) for n in spec.mems}
+    prob = np.zeros((t_total, 3) + seq.shape[2:], dtype=np.float32)
+    run = 0
     start = time.perf_counter()
-    first = True
-    for idx, _, out in feed_back(engine, spec, seq, order=order):
-        logits[idx] = out[LOGITS]
-        if advance is not None:
-            advance(len(idx))
-        for n in ops:
-            ops[n] += float(out[ops_output(n)].sum())
-        for n in acts:
-            acts[n] += float(out[act_output(n)].sum())
-        for n in mems:
-            mems[n] += mem_numel[n] if first else float(out[mem_output(n)].sum())
-        first = False
+    for order in pass_orders(spec, seq, skip_air):
+        logits = np.full_like(prob, -np.inf)
+        first = True
+        for idx, _, out in feed_back(engine, spec, seq, order=order):
+            logits[idx] = out[LOGITS]
+            if advance is not None:
+                advance(len(idx))
+            for n in ops:
+                ops[n] += float(out[ops_output(n)].sum())
+            for n in acts:
+                acts[n] += float(out[act_output(n)].sum())
+            for n in mems:
+                mems[n] += mem_numel[n] if first else float(out[mem_output(n)].sum())
+            first = False
+        prob += sigmoid(logits)
+        run += len(order)
+        if advance is not None and len(order) < t_total:
+            advance(t_total - len(order))
     seconds = time.perf_counter() - start
-    if advance is not None and len(order) < t_total:
-        advance(t_total - len(order))
-    return ViewResult(view, from_view(sigmoid(logits), view), seconds, len(order), counted, ops, acts, mems,
-                      skipped=t_total - len(order))
+    if spec.passes > 1:
+        prob /= np.float32(spec.passes)
+    return ViewResult(view, from_view(prob, view), seconds, run, counted, ops, acts, mems,
+                      skipped=t_total * spec.passes - run)
 
 
 def run_volume(engine: Engine, spec: ViewSpec, image: np.ndarray, name: str,
@@ -252,4 +273,4 @@ def steps_for(spec: ViewSpec, image: np.ndarray, view: str) -> int:
     """How many units of progress :func:`run_view` reports for this image: slices or patches."""
     if spec.window is not None:
         return steps_per_case(image.shape[1:], spec.window)
-    return image.shape[1 + VIEWS[view]]
+    return image.shape[1 + VIEWS[view]] * spec.passes

@@ -21,13 +21,18 @@ def written(arch: str) -> dict:
     return json.loads(json.dumps({**spec.to_dict(), "models": [MODEL]}))
 
 
-@pytest.mark.parametrize("arch,execution,states", [("spiking-useg", "slice-sequence", 7), ("useg", "slice-batches", 0),
-                                                   ("useg-clstm", "slice-sequence", 2)])
+@pytest.mark.parametrize("arch,execution,states", [("spiking-useg", "slice-sequence-both-ways", 7),
+                                                   ("useg", "slice-batches", 0),
+                                                   ("useg-clstm", "slice-sequence-both-ways", 2)])
 def test_spec_round_trips_and_says_how_the_model_runs(arch: str, execution: str, states: int) -> None:
     model = build_model(ModelConfig.preset(arch, "tiny"))
     spec = view_spec(model, 20, 24, 30)
     back = ViewSpec.parse(written(arch), "axial", None)
     assert back.execution == execution and len(back.states) == states
+    # a stateful model runs its 30 slices both ways by default: 60 steps a case
+    assert back.slices_per_case == 30 * back.passes and back.passes == (2 if states else 1)
+    one_way = view_spec(model, 20, 24, 30, both_ways=False)
+    assert one_way.execution == ("slice-sequence" if states else "slice-batches") and one_way.slices_per_case == 30
     assert (back.states, back.layers, back.ops, back.acts, back.mems) == (spec.states, spec.layers, spec.ops,
                                                                           spec.acts, spec.mems)
     # names the step graph is exported with, derived in one place
@@ -43,6 +48,7 @@ def test_spec_round_trips_and_says_how_the_model_runs(arch: str, execution: str,
     (lambda d: d.update(execution="patches-3d"), "runs as 'patches-3d', which this spikeseg cannot run"),
     (lambda d: d.update(execution=["slice-sequence"]), "cannot run"),
     (lambda d: d.update(execution="slice-batches"), "runs as slice-batches but has 7 states"),
+    (lambda d: d.update(execution="slice-sequence-one-way"), "cannot run"),
     (lambda d: d["layers"][0].update(kind="Conv2d"), "malformed layer 'down0.conv'"),
     (lambda d: d["layers"][0].update(in_channels=True), "integer >= 1 for in_channels"),
     (lambda d: d["states"][0].update(shape=[8, -1, 3]), "state v_down0"),

@@ -42,7 +42,8 @@ def test_manifest_lists_every_model_with_checksums(bundles) -> None:
     kinds = {(m.format, m.precision) for m in spec.models}
     assert kinds == {("onnx", "fp32"), ("openvino", "fp32"), ("onnx", "int8"), ("openvino", "int8")}
     assert all(len(f.sha256) == 64 for m in spec.models for f in m.files())
-    assert spec.execution == "slice-sequence" and spec.states and spec.states[0].input.startswith("state.")
+    assert spec.execution == "slice-sequence-both-ways" and spec.states and spec.states[0].input.startswith("state.")
+    assert spec.passes == 2 and spec.slices_per_case == 2 * b.preprocess.model_shape[2]
     q = spec.report["quantisation"]
     for backend in ("openvino", "onnxruntime"):
         assert set(q[backend]["dice_change"]) == {"ET", "TC", "WT"}
@@ -54,6 +55,15 @@ def test_manifest_lists_every_model_with_checksums(bundles) -> None:
     assert raw["dense_macs_per_slice"] == sum(layer["dense_macs_per_slice"] for layer in raw["layers"])
     assert ViewSpec.parse(spec.to_dict(), "axial", None) == spec
     assert load_bundle(bundles["useg"]).view("axial").execution == "slice-batches"
+
+
+def test_export_one_way_writes_a_front_to_back_sequence(bundles, tmp_path: Path) -> None:
+    """``spikeseg export --one-way``: the paper's inference, one pass, half the steps a case."""
+    r = run_cli("export", bundles["runs"] / "spiking-useg" / "axial", "--out", tmp_path / "b", "--one-way")
+    assert r.returncode == 0, r.stderr
+    spec = load_bundle(tmp_path / "b").view("axial")
+    both = load_bundle(bundles["spiking-useg"]).view("axial")
+    assert (spec.execution, spec.passes, 2 * spec.slices_per_case) == ("slice-sequence", 1, both.slices_per_case)
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
@@ -118,17 +128,26 @@ def test_membrane_counters_agree_with_the_graphs_own_states(bundles, phantom_roo
     assert 0 < changed < 4 * sum(np.prod(s.shape) for s in spec.states)
 
 
-@pytest.mark.parametrize("arch", ["spiking-useg", "useg"])
-def test_slices_of_air_are_skipped_without_changing_the_others(bundles, phantom_root: Path, arch: str) -> None:
+def _one_way(spec: ViewSpec) -> ViewSpec:
+    """The same step graph run front to back only (what ``spikeseg export --one-way`` writes)."""
+    from dataclasses import replace
+    return replace(spec, execution="slice-sequence", slices_per_case=spec.slices_per_case // 2)
+
+
+@pytest.mark.parametrize("arch,passes", [("spiking-useg", 2), ("spiking-useg", 1), ("useg", 1)])
+def test_slices_of_air_are_skipped_without_changing_the_others(bundles, phantom_root: Path, arch: str,
+                                                               passes: int) -> None:
     """No work on air: with three slices of air before the brain and four after it (as the box
     around a real brain has), the twin runs only the brain's slices and the SNN every slice up
-    to the last one with brain (the air before it moves the state); every slice run gives what
-    it gives when nothing is skipped, and a skipped slice is background (probability 0)."""
+    to the last one with brain as its pass sees them (the air before it moves the state): front
+    to back that skips the four after, back to front the three before. The brain's slices give
+    what they give when nothing is skipped, and a slice no pass runs is background (probability 0)."""
     from spikeseg.runtime.case_io import load_case
     from spikeseg.runtime.inference import open_engine, run_view
     from spikeseg.runtime.preprocess import VIEWS, to_model_space
     b = load_bundle(bundles[arch])
-    spec = b.view("axial")
+    spec = b.view("axial") if passes == 2 or arch == "useg" else _one_way(b.view("axial"))
+    assert spec.passes == passes
     case = load_case(sorted(phantom_root.iterdir())[0])
     image, _ = to_model_space(case.image, case.spacing, b.preprocess)
     axis = 1 + VIEWS["axial"]
@@ -142,14 +161,42 @@ def test_slices_of_air_are_skipped_without_changing_the_others(bundles, phantom_
     seen: list[int] = []
     skipped = run_view(engine, spec, image, "axial", advance=seen.append)
     full = run_view(engine, spec, image, "axial", skip_air=False)
-    ran = range(t - 4) if spec.stateful else brain
-    assert skipped.slices == len(ran) and skipped.skipped == t - len(ran) and sum(seen) == t
-    assert full.slices == t and full.skipped == 0
-    kept = np.take(skipped.prob, list(ran), axis=axis)
-    np.testing.assert_allclose(kept, np.take(full.prob, list(ran), axis=axis), atol=1e-6, rtol=0)
+    runs = [range(t - 4), range(3, t)][:passes] if spec.stateful else [brain]
+    ran = sorted(set().union(*runs))
+    assert skipped.slices == sum(map(len, runs)) and skipped.skipped == passes * t - skipped.slices
+    assert sum(seen) == passes * t and full.slices == passes * t and full.skipped == 0
+    kept = np.take(skipped.prob, list(brain), axis=axis)
+    np.testing.assert_allclose(kept, np.take(full.prob, list(brain), axis=axis), atol=1e-6, rtol=0)
     air = [k for k in range(t) if k not in ran]
+    assert len(air) == (0 if passes == 2 else 7 if arch == "useg" else 4)
     assert np.all(np.take(skipped.prob, air, axis=axis) == 0)
     assert np.all(np.take(full.prob, air, axis=axis) > 0)  # the model itself gives air small, nonzero values
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_both_ways_is_the_mean_of_the_sequence_and_its_reverse(bundles, phantom_root: Path, backend: str) -> None:
+    """``slice-sequence-both-ways``: the probabilities are the mean of one front-to-back pass
+    over the case and one over the case with its slices reversed (flipped back), and every count
+    is their sum; the backward pass differs from the forward one (the state carries context)."""
+    from spikeseg.runtime.case_io import load_case
+    from spikeseg.runtime.inference import open_engine, run_view
+    from spikeseg.runtime.preprocess import VIEWS, to_model_space
+    b = load_bundle(bundles["spiking-useg"])
+    spec = b.view("axial")
+    case = load_case(sorted(phantom_root.iterdir())[0])
+    image, _ = to_model_space(case.image, case.spacing, b.preprocess)
+    axis = 1 + VIEWS["axial"]
+    engine = open_engine(b, "axial", backend, "fp32", 2, counting=True)
+    both = run_view(engine, spec, image, "axial", skip_air=False)
+    fwd = run_view(engine, _one_way(spec), image, "axial", skip_air=False)
+    bwd = run_view(engine, _one_way(spec), np.ascontiguousarray(np.flip(image, axis)), "axial", skip_air=False)
+    back = np.flip(bwd.prob, axis)
+    np.testing.assert_allclose(both.prob, (fwd.prob + back) / 2, atol=1e-6, rtol=0)
+    assert float(np.abs(fwd.prob - back).max()) > 0.01
+    assert both.slices == fwd.slices + bwd.slices == 2 * image.shape[axis]
+    for counts in ("ops", "acts", "mems"):
+        mine, a, z = getattr(both, counts), getattr(fwd, counts), getattr(bwd, counts)
+        assert mine and all(mine[n] == pytest.approx(a[n] + z[n], rel=1e-9) for n in mine), counts
 
 
 @pytest.mark.parametrize("backend,precision", [("onnxruntime", "fp32"), ("onnxruntime", "int8"),
@@ -335,7 +382,9 @@ def test_a_case_shows_a_bar_over_views_and_slices_only_on_a_terminal(bundles, ph
     b = load_bundle(bundles["spiking-useg"])
     Segmenter(b, "onnxruntime", "fp32", b.views, 1, progress=True).run(sorted(phantom_root.iterdir())[0],
                                                                        tmp_path / "o", False, False)
-    slices = sum(b.preprocess.model_shape[VIEWS[v]] for v in b.views)  # one pass along each view's axis
+    # every pass along each view's axis: front to back and back to front
+    slices = sum(b.view(v).passes * b.preprocess.model_shape[VIEWS[v]] for v in b.views)
+    assert slices == 2 * sum(b.preprocess.model_shape[VIEWS[v]] for v in b.views)
     assert (f"/{slices} " in err.getvalue() and "slice" in err.getvalue()) == attached
 
 
@@ -544,26 +593,30 @@ def test_brats2023_naming_end_to_end(bundles, phantom_root: Path, tmp_path: Path
 PINNED = Path(__file__).parent / "data" / "pinned"
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
-def test_a_pinned_run_gives_the_pinned_segmentation(phantom_root: Path, tmp_path: Path, backend: str) -> None:
+@pytest.mark.parametrize("backend,both_ways", [("onnxruntime", True), ("openvino", True), ("onnxruntime", False)])
+def test_a_pinned_run_gives_the_pinned_segmentation(phantom_root: Path, tmp_path: Path, backend: str,
+                                                    both_ways: bool) -> None:
     """What a user gets must not move when the code is reorganised: a trained SNN run checked in
     (the demo's axial view, 74 KB), exported and run on a seeded phantom, gives the label map
-    and the operation counts pinned in ``tests/data/pinned``. A change that is meant to alter
-    the output (a new preprocessing, a new phantom) regenerates them and says so."""
+    and the operation counts pinned in ``tests/data/pinned``, both ways (the default) and one
+    way (``--one-way``, pinned before both ways existed). A change that is meant to alter the
+    output (a new preprocessing, a new phantom) regenerates them and says so."""
     case = sorted(phantom_root.iterdir())[0]
     expected = json.loads((PINNED / "expected.json").read_text())
     assert case.name == expected["case"]
     bundle = tmp_path / "bundle"
-    r = run_cli("export", PINNED / "snn-axial", "--out", bundle)
+    r = run_cli("export", PINNED / "snn-axial", "--out", bundle, *([] if both_ways else ["--one-way"]))
     assert r.returncode == 0, r.stderr
     r = run_cli("segment", bundle, case, tmp_path / "out", "--backend", backend, "--quiet", "--count-ops",
                 block_torch=True)
     assert r.returncode == 0, r.stderr
     out = tmp_path / "out" / case.name
     labels = np.asarray(nib.load(str(out / f"{case.name}_pred.nii.gz")).dataobj)
-    np.testing.assert_array_equal(labels, np.load(PINNED / f"{case.name}_pred.npz")["labels"])
+    suffix = "_both_ways" if both_ways else ""
+    np.testing.assert_array_equal(labels, np.load(PINNED / f"{case.name}_pred{suffix}.npz")["labels"])
     ops = json.loads((out / f"{case.name}_report.json").read_text())["operations"]["axial"]
-    assert {k: ops[k] for k in expected["operations_axial"]} == expected["operations_axial"]
+    pinned = expected["operations_axial_both_ways"][backend] if both_ways else expected["operations_axial"]
+    assert {k: ops[k] for k in pinned} == pinned
 
 
 def test_three_view_ensemble_end_to_end(bundles, phantom5: Path, phantom_root: Path, tmp_path: Path) -> None:

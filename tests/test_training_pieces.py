@@ -88,6 +88,21 @@ def test_predicting_several_cases_at_once_equals_one_at_a_time(arch: str) -> Non
     assert together[0].shape == (3, 12, 16, 9) and together[3].shape == (3, 12, 16, 5)
 
 
+@pytest.mark.parametrize("arch", ["spiking-useg", "useg"])
+def test_predicting_both_ways_averages_the_sequence_and_its_reverse(arch: str) -> None:
+    """``both_ways`` (the runtime's default for a stateful model): the mean of the probabilities
+    front to back and of the case with its slices reversed, flipped back; the two passes differ
+    for the SNN (its membranes carry context), and a stateless twin is unchanged."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.preset(arch, "tiny"))
+    image = np.random.default_rng(1).random((4, 12, 16, 9), dtype=np.float32) * 3
+    fwd = predict_view(model, image, "axial")
+    back = np.flip(predict_view(model, np.ascontiguousarray(np.flip(image, 3)), "axial"), 3)
+    both = predict_view(model, image, "axial", both_ways=True)
+    np.testing.assert_allclose(both, (fwd + back) / 2, rtol=0, atol=1e-6)
+    assert (float(np.abs(fwd - back).max()) > 1e-3) == model.stateful
+
+
 @pytest.mark.parametrize("arch,trainer,extra", [("spiking-useg", "bptt", []), ("spiking-useg", "tbptt", []),
                                                  ("spiking-useg", "fptt", ["--state-reset"]),
                                                  ("useg-clstm", "tbptt", [])])
