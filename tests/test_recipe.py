@@ -313,3 +313,30 @@ def test_budget_decay_follows_the_clock_when_minutes_end_first(phantom5: Path, t
     r = run_cli("train", "--data", phantom5, "--out", tmp_path / "both", "--arch", "spiking-useg", *TRAIN[:6],
                 "--lr-decay", "0.1", "--lr-decay-to", "0.5", "--quiet")
     assert r.returncode == 2 and "choose one" in r.stderr
+
+
+def test_val_both_ways_selects_by_the_runtimes_default_pass(phantom5: Path, tmp_path: Path) -> None:
+    """``--val-both-ways`` scores validation as the bundle will run: the logged NLL is the one of
+    the averaged front-to-back and back-to-front probabilities, not of the forward pass alone."""
+    from spikeseg.training.data import preprocess_dataset
+    from spikeseg.training.predict import predict_views
+    from spikeseg.training.run_folder import load_run
+    from spikeseg.training.trainer import validation_scores
+
+    run = tmp_path / "snn"
+    r = run_cli("train", "--data", phantom5, "--out", run, "--arch", "spiking-useg", *TRAIN[:6], "--epochs", "1",
+                "--quiet", "--val-both-ways")
+    assert r.returncode == 0, r.stderr
+    logged = float(next(csv.DictReader((run / "metrics.csv").open()))["val_nll"])
+    model, info, params = load_run(run)
+    val_ids = json.loads((run / "splits.json").read_text())["validation"]
+    cases = {c.case_id: c.load() for c in preprocess_dataset(phantom5, run / "preprocessed", params, progress=False)}
+    images = [np.asarray(cases[i][0]) for i in val_ids]
+
+    def val_nll(both_ways: bool) -> float:
+        with torch.no_grad():
+            probs = predict_views(model, images, "axial", both_ways=both_ways)
+        return validation_scores(zip(probs, (cases[i][1] for i in val_ids)))["val_nll"]
+
+    assert logged == pytest.approx(val_nll(True), abs=1e-6)  # metrics.csv keeps 6 decimals
+    assert abs(logged - val_nll(False)) > 1e-5

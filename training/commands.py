@@ -31,6 +31,7 @@ def _train(args: argparse.Namespace) -> int:
                       lr_decay_to=args.lr_decay_to,
                       channel_out=args.channel_out, seed=args.seed, device=args.device, amp=not args.no_amp,
                       spacing_mm=args.spacing, eval_average=args.eval_average, state_reset=args.state_reset,
+                      val_both_ways=args.val_both_ways,
                       tau_min=args.tau_min, norm_gain=args.norm_gain, learn_threshold=args.learn_threshold,
                       surrogate_width=args.surrogate_width, neuron=args.neuron,
                       readout_lr_scale=args.readout_lr_scale, readout_input=args.readout_input,
@@ -163,6 +164,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="validate and keep best weights using FPTT's running mean wbar")
     tr.add_argument("--state-reset", action="store_true",
                     help="ablation: reset the state every slice (no inter-slice context)")
+    tr.add_argument("--val-both-ways", action="store_true",
+                    help="validate a stateful model as the runtime runs it by default: each "
+                         "sequence front to back and back to front, the two passes averaged")
     tr.add_argument("--seed", type=int, default=0, help="seed for weights, splits and sampling (default 0)")
     tr.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                     help="auto: CUDA when present (mixed precision), else CPU (default auto)")

@@ -67,6 +67,7 @@ class TrainConfig:
     normalisation: str = "minmax"
     eval_average: bool = False
     state_reset: bool = False
+    val_both_ways: bool = False
     tau_min: float = 1.0
     norm_gain: float = 1.0
     learn_threshold: bool = False

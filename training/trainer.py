@@ -323,7 +323,8 @@ class ViewTrainer:
         with ctx:
             loaded = [case.load() for case in self.val_cases]
             probs = predict_views(self.model, [np.asarray(image) for image, _ in loaded], self.cfg.view,
-                                  self.device, reset_every_step=self.cfg.state_reset)
+                                  self.device, reset_every_step=self.cfg.state_reset,
+                                  both_ways=self.cfg.val_both_ways)
         return validation_scores(zip(probs, (regions for _, regions in loaded)))
 
     def fit(self) -> dict[str, Any]:
