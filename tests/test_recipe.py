@@ -267,9 +267,10 @@ def test_conversion_scores_its_thresholds_the_way_the_model_will_run(reset: bool
 
 
 def test_warm_start_converts_by_default_and_copies_when_asked(phantom5: Path, tmp_path: Path) -> None:
-    """Converting is the default, and so is the converted SNN's learning rate decaying to
-    RECIPE_LR_DECAY_TO x --lr over the budget; copying keeps the plain schedule."""
-    from spikeseg.training.config import RECIPE_LR_DECAY_TO
+    """Converting is the default, and so are the converted SNN's learning rate decaying to
+    RECIPE_LR_DECAY_TO x --lr over the budget and its PLIFs starting at tau
+    RECIPE_CONVERTED_INIT_TAU; copying keeps the plain schedule and the paper's tau 2."""
+    from spikeseg.training.config import DEFAULT_INIT_TAU, RECIPE_CONVERTED_INIT_TAU, RECIPE_LR_DECAY_TO
     from spikeseg.training.conversion import FACTORS
 
     twin_run = tmp_path / "twin"
@@ -285,6 +286,10 @@ def test_warm_start_converts_by_default_and_copies_when_asked(phantom5: Path, tm
         ckpt = torch.load(tmp_path / mode / "checkpoints" / "last.pt", weights_only=True)
         thetas[mode] = {k: float(v) for k, v in ckpt["model"].items() if k.endswith(".act.theta")}
         lrs = [row["lr"] for row in ckpt["history"]]
+        tau = RECIPE_CONVERTED_INIT_TAU if mode == "balance" else DEFAULT_INIT_TAU
+        assert ckpt["model_config"]["init_tau"] == tau
+        decay = [torch.sigmoid(v) for k, v in ckpt["model"].items() if k.endswith(".act.w")]
+        assert decay and all(abs(1 / float(d) - tau) < 0.05 * tau for d in decay)  # learnable, moved little
         ratio = RECIPE_LR_DECAY_TO if mode == "balance" else 1.0
         assert lrs == pytest.approx([1e-3 * ratio ** 0.5, 1e-3 * ratio])
         if mode == "balance":
@@ -295,6 +300,28 @@ def test_warm_start_converts_by_default_and_copies_when_asked(phantom5: Path, tm
             assert cfg["conversion"] is None
     assert all(v == 1.0 for v in thetas["copy"].values())
     assert all(v != 1.0 for v in thetas["balance"].values())
+
+
+def test_initial_tau_follows_the_recipe_and_refuses_what_plif_cannot_start_at() -> None:
+    """--init-tau wins over the recipe; the converted default scales with --tau-min; a tau at or
+    under the floor, or a tau for the snnTorch neuron (it has a beta), is a clear error."""
+    from spikeseg.runtime.errors import InputError
+    from spikeseg.training.config import RECIPE_CONVERTED_INIT_TAU, TrainConfig
+
+    def cfg(**kw: object) -> TrainConfig:
+        return TrainConfig(data="d", out="o", arch="spiking-useg", **kw)  # type: ignore[arg-type]
+
+    assert cfg().resolved_init_tau() == 2.0
+    assert cfg(init_from="twin").resolved_init_tau() == RECIPE_CONVERTED_INIT_TAU
+    assert cfg(init_from="twin", convert="copy").resolved_init_tau() == 2.0
+    assert cfg(init_from="twin", tau_min=1.5).resolved_init_tau() == pytest.approx(1.5 * RECIPE_CONVERTED_INIT_TAU)
+    assert cfg(init_from="twin", init_tau=3.0).resolved_init_tau() == 3.0
+    with pytest.raises(InputError, match="must exceed --tau-min"):
+        cfg(init_tau=1.0).resolved_init_tau()
+    with pytest.raises(InputError, match="must exceed --tau-min"):
+        cfg(tau_min=2.5).resolved_init_tau()
+    with pytest.raises(InputError, match="snntorch-leaky"):
+        cfg(init_tau=1.5, neuron="snntorch-leaky").resolved_init_tau()
 
 
 def test_budget_decay_follows_the_clock_when_minutes_end_first(phantom5: Path, tmp_path: Path) -> None:

@@ -32,7 +32,8 @@ def _train(args: argparse.Namespace) -> int:
                       channel_out=args.channel_out, seed=args.seed, device=args.device, amp=not args.no_amp,
                       spacing_mm=args.spacing, eval_average=args.eval_average, state_reset=args.state_reset,
                       val_both_ways=args.val_both_ways,
-                      tau_min=args.tau_min, norm_gain=args.norm_gain, learn_threshold=args.learn_threshold,
+                      tau_min=args.tau_min, init_tau=args.init_tau, norm_gain=args.norm_gain,
+                      learn_threshold=args.learn_threshold,
                       surrogate_width=args.surrogate_width, neuron=args.neuron,
                       readout_lr_scale=args.readout_lr_scale, readout_input=args.readout_input,
                       window_sampling=args.window_sampling, burn_in=args.burn_in, tumour_share=args.tumour_share,
@@ -125,6 +126,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--spacing", type=float, default=2.0,
                     help="model voxel spacing in mm (default 2: 80x96x76 grid; the paper used 1)")
     tr.add_argument("--tau-min", type=float, default=1.0, help="floor under PLIF tau (default 1: none)")
+    tr.add_argument("--init-tau", type=float,
+                    help="PLIF's initial membrane time constant (learnable; the membrane keeps 1 - 1/tau of "
+                         "its charge per slice). Default 2 (the paper's), and 1.25 x --tau-min after "
+                         "--init-from with --convert balance (closer to the stateless twin; README \"Fidelity\")")
     tr.add_argument("--readout-input", choices=["spikes", "membrane"], default="spikes",
                     help="spiking-useg: the readout integrator reads the last layer's spikes (binary) or its "
                          "membrane potential (analog; the 3-channel readout then costs MACs)")

@@ -14,7 +14,9 @@ activations over training slices (:func:`binary_quantiser`); ``s`` is folded int
 that read the layer (:func:`fold_input_scales`), so spikes stay 0/1 and the graph is
 unchanged; the threshold is ``c * t``, with one factor ``c`` for the network chosen by the
 calibration cases' NLL (the membrane integrates over slices, so the best ``c`` is below 1).
-Same slices, no fine-tuning: validation WT Dice 0.00 -> 0.67 (twin 0.83).
+Same slices, no fine-tuning: validation WT Dice 0.00 -> 0.67 (twin 0.83). The trainer starts
+the converted PLIFs at a short time constant (``training.config.RECIPE_CONVERTED_INIT_TAU``):
+the twin has no memory, and the fine-tuning is too short for tau to move far on its own.
 """
 
 from __future__ import annotations

@@ -137,7 +137,8 @@ class ViewTrainer:
     def build_model(self) -> tuple[Any, torch.nn.Module]:
         """(its config, the model), warm-started (and a distillation teacher) as asked."""
         cfg = self.cfg
-        model_cfg = ModelConfig.preset(cfg.arch, cfg.preset, tau_min=cfg.tau_min, norm_gain=cfg.norm_gain,
+        model_cfg = ModelConfig.preset(cfg.arch, cfg.preset, tau_min=cfg.tau_min, init_tau=cfg.resolved_init_tau(),
+                                       norm_gain=cfg.norm_gain,
                                        learn_threshold=cfg.learn_threshold, surrogate_width=cfg.surrogate_width,
                                        neuron=cfg.neuron, readout_input=cfg.readout_input)
         model = build_model(model_cfg)
