@@ -324,6 +324,14 @@ def test_initial_tau_follows_the_recipe_and_refuses_what_plif_cannot_start_at() 
         cfg(init_tau=1.5, neuron="snntorch-leaky").resolved_init_tau()
 
 
+def test_a_bad_initial_tau_is_refused_before_anything_is_written(phantom5: Path, tmp_path: Path) -> None:
+    run = tmp_path / "snn"
+    r = run_cli("train", "--data", phantom5, "--out", run, "--arch", "spiking-useg", *TRAIN[:6], "--init-tau", "0.9",
+                "--quiet")
+    assert r.returncode == 2 and "must exceed --tau-min" in r.stderr
+    assert not run.exists()
+
+
 def test_budget_decay_follows_the_clock_when_minutes_end_first(phantom5: Path, tmp_path: Path) -> None:
     """With --max-minutes the decay tracks the share of the time budget spent, so a run stopped by
     the clock ends at RATIO x --lr whatever its epoch count; --lr-decay and --lr-decay-to are

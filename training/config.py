@@ -45,7 +45,7 @@ RECIPE_LR_DECAY_TO = 0.075
 #: charge from one slice to the next instead of tau 2's 50 %, closer to the stateless twin it
 #: was converted from; tau stays learnable. Measured over the fixed-epoch protocol, two seeds,
 #: both ways (README "Fidelity"): ensemble WT 0.882 / 0.885 against tau 2's 0.877 / 0.877 (twin
-#: 0.894), the ensemble NLL 36-38 % below the best view's against 22-31 %; tau 1.05 (nearly
+#: 0.894), the ensemble NLL 36-38 % below the best view's against 31 %; tau 1.05 (nearly
 #: memoryless) 0.880 / 0.882 but TC 3 points lower at one seed.
 RECIPE_CONVERTED_INIT_TAU = 1.25
 #: PLIF's initial tau everywhere else: the paper's and spikingjelly's default
@@ -147,7 +147,10 @@ class TrainConfig:
             raise InputError(None, f"--init-tau sets PLIF's time constant; the {self.neuron} neuron has none")
         converted = (self.arch == "spiking-useg" and self.init_from and self.convert == "balance"
                      and self.neuron == "plif")
-        tau = self.init_tau or (RECIPE_CONVERTED_INIT_TAU * self.tau_min if converted else DEFAULT_INIT_TAU)
+        if self.init_tau is not None:
+            tau = self.init_tau
+        else:
+            tau = RECIPE_CONVERTED_INIT_TAU * self.tau_min if converted else DEFAULT_INIT_TAU
         if self.arch == "spiking-useg" and self.neuron == "plif" and not tau > self.tau_min:
             raise InputError(None, f"PLIF's initial tau ({tau}) must exceed --tau-min ({self.tau_min}): "
                                    f"set --init-tau above it")

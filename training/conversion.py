@@ -13,7 +13,7 @@ twin's ``ReLU(y)``, ``s * [y >= t]``, with ``(t, s)`` the least-squares fit on t
 activations over training slices (:func:`binary_quantiser`); ``s`` is folded into the weights
 that read the layer (:func:`fold_input_scales`), so spikes stay 0/1 and the graph is
 unchanged; the threshold is ``c * t``, with one factor ``c`` for the network chosen by the
-calibration cases' NLL (the membrane integrates over slices, so the best ``c`` is below 1).
+calibration cases' NLL (factors up to 1: the membrane carries charge from slice to slice).
 Same slices, no fine-tuning: validation WT Dice 0.00 -> 0.67 (twin 0.83). The trainer starts
 the converted PLIFs at a short time constant (``training.config.RECIPE_CONVERTED_INIT_TAU``):
 the twin has no memory, and the fine-tuning is too short for tau to move far on its own.

@@ -428,6 +428,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     if volume and cfg.view != VOLUME:
         raise InputError(None, f"{cfg.arch} sees the whole volume and has no views: drop --view {cfg.view}")
     views = [VOLUME] if volume else parse_views(cfg.view)
+    for check in (cfg.resolved_trainer, cfg.resolved_lr_decay_to, cfg.resolved_init_tau):
+        check()  # a contradictory configuration is refused before anything is written
     params = PreprocessParams(spacing_mm=(cfg.spacing_mm,) * 3, normalisation=cfg.normalisation)
     case_dirs = find_cases(cfg.data)
     cache_root = out / "preprocessed"
