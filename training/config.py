@@ -130,6 +130,11 @@ class TrainConfig:
             return self.readout_lr_scale
         return RECIPE_READOUT_LR_SCALE if self.arch == "spiking-useg" else 1.0
 
+    @property
+    def converts_twin(self) -> bool:
+        """Whether this run is an SNN converted from a trained twin (the recipe's own settings)."""
+        return self.arch == "spiking-useg" and bool(self.init_from) and self.convert == "balance"
+
     def resolved_lr_decay_to(self) -> float:
         """The share of ``lr`` the budget ends at (1: no budget decay)."""
         if self.lr_decay_to is not None:
@@ -138,19 +143,18 @@ class TrainConfig:
             if self.lr_decay and self.lr_decay_to < 1:
                 raise InputError(None, "--lr-decay and --lr-decay-to are two schedules: choose one")
             return self.lr_decay_to
-        converted = self.arch == "spiking-useg" and self.init_from and self.convert == "balance"
-        return RECIPE_LR_DECAY_TO if converted and not self.lr_decay else 1.0
+        return RECIPE_LR_DECAY_TO if self.converts_twin and not self.lr_decay else 1.0
 
     def resolved_init_tau(self) -> float:
         """PLIF's time constant at the start of training (the snnTorch neuron keeps beta 0.5)."""
         if self.init_tau is not None and self.neuron != "plif":
             raise InputError(None, f"--init-tau sets PLIF's time constant; the {self.neuron} neuron has none")
-        converted = (self.arch == "spiking-useg" and self.init_from and self.convert == "balance"
-                     and self.neuron == "plif")
         if self.init_tau is not None:
             tau = self.init_tau
+        elif self.converts_twin and self.neuron == "plif":
+            tau = RECIPE_CONVERTED_INIT_TAU * self.tau_min
         else:
-            tau = RECIPE_CONVERTED_INIT_TAU * self.tau_min if converted else DEFAULT_INIT_TAU
+            tau = DEFAULT_INIT_TAU
         if self.arch == "spiking-useg" and self.neuron == "plif" and not tau > self.tau_min:
             raise InputError(None, f"PLIF's initial tau ({tau}) must exceed --tau-min ({self.tau_min}): "
                                    f"set --init-tau above it")
