@@ -375,3 +375,59 @@ def test_val_both_ways_selects_by_the_runtimes_default_pass(phantom5: Path, tmp_
 
     assert logged == pytest.approx(val_nll(True), abs=1e-6)  # metrics.csv keeps 6 decimals
     assert abs(logged - val_nll(False)) > 1e-5
+
+
+@pytest.mark.parametrize("readout", ["spikes", "membrane"])
+def test_every_layer_analog_gives_back_the_twins_logits(readout: str) -> None:
+    """With every spiking layer replaced by the twin's ReLU over its folded spike scale, the
+    converted SNN computes its twin's logits (the folding and the stand-in are exact); with none
+    it does not, and leaving the block restores the spiking model."""
+    from spikeseg.snn.neurons import SpikingLayer
+    from spikeseg.training.conversion import analog_layers, balance, spiking_layers
+
+    torch.manual_seed(0)
+    twin = build_model(ModelConfig.preset("useg", "tiny")).eval()
+    snn = build_model(ModelConfig.preset("spiking-useg", "tiny", readout_input=readout)).eval()
+    snn.load_state_dict(twin.state_dict(), strict=False)
+    rng = np.random.default_rng(0)
+    calibration = [(rng.random((4, 16, 24, 12), dtype=np.float32), rng.random((3, 16, 24, 12)) < 0.2)
+                   for _ in range(2)]
+    scales = balance(snn, twin, calibration, "axial")["scales"]
+    x = torch.rand(1, 5, 4, 32, 24)
+    with torch.no_grad():
+        want, _ = twin(x)
+        spiking_before, _ = snn(x)
+        with analog_layers(snn, scales, spiking_layers(snn)):
+            got, _ = snn(x)
+        spiking_after, _ = snn(x)
+    assert float(want.std()) > 0.1
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(spiking_before, want, atol=1e-2)
+    torch.testing.assert_close(spiking_after, spiking_before)
+    assert len(spiking_layers(snn)) == 7 and all(isinstance(n, SpikingLayer) for n in spiking_layers(snn).values())
+    with pytest.raises(ValueError, match="no spiking layers"):
+        with analog_layers(snn, scales, ["down.9"]):
+            pass
+
+
+def test_binarisation_benchmark_scores_each_layer_and_checks_itself_against_the_twin(bundles, phantom5: Path,
+                                                                                      tmp_path: Path) -> None:
+    """One row per analog layer set and the twin's own; the all-analog row is the twin's score;
+    the twin run is left as it was, and a second run will not overwrite the results."""
+    from spikeseg.benchmarks.binarisation import main as binarisation
+
+    twin = bundles["runs"] / "useg"
+    before = (twin / "axial" / "checkpoints" / "best.pt").read_bytes()
+    out = tmp_path / "bin"
+    assert binarisation(["--twin", str(twin), "--data", str(phantom5), "--out", str(out), "--views", "axial"]) == 0
+    with open(out / "results.csv") as f:
+        rows = {r["analog"]: r for r in csv.DictReader(f)}
+    assert list(rows) == ["none", "down.0", "down.1", "down.2", "up.0", "up.0.block", "up.1", "up.1.block", "all",
+                          "(the twin, its own run)"]
+    for key in ("val_dice_ET", "val_dice_TC", "val_dice_WT", "val_nll"):
+        assert float(rows["all"][key]) == pytest.approx(float(rows["(the twin, its own run)"][key]), rel=1e-3, abs=1e-4)
+    assert (twin / "axial" / "checkpoints" / "best.pt").read_bytes() == before
+    text = (out / "results.md").read_text()
+    with pytest.raises(SystemExit, match="results exist"):
+        binarisation(["--twin", str(twin), "--data", str(phantom5), "--out", str(out), "--views", "axial"])
+    assert (out / "results.md").read_text() == text

@@ -21,7 +21,8 @@ the twin has no memory, and the fine-tuning is too short for tau to move far on 
 
 from __future__ import annotations
 
-from typing import Iterable
+from contextlib import contextmanager
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -145,3 +146,38 @@ def balance(model: SliceSegNet, twin: SliceSegNet, calibration: list[tuple[np.nd
     return {"factor": best_c, "calibration_nll": best_nll,
             "thresholds": {k: float(n.theta) for k, n in neurons.items()},
             "scales": {k: s for k, (_, s) in fits.items()}}
+
+
+class AnalogStandIn(nn.Module):
+    """Takes a converted spiking layer's place and passes what the twin's ReLU passed, over the
+    spike scale ``s`` the layer's readers hold folded in: they then compute exactly the twin's
+    values. Why: swapping layers back one at a time shows which layer's binarisation costs the
+    converted SNN its accuracy (``benchmarks.binarisation``). The membrane passes unchanged."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = float(scale)
+
+    def forward(self, x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.potential = torch.relu(x)  # a membrane readout holds no folded scale: the twin's value
+        return self.potential / self.scale, v
+
+
+@contextmanager
+def analog_layers(model: SliceSegNet, scales: dict[str, float], names: Iterable[str]) -> Iterator[SliceSegNet]:
+    """``model`` (converted by :func:`balance`, whose ``scales`` it returned) with the spiking
+    layers ``names`` analog (:class:`AnalogStandIn`) inside the block; restored on exit. With
+    every layer analog the model computes its twin's logits."""
+    names = list(names)
+    unknown = set(names) - set(spiking_layers(model))
+    if unknown:
+        raise ValueError(f"no spiking layers {sorted(unknown)} in the model")
+    blocks = {name: model.get_submodule(name) for name in names}
+    saved = {name: blk.act for name, blk in blocks.items()}
+    try:
+        for name, blk in blocks.items():
+            blk.act = AnalogStandIn(scales[name])
+        yield model
+    finally:
+        for name, blk in blocks.items():
+            blk.act = saved[name]

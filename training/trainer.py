@@ -30,7 +30,7 @@ import math
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 import numpy as np
 import torch
@@ -134,29 +134,11 @@ class ViewTrainer:
             except Exception:  # TensorBoard is a convenience, never a reason to fail
                 self.writer = None
 
-    def build_model(self) -> tuple[Any, torch.nn.Module]:
+    def build_model(self) -> tuple[ModelConfig, SliceSegNet]:
         """(its config, the model), warm-started (and a distillation teacher) as asked."""
-        cfg = self.cfg
-        model_cfg = ModelConfig.preset(cfg.arch, cfg.preset, tau_min=cfg.tau_min, init_tau=cfg.resolved_init_tau(),
-                                       norm_gain=cfg.norm_gain,
-                                       learn_threshold=cfg.learn_threshold, surrogate_width=cfg.surrogate_width,
-                                       neuron=cfg.neuron, readout_input=cfg.readout_input)
-        model = build_model(model_cfg)
-        if cfg.distill and not cfg.init_from:
-            raise InputError(None, "--distill needs --init-from TWIN_RUN (the twin is the teacher)")
-        if cfg.init_from:
-            twin_run = twin_run_for(Path(cfg.init_from), cfg.view)
-            if cfg.convert not in ("balance", "copy"):
-                raise InputError(None, f"unknown --convert {cfg.convert!r}; choose balance or copy")
-            warm_start(model, twin_run)
-            twin = frozen_teacher(model, twin_run, self.device) if cfg.convert == "balance" or cfg.distill else None
-            if twin is not None and cfg.convert == "balance":
-                calibration = [c.load() for c in self.train_cases[:CONVERSION_CASES]]
-                self.conversion = balance(model.to(self.device), twin, calibration, cfg.view,
-                                          reset_every_step=cfg.state_reset)
-            if cfg.distill:
-                self.teacher = twin
-        return model_cfg, model
+        built = build_view_model(self.cfg, self.train_cases[:CONVERSION_CASES], self.device)
+        self.conversion, self.teacher = built.conversion, built.teacher
+        return built.model_cfg, built.model
 
     def optimiser(self) -> torch.optim.Optimizer:
         cfg = self.cfg
@@ -385,6 +367,41 @@ class ViewTrainer:
         save_checkpoint(self.run / "checkpoints" / "best.pt",
                         {"model": weights, "model_config": self.model_cfg.to_dict(), "epoch": self.epoch,
                          "val": val})
+
+
+class ViewModel(NamedTuple):
+    model_cfg: ModelConfig
+    model: SliceSegNet
+    #: what :func:`~spikeseg.training.conversion.balance` chose, when the SNN was converted
+    conversion: dict[str, Any] | None
+    #: the frozen twin, with ``--distill``
+    teacher: SliceSegNet | None
+
+
+def build_view_model(cfg: TrainConfig, calibration: list[CachedCase], device: torch.device) -> ViewModel:
+    """The model ``cfg`` asks for, before any training: with ``--init-from``, started from the
+    view's twin (converted on the ``calibration`` cases, or copied). One function, so the
+    trainer and the benchmarks that study the start (``benchmarks.binarisation``) build it alike."""
+    model_cfg = ModelConfig.preset(cfg.arch, cfg.preset, tau_min=cfg.tau_min, init_tau=cfg.resolved_init_tau(),
+                                   norm_gain=cfg.norm_gain,
+                                   learn_threshold=cfg.learn_threshold, surrogate_width=cfg.surrogate_width,
+                                   neuron=cfg.neuron, readout_input=cfg.readout_input)
+    model = build_model(model_cfg)
+    conversion, teacher = None, None
+    if cfg.distill and not cfg.init_from:
+        raise InputError(None, "--distill needs --init-from TWIN_RUN (the twin is the teacher)")
+    if cfg.init_from:
+        twin_run = twin_run_for(Path(cfg.init_from), cfg.view)
+        if cfg.convert not in ("balance", "copy"):
+            raise InputError(None, f"unknown --convert {cfg.convert!r}; choose balance or copy")
+        warm_start(model, twin_run)
+        twin = frozen_teacher(model, twin_run, device) if cfg.convert == "balance" or cfg.distill else None
+        if twin is not None and cfg.convert == "balance":
+            conversion = balance(model.to(device), twin, [c.load() for c in calibration], cfg.view,
+                                 reset_every_step=cfg.state_reset)
+        if cfg.distill:
+            teacher = twin
+    return ViewModel(model_cfg, model, conversion, teacher)
 
 
 def _twin_checkpoint(model: SliceSegNet, run: Path) -> dict[str, Any]:
