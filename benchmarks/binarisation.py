@@ -13,7 +13,7 @@ Why a benchmark: on the hard phantoms at 4x the demo's budget the converted-then
 SNN trails its twin on ET by about 10 points and longer fine-tuning does not close it (README,
 "Fidelity"); this shows where in the network the twin's ET is lost at the start.
 Writes ``results.md`` and ``results.csv`` to ``--out``; its preprocessed cache goes to
-``OUT/preprocessed``. Nothing is read from the twin run but its files; nothing there changes.
+``OUT/preprocessed``; the twin run is only read.
 """
 
 from __future__ import annotations
@@ -37,9 +37,6 @@ from spikeseg.training.data import CachedCase, preprocess_dataset
 from spikeseg.training.predict import predict_views
 from spikeseg.training.run_folder import load_run, twin_run_for
 from spikeseg.training.trainer import CONVERSION_CASES, build_view_model, validation_scores
-
-SCORES = ("val_dice_ET", "val_dice_TC", "val_dice_WT", "val_dice_mean", "val_nll")
-
 
 def twin_views(twin: Path) -> list[str]:
     """The views a twin run holds: its own, or those of a ``--view all`` folder."""
