@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from spikeseg.benchmarks.fidelity import refuse_existing_results
 from spikeseg.runtime.atomic import write_text
 from spikeseg.runtime.errors import InputError
 from spikeseg.runtime.preprocess import VIEWS, PreprocessParams
@@ -110,8 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="the SNN's readout, as `spikeseg train --readout-input` (default spikes)")
     p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --out")
     a = p.parse_args(argv)
-    if (a.out / "results.md").exists() and not a.overwrite:
-        raise SystemExit(f"{a.out}: results exist; pass --overwrite to replace them")
+    refuse_existing_results(a.out / "results.md", a.overwrite)
     torch.set_num_threads(2)
     device = torch.device("cpu")
     try:

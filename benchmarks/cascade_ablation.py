@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from spikeseg.benchmarks.demo import run
-from spikeseg.benchmarks.fidelity import add_budget_arguments
+from spikeseg.benchmarks.fidelity import add_budget_arguments, refuse_existing_results
 from spikeseg.runtime.atomic import write_text
 
 ARCHS = ("unet3d", "me-unet", "cascade-me-unet")
@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     add_budget_arguments(p, minutes=4.0, preset="small", spacing="2", per="model")
     p.add_argument("--patch", default="32", help="patch side, a multiple of 16 (default 32)")
     a = p.parse_args(argv)
+    refuse_existing_results(a.out / "results.md", a.overwrite)
     seconds: dict[str, float] = {}
     bundles = []
     for arch in ARCHS:

@@ -189,7 +189,8 @@ def report(rows: list[dict[str, Any]], extras: dict[str, Any], seconds: dict[str
 
 
 def add_budget_arguments(p: argparse.ArgumentParser, minutes: float, preset: str, spacing: str, per: str) -> None:
-    """What every equal-budget model comparison asks: cases, output, budget, size, grid, seed."""
+    """What every equal-budget model comparison asks: cases, output, budget, size, grid, seed, and
+    whether earlier results may be replaced."""
     p.add_argument("--train", type=Path, required=True, help="labelled training cases")
     p.add_argument("--test", type=Path, required=True, help="labelled held-out cases")
     p.add_argument("--out", type=Path, required=True)
@@ -198,6 +199,15 @@ def add_budget_arguments(p: argparse.ArgumentParser, minutes: float, preset: str
     p.add_argument("--spacing", default=spacing, help=f"model grid spacing in mm (default {spacing})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-args", default="", help="extra `spikeseg train` options for every model")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the results of an earlier run in --out (its finished training runs are kept)")
+
+
+def refuse_existing_results(results: Path, overwrite: bool) -> None:
+    """Stop before any work if ``results`` exist and ``--overwrite`` was not given: a benchmark
+    never replaces figures someone may have quoted without being asked to."""
+    if results.exists() and not overwrite:
+        raise SystemExit(f"{results.parent}: results exist; pass --overwrite to replace them")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="score stateful models front to back only (the paper's inference; `spikeseg export "
                         "--one-way`), not both ways averaged (the runtime's default)")
     a = p.parse_args(argv)
+    refuse_existing_results(a.out / "results.md", a.overwrite)
     torch.set_num_threads(2)
     names = [n for n in a.models.split(",") if n]
     unknown = set(names) - set(MODELS)

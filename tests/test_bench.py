@@ -85,3 +85,21 @@ def test_case_latency_times_fresh_bundles_end_to_end(phantom_root: Path, tmp_pat
     assert not [p for p in out.iterdir() if p.is_dir()]  # the fresh bundles and outputs were temporary
     with pytest.raises(SystemExit, match="--overwrite"):  # refused before any work
         case_latency(["--case", str(case), "--preset", "tiny", "--spacing", "6", "--out", str(out)])
+
+
+@pytest.mark.parametrize("module", ["fidelity", "cascade_ablation"])
+def test_equal_budget_benchmarks_refuse_to_replace_results_before_any_training(module: str, tmp_path: Path) -> None:
+    """An existing results.md stops the run at once (no training starts, the file is unchanged);
+    --overwrite lets it past the check (here into the missing training data, a clear error)."""
+    import importlib
+
+    main = importlib.import_module(f"spikeseg.benchmarks.{module}").main
+    (tmp_path / "results.md").write_text("quoted figures")
+    args = ["--train", str(tmp_path / "no-train"), "--test", str(tmp_path / "no-test"), "--out", str(tmp_path)]
+    with pytest.raises(SystemExit, match="results exist; pass --overwrite"):
+        main(args)
+    assert (tmp_path / "results.md").read_text() == "quoted figures"
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(BaseException) as past:
+        main([*args, "--overwrite", "--minutes", "0.01"])
+    assert "results exist" not in str(past.value)
