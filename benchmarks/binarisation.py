@@ -28,10 +28,9 @@ import numpy as np
 import torch
 
 from spikeseg.benchmarks.fidelity import refuse_existing_results
-from spikeseg.runtime.atomic import write_text
 from spikeseg.runtime.errors import InputError
 from spikeseg.runtime.preprocess import VIEWS, PreprocessParams
-from spikeseg.runtime.tables import rows_to_csv
+from spikeseg.runtime.tables import write_results
 from spikeseg.training.config import TrainConfig
 from spikeseg.training.conversion import analog_layers, spiking_layers
 from spikeseg.training.data import CachedCase, preprocess_dataset
@@ -120,10 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                                                      device)]
     except InputError as e:
         raise SystemExit(f"error: {e}")
-    text = report(rows, a.twin, a.readout_input)
-    write_text(a.out / "results.md", text)
-    write_text(a.out / "results.csv", rows_to_csv(rows))
-    print(text)
+    write_results(a.out, report(rows, a.twin, a.readout_input), rows)
     return 0
 
 

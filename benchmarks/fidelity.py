@@ -43,7 +43,7 @@ from spikeseg.runtime.ensemble import fuse
 from spikeseg.runtime.labels import REGIONS, labels_to_regions
 from spikeseg.runtime.metrics import dice, ece, hd95, nll
 from spikeseg.runtime.preprocess import model_space, to_native_space
-from spikeseg.runtime.tables import rows_to_csv
+from spikeseg.runtime.tables import write_results
 from spikeseg.training.predict import predict_view
 from spikeseg.training.run_folder import load_run
 
@@ -233,11 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         seconds[name] = train_model(name, a.train, runs, a.minutes, common, a.warm_share)
     print("== evaluating", flush=True)
     rows, extras = evaluate(runs, names, a.test, both_ways=not a.one_way)
-    text = report(rows, extras, seconds, a.minutes, a)
-    write_text(a.out / "results.md", text)
-    write_text(a.out / "results.csv", rows_to_csv(rows))
     write_text(a.out / "ops.json", json.dumps(extras, indent=2))
-    print(text)
+    write_results(a.out, report(rows, extras, seconds, a.minutes, a), rows)
     return 0
 
 

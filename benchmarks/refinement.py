@@ -26,12 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from spikeseg.runtime.atomic import write_text
 from spikeseg.runtime.bundle import load_bundle
 from spikeseg.runtime.evaluate import evaluate_dirs, summarise
 from spikeseg.runtime.labels import REGIONS
 from spikeseg.runtime.segment import segment
-from spikeseg.runtime.tables import rows_to_csv
+from spikeseg.runtime.tables import write_results
 
 COMPUTE = ("view_", "refine")  # report timings that are model compute (not load, preprocess, write)
 
@@ -98,10 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {r['model']} | {r['dice_ET']:.3f} | {r['dice_TC']:.3f} | {r['dice_WT']:.3f} | "
                      f"{r['hd95_ET']:.1f} | {r['hd95_TC']:.1f} | {r['hd95_WT']:.1f} | {r['seconds']:.2f} | "
                      f"{pct(r['refined'])} | {pct(r['saved'])} | {r['dense_macs']:.2e} |")
-    text = "\n".join(lines) + "\n"
-    write_text(a.out / "results.md", text)
-    write_text(a.out / "results.csv", rows_to_csv(table))
-    print(text)
+    write_results(a.out, "\n".join(lines) + "\n", table)
     return 0
 
 

@@ -1,11 +1,14 @@
-"""One way to write a table of rows as CSV (metrics, histories, summaries, benchmark results)."""
+"""One way to write a table of rows as CSV (metrics, histories, summaries) and a benchmark's results."""
 
 from __future__ import annotations
 
 import csv
 import io
 import math
+from pathlib import Path
 from typing import Any, Iterable
+
+from spikeseg.runtime.atomic import write_text
 
 
 def cell(value: Any) -> str:
@@ -26,3 +29,11 @@ def rows_to_csv(rows: Iterable[dict[str, Any]], columns: list[str] | None = None
     for r in rows:
         writer.writerow({k: cell(r.get(k)) for k in cols})
     return buf.getvalue()
+
+
+def write_results(out: Path, text: str, rows: Iterable[dict[str, Any]]) -> None:
+    """A benchmark's ``results.md`` (``text``) and ``results.csv`` (``rows``) in ``out``, each
+    written whole or not at all, then the table printed: what every results table here does."""
+    write_text(out / "results.md", text)
+    write_text(out / "results.csv", rows_to_csv(rows))
+    print(text)
