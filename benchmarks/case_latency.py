@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from spikeseg.benchmarks.bench import median_peaks, peak_shares
+from spikeseg.benchmarks.fidelity import refuse_existing_results
 from spikeseg.cli import add_threads_argument
 from spikeseg.export.build import build_bundle
 from spikeseg.runtime.atomic import write_json, write_text
@@ -126,8 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --out")
     add_threads_argument(p, "inference threads of every run")
     a = p.parse_args(argv)
-    if (a.out / "case_latency.json").exists() and not a.overwrite:
-        raise SystemExit(f"{a.out}: results exist; pass --overwrite to replace them")
+    refuse_existing_results(a.out / "case_latency.json", a.overwrite)
     cases = find_cases(a.case)
     if len(cases) != 1:
         raise InputError(a.case, "give one case folder")

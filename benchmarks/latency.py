@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from spikeseg.benchmarks.bench import median_peaks, peak_shares
+from spikeseg.benchmarks.fidelity import refuse_existing_results
 from spikeseg.export.graphs import TorchEngine, export_onnx, onnx_to_openvino
 from spikeseg.export.quantize import calibration_feeds, quantize_onnxruntime, quantize_openvino
 from spikeseg.runtime.atomic import write_text
@@ -136,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path)
     p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --out")
     a = p.parse_args(argv)
-    if a.out and (a.out / "latency.md").exists() and not a.overwrite:
-        raise SystemExit(f"{a.out}: results exist; pass --overwrite to replace them")
+    if a.out:
+        refuse_existing_results(a.out / "latency.md", a.overwrite)
     rows = run(a.preset, a.height, a.width, a.threads, a.steps, a.calib_items, a.rounds)
     md = markdown(rows, a.preset, a.height, a.width, a.threads)
     print(md)

@@ -103,3 +103,15 @@ def test_equal_budget_benchmarks_refuse_to_replace_results_before_any_training(m
     with pytest.raises(BaseException) as past:
         main([*args, "--overwrite", "--minutes", "0.01"])
     assert "results exist" not in str(past.value)
+
+
+def test_latency_benchmark_refuses_to_replace_its_table_before_timing_anything(tmp_path: Path) -> None:
+    """The per-slice latency table is quoted in the README: an existing one stops the run before
+    any model is built or timed, and the file is left as it was."""
+    from spikeseg.benchmarks.latency import main as latency
+
+    (tmp_path / "latency.md").write_text("quoted figures")
+    with pytest.raises(SystemExit, match="results exist; pass --overwrite"):
+        latency(["--out", str(tmp_path)])
+    assert (tmp_path / "latency.md").read_text() == "quoted figures"
+    assert [p.name for p in tmp_path.iterdir()] == ["latency.md"]
