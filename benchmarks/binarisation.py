@@ -27,10 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from spikeseg.benchmarks.fidelity import refuse_existing_results
 from spikeseg.runtime.errors import InputError
 from spikeseg.runtime.preprocess import VIEWS, PreprocessParams
-from spikeseg.runtime.tables import write_results
+from spikeseg.runtime.tables import refuse_existing_results, write_results
 from spikeseg.training.config import TrainConfig
 from spikeseg.training.conversion import analog_layers, spiking_layers
 from spikeseg.training.data import CachedCase, preprocess_dataset

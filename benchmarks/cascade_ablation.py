@@ -20,8 +20,9 @@ import sys
 from pathlib import Path
 
 from spikeseg.benchmarks.demo import run
-from spikeseg.benchmarks.fidelity import add_budget_arguments, refuse_existing_results
+from spikeseg.benchmarks.fidelity import add_budget_arguments
 from spikeseg.runtime.atomic import write_text
+from spikeseg.runtime.tables import refuse_existing_results
 
 ARCHS = ("unet3d", "me-unet", "cascade-me-unet")
 PAPER_NAMES = {"unet3d": "UNet", "me-unet": "ME UNet", "cascade-me-unet": "C ME UNet"}

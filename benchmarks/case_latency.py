@@ -25,7 +25,6 @@ from typing import Any
 import torch
 
 from spikeseg.benchmarks.bench import median_peaks, peak_shares
-from spikeseg.benchmarks.fidelity import refuse_existing_results
 from spikeseg.cli import add_threads_argument
 from spikeseg.export.build import build_bundle
 from spikeseg.runtime.atomic import write_json, write_text
@@ -33,6 +32,7 @@ from spikeseg.runtime.case_io import find_cases
 from spikeseg.runtime.energy import measure_conv_peaks
 from spikeseg.runtime.errors import InputError
 from spikeseg.runtime.preprocess import VIEWS, PreprocessParams
+from spikeseg.runtime.tables import refuse_existing_results
 from spikeseg.snn.models import ModelConfig, build_model
 from spikeseg.training.config import DEFAULT_TRAINER, RUN_VERSION
 from spikeseg.training.run_folder import save_checkpoint

@@ -43,7 +43,7 @@ from spikeseg.runtime.ensemble import fuse
 from spikeseg.runtime.labels import REGIONS, labels_to_regions
 from spikeseg.runtime.metrics import dice, ece, hd95, nll
 from spikeseg.runtime.preprocess import model_space, to_native_space
-from spikeseg.runtime.tables import write_results
+from spikeseg.runtime.tables import refuse_existing_results, write_results
 from spikeseg.training.predict import predict_view
 from spikeseg.training.run_folder import load_run
 
@@ -201,13 +201,6 @@ def add_budget_arguments(p: argparse.ArgumentParser, minutes: float, preset: str
     p.add_argument("--train-args", default="", help="extra `spikeseg train` options for every model")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the results of an earlier run in --out (its finished training runs are kept)")
-
-
-def refuse_existing_results(results: Path, overwrite: bool) -> None:
-    """Stop before any work if ``results`` exist and ``--overwrite`` was not given: a benchmark
-    never replaces figures someone may have quoted without being asked to."""
-    if results.exists() and not overwrite:
-        raise SystemExit(f"{results.parent}: results exist; pass --overwrite to replace them")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,7 +26,6 @@ import numpy as np
 import torch
 
 from spikeseg.benchmarks.bench import median_peaks, peak_shares
-from spikeseg.benchmarks.fidelity import refuse_existing_results
 from spikeseg.export.graphs import TorchEngine, export_onnx, onnx_to_openvino
 from spikeseg.export.quantize import calibration_feeds, quantize_onnxruntime, quantize_openvino
 from spikeseg.runtime.atomic import write_text
@@ -34,6 +33,7 @@ from spikeseg.runtime.bundle import ModelFile
 from spikeseg.runtime.bundle_spec import ViewSpec
 from spikeseg.runtime.energy import measure_conv_peaks
 from spikeseg.runtime.inference import OrtEngine, OvEngine, feed_back
+from spikeseg.runtime.tables import refuse_existing_results
 from spikeseg.cli import add_threads_argument
 from spikeseg.snn.models import ModelConfig, build_model
 

@@ -1,4 +1,5 @@
-"""One way to write a table of rows as CSV (metrics, histories, summaries) and a benchmark's results."""
+"""One way to write a table of rows as CSV (metrics, histories, summaries) and a benchmark's results,
+and one rule for results already there: kept unless the user asks for ``--overwrite``."""
 
 from __future__ import annotations
 
@@ -37,3 +38,10 @@ def write_results(out: Path, text: str, rows: Iterable[dict[str, Any]]) -> None:
     write_text(out / "results.md", text)
     write_text(out / "results.csv", rows_to_csv(rows))
     print(text)
+
+
+def refuse_existing_results(results: Path, overwrite: bool) -> None:
+    """Stop before any work if ``results`` exist and ``--overwrite`` was not given: a benchmark
+    never replaces figures someone may have quoted without being asked to."""
+    if results.exists() and not overwrite:
+        raise SystemExit(f"{results.parent}: results exist; pass --overwrite to replace them")
