@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from spikeseg.runtime.errors import InputError
-from spikeseg.runtime.preprocess import VIEWS, PreprocessParams
+from spikeseg.runtime.preprocess import VIEWS, PreprocessParams, parse_views
 from spikeseg.runtime.tables import refuse_existing_results, write_results
 from spikeseg.training.config import TrainConfig
 from spikeseg.training.conversion import analog_layers, spiking_layers
@@ -36,6 +36,7 @@ from spikeseg.training.data import CachedCase, preprocess_dataset
 from spikeseg.training.predict import predict_views
 from spikeseg.training.run_folder import load_run, twin_run_for
 from spikeseg.training.trainer import CONVERSION_CASES, build_view_model, validation_scores
+
 
 def twin_views(twin: Path) -> list[str]:
     """The views a twin run holds: its own, or those of a ``--view all`` folder."""
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(2)
     device = torch.device("cpu")
     try:
-        views = a.views.split(",") if a.views else twin_views(a.twin)
+        views = parse_views(a.views) if a.views else twin_views(a.twin)
         rows = [r for v in views for r in view_rows(a.twin, v, a.data, a.out / "preprocessed", a.readout_input,
                                                      device)]
     except InputError as e:

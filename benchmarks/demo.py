@@ -28,6 +28,7 @@ from spikeseg.benchmarks.refinement import main as refinement_main
 from spikeseg.runtime.bundle import load_bundle
 from spikeseg.cli import main as cli
 from spikeseg.runtime.errors import InputError
+from spikeseg.runtime.preprocess import VIEWS
 from spikeseg.snn.unet3d import ARCH as VOLUME_ARCH
 
 TRAIN_CASES, TEST_CASES = 12, 4
@@ -46,9 +47,6 @@ UNET3D_RECIPE = ["--preset", "small", "--patch", "32", "--patches-per-case", "8"
 def step(title: str) -> float:
     print(f"\n== {title}", flush=True)
     return time.time()
-
-
-VIEWS = ("sagittal", "coronal", "axial")
 
 
 def run_dirs(folder: Path, arch: str) -> list[Path]:

@@ -42,12 +42,11 @@ from spikeseg.runtime.case_io import find_cases, load_case
 from spikeseg.runtime.ensemble import fuse
 from spikeseg.runtime.labels import REGIONS, labels_to_regions
 from spikeseg.runtime.metrics import dice, ece, hd95, nll
-from spikeseg.runtime.preprocess import model_space, to_native_space
+from spikeseg.runtime.preprocess import VIEWS, model_space, to_native_space
 from spikeseg.runtime.tables import refuse_existing_results, write_results
 from spikeseg.training.predict import predict_view
 from spikeseg.training.run_folder import load_run
 
-VIEWS = ("sagittal", "coronal", "axial")
 MODELS: dict[str, tuple[str, list[str]]] = {
     "snn": ("spiking-useg", []),
     "snn-reset": ("spiking-useg", ["--state-reset"]),
