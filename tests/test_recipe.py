@@ -127,7 +127,7 @@ def test_distillation_trains_the_snn_against_a_frozen_twin(phantom5: Path, tmp_p
     assert all(torch.equal(v, twin_weights[k]) for k, v in teacher.state_dict().items())
 
 
-@pytest.mark.parametrize("options", [[], ["--window-sampling", "random", "--burn-in", "3"]])
+@pytest.mark.parametrize("options", [[], ["--window-sampling", "sequential"], ["--window-sampling", "random", "--burn-in", "3"]])
 def test_training_logs_firing_rates_inside_a_sane_band(phantom5: Path, tmp_path: Path, options: list[str]) -> None:
     """A few FPTT updates: activity.csv has per-layer rates and surrogate factors per update, and
     no layer is silent or saturated (0.2 % < rate < 60 %)."""
@@ -373,8 +373,9 @@ def test_val_both_ways_selects_by_the_runtimes_default_pass(phantom5: Path, tmp_
             probs = predict_views(model, images, "axial", both_ways=both_ways)
         return validation_scores(zip(probs, (cases[i][1] for i in val_ids)))["val_nll"]
 
-    assert logged == pytest.approx(val_nll(True), abs=1e-6)  # metrics.csv keeps 6 decimals
-    assert abs(logged - val_nll(False)) > 1e-5
+    both, forward = val_nll(True), val_nll(False)
+    assert logged == pytest.approx(both, abs=6e-7)  # metrics.csv keeps 6 decimals
+    assert abs(logged - forward) > 2e-6 + abs(logged - both)
 
 
 @pytest.mark.parametrize("readout", ["spikes", "membrane"])

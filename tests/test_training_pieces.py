@@ -4,6 +4,7 @@ k-fold split, the membrane reset, and every trainer taking real update steps."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -122,3 +123,62 @@ def test_every_trainer_takes_update_steps(phantom5: Path, tmp_path: Path, arch: 
     init = build_model(ModelConfig.from_dict(cfg["model_config"])).state_dict()
     moved = [k for k, v in ckpt["model"].items() if v.is_floating_point() and not torch.equal(v, init[k])]
     assert moved, "no weight changed"
+
+
+def test_shuffled_sampling_visits_every_slice_once_each_after_its_burn_in() -> None:
+    """``--window-sampling shuffled``: updates of batch x window slices that together visit every
+    slice of the batch's volumes exactly once, each entered with the state that running its
+    ``burn_in`` predecessors from zero gives (torch's own sequence forward is the reference;
+    a slice near the start gets the predecessors it has)."""
+    from types import SimpleNamespace
+
+    from spikeseg.training.trainer import ViewTrainer
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.preset("spiking-useg", "tiny", dropout=0.0)).eval()
+    b, t, burn_in = 2, 7, 2
+    x = torch.rand(b, t, 4, 16, 16) * 3
+    seen: list[tuple[torch.Tensor, list[torch.Tensor]]] = []
+    fake = SimpleNamespace(model=model, burn_in=burn_in, device=torch.device("cpu"),
+                           cfg=SimpleNamespace(window=3, state_reset=False))
+    fake._warm_state = lambda *a: ViewTrainer._warm_state(fake, *a)
+    fake._update = lambda xs, ys, state: (seen.append((xs, state)), (0.0, None))[1]
+    losses = ViewTrainer._shuffled_slices(fake, x, torch.zeros(b, t, 3, 16, 16), np.random.default_rng(1))
+    assert len(losses) == math.ceil(b * t / (b * 3)) and [len(xs) for xs, _ in seen] == [6, 6, 2]
+    flat = x.flatten(0, 1)
+    visited = []
+    for xs, state in seen:
+        for i in range(len(xs)):
+            k = next(k for k in range(b * t) if torch.equal(flat[k], xs[i, 0]))
+            visited.append(k)
+            c, s = divmod(k, t)
+            with torch.no_grad():
+                _, expected = model(x[c:c + 1, max(0, s - burn_in):s]) if s else (None, model.init_state(1, 16, 16))
+            for got, want in zip(state, expected):
+                torch.testing.assert_close(got[i:i + 1], want, rtol=0, atol=1e-6)
+    assert sorted(visited) == list(range(b * t))
+
+
+def test_window_sampling_and_burn_in_defaults() -> None:
+    """Shuffled slices for the SNN (burn-in from its initial tau: the zero start's share of the
+    membrane down to 20 %), sequential windows for the ConvLSTM twin, none to warm after a reset."""
+    from spikeseg.training.config import BURN_IN_RESIDUE, TrainConfig
+
+    def cfg(**kw):
+        return TrainConfig(data="", out="", **kw)
+
+    assert cfg(arch="spiking-useg").resolved_window_sampling() == "shuffled"
+    assert cfg(arch="useg-clstm").resolved_window_sampling() == "sequential"
+    for tau in (1.25, 2.0, 4.0):
+        b = cfg(arch="spiking-useg", init_tau=tau).resolved_burn_in()
+        assert (1 - 1 / tau) ** b <= BURN_IN_RESIDUE < (1 - 1 / tau) ** (b - 1)
+    assert cfg(arch="spiking-useg", init_tau=1.25).resolved_burn_in() == 1
+    assert cfg(arch="spiking-useg", init_tau=2.0).resolved_burn_in() == 3
+    assert cfg(arch="spiking-useg", state_reset=True).resolved_burn_in() == 0
+    assert cfg(arch="spiking-useg", window_sampling="random").resolved_burn_in() == 8
+    assert cfg(arch="spiking-useg", window_sampling="sequential").resolved_burn_in() == 0
+    assert cfg(arch="spiking-useg", burn_in=5).resolved_burn_in() == 5
+    with pytest.raises(InputError, match="--burn-in must be >= 0"):
+        cfg(arch="spiking-useg", burn_in=-1).resolved_burn_in()
+    with pytest.raises(InputError, match="unknown --window-sampling"):
+        cfg(arch="spiking-useg", window_sampling="zigzag").resolved_window_sampling()
