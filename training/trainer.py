@@ -278,7 +278,7 @@ class ViewTrainer:
         are warm and the update is per slice (FPTT's K = 1), with no state carried between
         updates. Why not windows front to back: consecutive updates then see near copies of one
         slice position, and ET, under 0.1 % of the grid, sits in few of them; sampled this way
-        the converted SNN learned ET 9 points further in the same 36 epochs (README "Fidelity")."""
+        the converted SNN learned ET 6 points further in the same 34-36 epochs (README "Fidelity")."""
         b, t = x.shape[:2]
         xs, ys = x.flatten(0, 1), y.flatten(0, 1)
         perm = torch.from_numpy(rng.permutation(b * t)).to(self.device)
