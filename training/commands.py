@@ -146,7 +146,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--burn-in", type=int,
                     help="shuffled and random sampling: slices run without gradient before each sampled slice "
                          "or window, to warm the state (default: random 8; shuffled as many as bring the zero "
-                         "start's share of a PLIF membrane to 20 %%: 1 at tau 1.25, 3 at tau 2)")
+                         "start's share of a PLIF membrane to 20 %%: 1 at tau 1.25, 3 at tau 2; none with "
+                         "--state-reset, which discards the warmed state)")
     tr.add_argument("--tumour-share", type=float, default=0.5,
                     help="random windows: share of windows placed on tumour slices (default 0.5)")
     tr.add_argument("--neuron", choices=["plif", "snntorch-leaky"], default="plif",

@@ -190,15 +190,18 @@ class TrainConfig:
 
     def resolved_burn_in(self) -> int:
         """Slices run without gradient before each sampled window: ``--burn-in``, or the
-        sampling's default (none with the state reset every slice: there is nothing to warm up)."""
+        sampling's default; none with the state reset every slice, whatever the sampling: the
+        reset discards what a burn-in would warm up."""
+        if self.burn_in is not None and self.burn_in < 0:
+            raise InputError(None, f"--burn-in must be >= 0, got {self.burn_in}")
+        if self.state_reset:
+            return 0
         if self.burn_in is not None:
-            if self.burn_in < 0:
-                raise InputError(None, f"--burn-in must be >= 0, got {self.burn_in}")
             return self.burn_in
         sampling = self.resolved_window_sampling()
         if sampling == "random":
             return RANDOM_WINDOW_BURN_IN
-        if sampling == "sequential" or self.state_reset:
+        if sampling == "sequential":
             return 0
         retention = 0.5  # snnTorch's Leaky starts at beta 0.5; the ConvLSTM has no single decay
         if self.arch == "spiking-useg" and self.neuron == "plif":

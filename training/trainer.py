@@ -283,7 +283,7 @@ class ViewTrainer:
         xs, ys = x.flatten(0, 1), y.flatten(0, 1)
         perm = torch.from_numpy(rng.permutation(b * t)).to(self.device)
         step = b * self.cfg.window
-        warm = self.burn_in > 0 and self.model.stateful and not self.cfg.state_reset
+        warm = self.burn_in > 0 and self.model.stateful
         losses = []
         for k in range(0, b * t, step):
             idx = perm[k:k + step]
