@@ -129,22 +129,26 @@ def test_shuffled_sampling_visits_every_slice_once_each_after_its_burn_in() -> N
     """``--window-sampling shuffled``: updates of batch x window slices that together visit every
     slice of the batch's volumes exactly once, each entered with the state that running its
     ``burn_in`` predecessors from zero gives (torch's own sequence forward is the reference;
-    a slice near the start gets the predecessors it has)."""
+    a slice near the start gets the predecessors it has). The burn-in runs without dropout, as
+    inference does, and leaves the model training."""
     from types import SimpleNamespace
 
     from spikeseg.training.trainer import ViewTrainer
 
     torch.manual_seed(0)
-    model = build_model(ModelConfig.preset("spiking-useg", "tiny", dropout=0.0)).eval()
+    model = build_model(ModelConfig.preset("spiking-useg", "tiny", dropout=0.5)).train()
     b, t, burn_in = 2, 7, 2
     x = torch.rand(b, t, 4, 16, 16) * 3
     seen: list[tuple[torch.Tensor, list[torch.Tensor]]] = []
     fake = SimpleNamespace(model=model, burn_in=burn_in, device=torch.device("cpu"),
                            cfg=SimpleNamespace(window=3, state_reset=False))
     fake._warm_state = lambda *a: ViewTrainer._warm_state(fake, *a)
+    fake._as_at_inference = lambda: ViewTrainer._as_at_inference(fake)
     fake._update = lambda xs, ys, state: (seen.append((xs, state)), (0.0, None))[1]
     losses = ViewTrainer._shuffled_slices(fake, x, torch.zeros(b, t, 3, 16, 16), np.random.default_rng(1))
     assert len(losses) == math.ceil(b * t / (b * 3)) and [len(xs) for xs, _ in seen] == [6, 6, 2]
+    assert model.training
+    model.eval()
     flat = x.flatten(0, 1)
     visited = []
     for xs, state in seen:
