@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from spikeseg.training.config import WINDOW_SAMPLING  # torch-free: --help stays light
+
 
 def _phantoms(args: argparse.Namespace) -> int:
     from spikeseg.training.phantoms import generate, parse_difficulty
@@ -136,18 +138,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--readout-lr-scale", type=float,
                     help="learning rate of the readout conv relative to --lr (default: 10 for spiking-useg, "
                          "the SNN recipe; 1 for the twins)")
-    tr.add_argument("--window-sampling", choices=["shuffled", "sequential", "random"],
+    tr.add_argument("--window-sampling", choices=WINDOW_SAMPLING,
                     help="fptt/tbptt: how updates draw slices. shuffled (default for spiking-useg, the SNN "
                          "recipe): each update takes --batch-size x --window slices at random positions of "
                          "--batch-size volumes, as the twin's trainer does, each after --burn-in slices run "
-                         "without gradient; sequential (default for useg-clstm, the paper's): windows of "
+                         "as at inference; sequential (default for useg-clstm, the paper's): windows of "
                          "--window slices front to back through each volume, the state carried between them; "
                          "random: each update a window at a random (tumour-biased) position")
     tr.add_argument("--burn-in", type=int,
-                    help="shuffled and random sampling: slices run without gradient before each sampled slice "
-                         "or window, to warm the state (default: random 8; shuffled as many as bring the zero "
-                         "start's share of a PLIF membrane to 20 %%: 1 at tau 1.25, 3 at tau 2; none with "
-                         "--state-reset, which discards the warmed state)")
+                    help="shuffled and random sampling: slices run as at inference (no gradient, no dropout) "
+                         "before each sampled slice or window, to warm the state (default: random 8; shuffled "
+                         "as many as bring the zero start's share of a PLIF membrane to 20 %%: 1 at tau 1.25, "
+                         "3 at tau 2; none with --state-reset, which discards the warmed state)")
     tr.add_argument("--tumour-share", type=float, default=0.5,
                     help="random windows: share of windows placed on tumour slices (default 0.5)")
     tr.add_argument("--neuron", choices=["plif", "snntorch-leaky"], default="plif",
@@ -170,8 +172,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="with --init-from: add WEIGHT x the BCE between the SNN's per-region probabilities "
                          "and the twin's on the same slices (knowledge distillation); default 0 = off")
     tr.add_argument("--empty-keep", type=float, default=1.0,
-                    help="fptt/tbptt with sequential windows: share of tumour-free windows that get an update (the rest only "
-                         "advance the state); default 1 = all")
+                    help="fptt/tbptt with sequential windows: share of tumour-free windows that get an update "
+                         "(the rest only advance the state); default 1 = all")
     tr.add_argument("--eval-average", action="store_true",
                     help="validate and keep best weights using FPTT's running mean wbar")
     tr.add_argument("--state-reset", action="store_true",

@@ -51,7 +51,7 @@ RECIPE_LR_DECAY_TO = 0.075
 RECIPE_CONVERTED_INIT_TAU = 1.25
 #: How the stateful trainers (fptt, tbptt) draw slices, per architecture. ``shuffled`` (the SNN
 #: recipe): each update takes batch x window slices at random (case, slice) positions, each with
-#: its membranes warmed up by a few slices run without gradient, so every update is as varied as
+#: its membranes warmed up by a few slices run as at inference, so every update is as varied as
 #: the twin's shuffled slices. ``sequential`` (the paper's): windows front to back through each
 #: volume, the state carried between them. Measured (README "Fidelity", hard phantoms, 2 mm, tiny,
 #: SNN fine-tuned 3.9 min a view after conversion from a twin trained 1.3 min; teacher ET 0.350):
@@ -62,7 +62,7 @@ RECIPE_CONVERTED_INIT_TAU = 1.25
 #: update. The ConvLSTM twin keeps the sequential windows it was measured with.
 WINDOW_SAMPLING = ("sequential", "random", "shuffled")
 DEFAULT_WINDOW_SAMPLING = {"spiking-useg": "shuffled"}
-#: Burn-in slices (run without gradient before a sampled slice) for random windows, as before
+#: Burn-in slices (run as at inference before a sampled window) for random windows, as before
 RANDOM_WINDOW_BURN_IN = 8
 #: Shuffled slices: enough burn-in slices that the zero start's share of the membrane falls to
 #: this (PLIF keeps 1 - 1/tau a slice: 1 slice at the recipe's tau 1.25, 3 at tau 2)
@@ -189,7 +189,7 @@ class TrainConfig:
         return sampling
 
     def resolved_burn_in(self) -> int:
-        """Slices run without gradient before each sampled window: ``--burn-in``, or the
+        """Slices run as at inference before each sampled window: ``--burn-in``, or the
         sampling's default; none with the state reset every slice, whatever the sampling: the
         reset discards what a burn-in would warm up."""
         if self.burn_in is not None and self.burn_in < 0:

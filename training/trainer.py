@@ -273,8 +273,8 @@ class ViewTrainer:
         """Updates on batch x window slices drawn without replacement from the batch's volumes
         (``x``: (B, T, C, H, W)), each slice at its own (case, position): the twin's sampling.
 
-        A stateful model sees each slice after its ``burn_in`` predecessors run without gradient
-        from the zero state (fewer at the start of a volume, as at inference), so its membranes
+        A stateful model sees each slice after its ``burn_in`` predecessors run from the zero
+        state as at inference (fewer at the start of a volume, as there), so its membranes
         are warm and the update is per slice (FPTT's K = 1), with no state carried between
         updates. Why not windows front to back: consecutive updates then see near copies of one
         slice position, and ET, under 0.1 % of the grid, sits in few of them; sampled this way
@@ -324,7 +324,7 @@ class ViewTrainer:
         and most windows hold no tumour; the stateless twin draws shuffled slices instead and
         learned in 3 epochs what the SNN had not learned in 10 (hard phantoms, 4 mm). Here each
         update takes K slices at a random start (with probability ``tumour_share`` one that
-        holds tumour), after ``burn_in`` slices run without gradient from the zero state, so the
+        holds tumour), after ``burn_in`` slices run as at inference from the zero state, so the
         membranes are warm as they are at inference (a PLIF with tau 2 forgets in a few slices)."""
         t, window = x.shape[1], min(self.cfg.window, x.shape[1])
         tumour = np.flatnonzero(y.flatten(2).any(2).any(0).cpu().numpy())
