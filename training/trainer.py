@@ -296,13 +296,15 @@ class ViewTrainer:
     def _as_at_inference(self) -> Iterator[None]:
         """Dropout off for a burn-in: its slices only set the state a sampled slice is entered
         with, and at inference that state comes without dropout (dropping units there also cost
-        9 % of an SNN epoch on a CPU: one more dropout mask per layer and update)."""
+        9 % of an SNN epoch on a CPU: one more dropout mask per layer and update). The model's
+        mode is restored as it was found."""
+        was_training = self.model.training
         self.model.eval()
         try:
             with torch.no_grad():
                 yield
         finally:
-            self.model.train()
+            self.model.train(was_training)
 
     def _warm_state(self, x: torch.Tensor, cases: torch.Tensor, slices: torch.Tensor) -> list[torch.Tensor]:
         """The state each (case, slice) pair is entered with: its ``burn_in`` predecessors run
