@@ -7,7 +7,9 @@ inference latency per case (median of repeats) and its ratio to torch FP32 of th
 architecture measured in this run, achieved GOP/s as a share of this CPU's FP32 and INT8
 peaks (a convolution probe, measured in the same run) and the ops/peak lower bound, peak
 memory, MACs/ACs and energy per hardware profile. Ratios, not absolute timings, are what carry
-over to another machine.
+over to another machine. Every model is also set against the twin (``useg``) on the same backend
+and precision, case by case: the Dice gap with a paired bootstrap interval over the cases, since
+a few held-out cases move an ET gap by points.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from spikeseg.benchmarks.paired_gap import paired_gap, points
 from spikeseg.runtime.atomic import write_text
 from spikeseg.runtime.bundle import Bundle, load_bundle
 from spikeseg.runtime.case_io import find_cases
@@ -126,6 +129,7 @@ def evaluate_config(cfg: Config, cases: list[tuple[Any, np.ndarray, Any]], threa
                           "int8" if cfg.precision == "int8" else "fp32")
     for name, e in energy.items():
         row[f"energy_j_{name}"] = e["joules_per_case"]
+    row["dice_per_case"] = {f"dice_{r}": scores[f"dice_{r}"] for r in REGIONS}  # for the gap table, not the CSV
     return row
 
 
@@ -186,6 +190,23 @@ def per_view_markdown(rows: list[dict[str, Any]]) -> str:
             continue
         cells = [f"{r[f'dice_WT_{v}']:.3f} / {r[f'nll_{v}']:.4f}" for v in views]
         lines.append(f"| {r['config']} | " + " | ".join(cells) + f" | {r['dice_WT']:.3f} / {r['nll']:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def twin_gap_markdown(rows: list[dict[str, Any]], per_case: dict[str, dict[str, list[float]]]) -> str:
+    """Every other model against the twin (``useg``) on the same backend, precision and cases:
+    is the demo's gap larger than the choice of its few cases would move it?"""
+    twins = {(r["backend"], r["precision"]): r["config"] for r in rows if r["architecture"] == "useg"}
+    others = [r for r in rows if r["architecture"] != "useg" and (r["backend"], r["precision"]) in twins]
+    if not others:
+        return ""
+    lines = ["", "Gap to the twin (useg) on the same backend and precision (twin minus model, Dice points; "
+                 "95 % paired bootstrap interval over the cases; cases where the model is behind):", "",
+             "| config | gap ET | gap TC | gap WT |", "|---|---|---|---|"]
+    for r in others:
+        twin = per_case[twins[(r["backend"], r["precision"])]]
+        cells = [points(paired_gap(twin[f"dice_{g}"], per_case[r["config"]][f"dice_{g}"])) for g in REGIONS]
+        lines.append(f"| {r['config']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -266,12 +287,13 @@ def run_bench(data: Path, bundle_paths: list[Path], out: Path, threads: int = 2,
         rows.append(row)
         log(f"{cfg.label:<34} WT Dice {row['dice_WT']:.3f}  {row['latency_s']:.2f} s/case  "
             f"peak {row['peak_rss_mb']:.0f} MB  ({time.perf_counter() - t0:.0f} s)")
+    per_case = {r["config"]: r.pop("dice_per_case") for r in rows}
     peaks = measure_conv_peaks(threads)
     for r in rows:
         base = [x for x in rows if x["architecture"] == r["architecture"] and x["backend"] == "torch"]
         r["x_vs_torch"] = base[0]["latency_s"] / r["latency_s"] if base else None
         r.update(peak_shares(r["dense_macs"], r["latency_s"], r["precision"], peaks))
-    md = to_markdown(rows, peaks, threads, len(case_dirs)) + per_view_markdown(rows)
+    md = to_markdown(rows, peaks, threads, len(case_dirs)) + per_view_markdown(rows) + twin_gap_markdown(rows, per_case)
     if training:
         from spikeseg.benchmarks.train_memory import markdown, run as run_train
         slices = [int(s) for s in training.split(",")]

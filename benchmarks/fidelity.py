@@ -19,8 +19,13 @@ and scores each view and the three-view ensemble (voxel-wise mean, as the runtim
 stateful models run both ways as the runtime runs them, unless ``--one-way``) on
 held-out cases at their native resolution: Dice and HD95 per ET/TC/WT, NLL (does the
 ensemble beat its best view?), ECE, and operations per case (effective MACs + ACs of the SNN
-counted as NeuroBench does, dense MACs of the twins). Writes ``results.md`` and
-``results.csv``; training runs stay in ``OUT/runs`` (``metrics.csv``, ``activity.csv``).
+counted as NeuroBench does, dense MACs of the twins), and each model's ensemble gap to the
+twin's with a paired bootstrap interval over the cases (``paired_gap``: with 4 held-out cases an
+ET gap moves by several points with the choice of cases; pass a larger ``--test`` folder to
+narrow it). Writes ``results.md`` and ``results.csv`` (``ops.json`` holds the per-case ensemble
+Dice); training runs stay in ``OUT/runs`` (``metrics.csv``, ``activity.csv``). Finished training
+runs are kept, so ``--overwrite`` with the same options and another ``--test`` folder only
+scores them again.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from spikeseg.benchmarks.paired_gap import paired_gap, points
 from spikeseg.cli import main as cli
 from spikeseg.export.graphs import layer_table
 from spikeseg.runtime.atomic import write_text
@@ -143,12 +149,16 @@ def evaluate(runs: Path, names: list[str], test_dir: Path,
         for view in (*VIEWS, "ensemble"):
             per_case = probs[view] if view != "ensemble" else [fuse([probs[v][i] for v in VIEWS])
                                                                for i in range(len(cases))]
-            rows.append({"model": name, "view": view, **score(per_case, cases)})
-        extras[name] = {"ops_per_case_axial": ops}
+            per_metric = score_cases(per_case, cases)
+            rows.append({"model": name, "view": view, **{k: float(np.mean(v)) for k, v in per_metric.items()}})
+            if view == "ensemble":
+                extras[name] = {"ops_per_case_axial": ops,
+                                "ensemble_dice_per_case": {f"dice_{r}": per_metric[f"dice_{r}"] for r in REGIONS}}
     return rows, extras
 
 
-def score(probs: list[np.ndarray], cases) -> dict[str, float]:
+def score_cases(probs: list[np.ndarray], cases) -> dict[str, list[float]]:
+    """Each metric per case, in the order of ``cases`` (paired across models for the gap table)."""
     out: dict[str, list[float]] = {}
     for prob, case in zip(probs, cases):
         ref = labels_to_regions(case.label, case.files.convention).astype(bool)
@@ -160,7 +170,7 @@ def score(probs: list[np.ndarray], cases) -> dict[str, float]:
             out.setdefault(f"hd95_{r}", []).append(0.0 if math.isnan(h) else h)
         out.setdefault("nll", []).append(nll(prob, ref))
         out.setdefault("ece", []).append(ece(prob, ref))
-    return {k: float(np.mean(v)) for k, v in out.items()}
+    return out
 
 
 def report(rows: list[dict[str, Any]], extras: dict[str, Any], seconds: dict[str, float],
@@ -184,7 +194,25 @@ def report(rows: list[dict[str, Any]], extras: dict[str, Any], seconds: dict[str
         ops = (f"{o['effective_macs']:.2e} MAC + {o['effective_acs']:.2e} AC (dense {o['dense_macs']:.2e})"
                if MODELS[name][0] == "spiking-useg" else f"{o['dense_macs']:.2e} MAC (dense)")
         lines.append(f"| {name} | {seconds.get(name, float('nan')):.0f} | {100 * (ens - best) / best:+.0f} % | {ops} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + gap_table(extras)) + "\n"
+
+
+def gap_table(extras: dict[str, Any]) -> list[str]:
+    """Each model's three-view ensemble against the twin's on the same cases, in Dice points,
+    with the paired bootstrap interval over the cases: is the gap larger than the cases move it?"""
+    if "twin" not in extras:
+        return []
+    twin = extras["twin"]["ensemble_dice_per_case"]
+    n = len(twin["dice_WT"])
+    lines = ["", f"Gap to the twin (three-view ensembles, twin minus model, Dice points; 95 % paired bootstrap "
+                 f"interval over the {n} cases; cases where the model is behind):", "",
+             "| model | gap ET | gap TC | gap WT |", "|---|---|---|---|"]
+    for name, e in extras.items():
+        if name == "twin":
+            continue
+        cells = [points(paired_gap(twin[f"dice_{r}"], e["ensemble_dice_per_case"][f"dice_{r}"])) for r in REGIONS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def add_budget_arguments(p: argparse.ArgumentParser, minutes: float, preset: str, spacing: str, per: str) -> None:

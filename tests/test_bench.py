@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,23 @@ def test_bench_compares_every_configuration_in_one_run(bundles, phantom_root: Pa
     assert all(float(row["effective_acs"]) > 0 for row in snn)
     for name in ("results.md", "accuracy_vs_energy.png", "latency.png"):
         assert (out / name).stat().st_size > 0
+    # the SNN set against the twin case by case, on the same backend and precision (one case here:
+    # the gap is that case's difference and the interval collapses onto it)
+    assert "dice_per_case" not in rows[0]
+    by_config = {row["config"]: row for row in rows}
+    md = (out / "results.md").read_text()
+    for backend, precision in (("openvino", "int8"), ("onnxruntime", "fp32")):
+        snn, twin = by_config[f"spiking-useg {backend} {precision}"], by_config[f"useg {backend} {precision}"]
+        line = next(x for x in md.splitlines() if x.startswith(f"| spiking-useg {backend} {precision} |") and "[" in x)
+        for cell, region in zip(line.strip("|").split("|")[1:], ("ET", "TC", "WT")):
+            diff = 100 * (float(twin[f"dice_{region}"]) - float(snn[f"dice_{region}"]))
+            if math.isnan(diff):
+                assert cell.strip() == "undefined"
+                continue
+            mean, interval = cell.split("[")
+            assert float(mean) == pytest.approx(diff, abs=0.051)
+            assert [float(v) for v in interval.split("]")[0].split(",")] == pytest.approx([float(mean)] * 2)
+            assert cell.strip().endswith(f"({int(diff > 0)}/1)")
     again = run_cli("bench", "--data", phantom_root, "--bundles", bundles["useg"], "--out", out)
     assert again.returncode == 2 and "--overwrite" in again.stderr
 

@@ -1,0 +1,62 @@
+"""The fidelity benchmark's gap to the twin, with its paired bootstrap interval over the cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from spikeseg.benchmarks.fidelity import gap_table
+from spikeseg.benchmarks.paired_gap import paired_gap, points
+
+
+def test_interval_matches_scipys_percentile_bootstrap_of_the_mean_difference() -> None:
+    rng = np.random.default_rng(1)
+    twin = rng.uniform(0.4, 0.9, 30)
+    model = twin - rng.normal(0.03, 0.05, 30)
+    gap = paired_gap(twin, model)
+    ref = stats.bootstrap((twin - model,), np.mean, confidence_level=0.95, n_resamples=10000,
+                          method="percentile", random_state=0)
+    assert gap.mean == pytest.approx(float(np.mean(twin - model)))
+    tolerance = 0.15 * ref.standard_error  # two Monte Carlo draws of the same percentiles
+    assert gap.low == pytest.approx(ref.confidence_interval.low, abs=tolerance)
+    assert gap.high == pytest.approx(ref.confidence_interval.high, abs=tolerance)
+    assert (gap.behind, gap.cases) == (int(np.sum(twin > model)), 30)
+
+
+def test_cases_stay_paired_so_a_constant_gap_is_certain_however_the_cases_vary() -> None:
+    """Unpaired resampling would spread this interval over the cases' own range (0.1-0.9)."""
+    twin = np.array([0.1, 0.9, 0.5, 0.3])
+    gap = paired_gap(twin, twin - 0.05)
+    assert (gap.low, gap.high) == pytest.approx((0.05, 0.05))
+    assert gap.behind == 4
+    mixed = paired_gap([0.6, 0.7, 0.5, 0.8], [0.5, 0.75, 0.5, 0.6])
+    assert mixed.low <= mixed.mean <= mixed.high and mixed.behind == 2
+    assert paired_gap([0.6, 0.7], [0.5, 0.75], seed=3) == paired_gap([0.6, 0.7], [0.5, 0.75], seed=3)
+
+
+def test_cases_undefined_for_either_model_are_left_out_as_the_mean_leaves_them_out() -> None:
+    nan = float("nan")
+    gap = paired_gap([0.8, nan, 0.6, 0.5], [0.7, 0.0, nan, 0.4])
+    assert (gap.cases, gap.behind) == (2, 2) and gap.mean == pytest.approx(0.1)
+    assert points(paired_gap([nan], [nan])) == "undefined"
+    assert points(gap) == "10.0 [10.0, 10.0] (2/2)"
+
+
+def test_unpaired_lists_are_refused() -> None:
+    with pytest.raises(ValueError, match="same non-empty list of cases"):
+        paired_gap([0.5, 0.6], [0.5])
+    with pytest.raises(ValueError, match="same non-empty list of cases"):
+        paired_gap([], [])
+
+
+def test_gap_table_rows_are_each_models_ensemble_against_the_twins_on_the_same_cases() -> None:
+    def per_case(et: list[float], tc: list[float], wt: list[float]) -> dict:
+        return {"ensemble_dice_per_case": {"dice_ET": et, "dice_TC": tc, "dice_WT": wt}}
+
+    extras = {"twin": per_case([0.6, 0.8], [0.8, 0.8], [0.9, 0.92]),
+              "snn-warm": per_case([0.5, 0.7], [0.8, 0.9], [0.9, 0.9])}
+    lines = gap_table(extras)
+    assert "over the 2 cases" in lines[1]
+    assert lines[-1] == "| snn-warm | 10.0 [10.0, 10.0] (2/2) | -5.0 [-10.0, 0.0] (0/2) | 1.0 [0.0, 2.0] (1/2) |"
+    assert gap_table({"snn-warm": extras["snn-warm"]}) == []  # no twin, no gaps
