@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from spikeseg.benchmarks.paired_gap import paired_gap, points
+from spikeseg.benchmarks.paired_gap import gap_rows
 from spikeseg.runtime.atomic import write_text
 from spikeseg.runtime.bundle import Bundle, load_bundle
 from spikeseg.runtime.case_io import find_cases
@@ -74,9 +74,11 @@ def _torch_available(bundle: Bundle) -> bool:
     return all(r and (Path(r) / "checkpoints" / "best.pt").is_file() for r in runs)
 
 
-def evaluate_config(cfg: Config, cases: list[tuple[Any, np.ndarray, Any]], threads: int, repeats: int) -> dict[str, Any]:
+def evaluate_config(cfg: Config, cases: list[tuple[Any, np.ndarray, Any]], threads: int,
+                    repeats: int) -> tuple[dict[str, Any], dict[str, list[float]]]:
     """Counts from one pass of the counting graphs, accuracy and time from ``repeats`` passes of
-    the deployed ones (the counters pruned, as a clinical case runs)."""
+    the deployed ones (the counters pruned, as a clinical case runs). Returns the results row and
+    the per-case Dice (``dice_<region>``) that the gap to the twin pairs."""
     reset_peak_rss()
     engines, counters = _engines(cfg, threads)
     scores: dict[str, list[float]] = {f"{m}_{r}": [] for m in ("dice", "hd95") for r in REGIONS}
@@ -129,8 +131,7 @@ def evaluate_config(cfg: Config, cases: list[tuple[Any, np.ndarray, Any]], threa
                           "int8" if cfg.precision == "int8" else "fp32")
     for name, e in energy.items():
         row[f"energy_j_{name}"] = e["joules_per_case"]
-    row["dice_per_case"] = {f"dice_{r}": scores[f"dice_{r}"] for r in REGIONS}  # for the gap table, not the CSV
-    return row
+    return row, {f"dice_{r}": scores[f"dice_{r}"] for r in REGIONS}
 
 
 def median_peaks(probes: list[dict[str, Any]]) -> dict[str, float | None]:
@@ -200,14 +201,10 @@ def twin_gap_markdown(rows: list[dict[str, Any]], per_case: dict[str, dict[str, 
     others = [r for r in rows if r["architecture"] != "useg" and (r["backend"], r["precision"]) in twins]
     if not others:
         return ""
-    lines = ["", "Gap to the twin (useg) on the same backend and precision (twin minus model, Dice points; "
-                 "95 % paired bootstrap interval over the cases; cases where the model is behind):", "",
-             "| config | gap ET | gap TC | gap WT |", "|---|---|---|---|"]
-    for r in others:
-        twin = per_case[twins[(r["backend"], r["precision"])]]
-        cells = [points(paired_gap(twin[f"dice_{g}"], per_case[r["config"]][f"dice_{g}"])) for g in REGIONS]
-        lines.append(f"| {r['config']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    header = ("Gap to the twin (useg) on the same backend and precision (twin minus model, Dice points; "
+              "95 % paired bootstrap interval over the cases; cases where the model is behind):")
+    pairs = [(r["config"], per_case[twins[(r["backend"], r["precision"])]], per_case[r["config"]]) for r in others]
+    return "\n".join(["", header, "", *gap_rows(pairs, REGIONS, label="config")]) + "\n"
 
 
 def plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
@@ -280,14 +277,13 @@ def run_bench(data: Path, bundle_paths: list[Path], out: Path, threads: int = 2,
                 except InputError:
                     continue
                 configs.append(Config(b, backend, precision))
-    rows = []
+    rows, per_case = [], {}
     for cfg in configs:
         t0 = time.perf_counter()
-        row = evaluate_config(cfg, prepared[_preprocess_key(cfg.bundle)], threads, repeats)
+        row, per_case[cfg.label] = evaluate_config(cfg, prepared[_preprocess_key(cfg.bundle)], threads, repeats)
         rows.append(row)
         log(f"{cfg.label:<34} WT Dice {row['dice_WT']:.3f}  {row['latency_s']:.2f} s/case  "
             f"peak {row['peak_rss_mb']:.0f} MB  ({time.perf_counter() - t0:.0f} s)")
-    per_case = {r["config"]: r.pop("dice_per_case") for r in rows}
     peaks = measure_conv_peaks(threads)
     for r in rows:
         base = [x for x in rows if x["architecture"] == r["architecture"] and x["backend"] == "torch"]

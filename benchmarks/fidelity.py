@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from spikeseg.benchmarks.paired_gap import paired_gap, points
+from spikeseg.benchmarks.paired_gap import gap_rows
 from spikeseg.cli import main as cli
 from spikeseg.export.graphs import layer_table
 from spikeseg.runtime.atomic import write_text
@@ -204,15 +204,10 @@ def gap_table(extras: dict[str, Any]) -> list[str]:
         return []
     twin = extras["twin"]["ensemble_dice_per_case"]
     n = len(twin["dice_WT"])
-    lines = ["", f"Gap to the twin (three-view ensembles, twin minus model, Dice points; 95 % paired bootstrap "
-                 f"interval over the {n} cases; cases where the model is behind):", "",
-             "| model | gap ET | gap TC | gap WT |", "|---|---|---|---|"]
-    for name, e in extras.items():
-        if name == "twin":
-            continue
-        cells = [points(paired_gap(twin[f"dice_{r}"], e["ensemble_dice_per_case"][f"dice_{r}"])) for r in REGIONS]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return lines
+    header = (f"Gap to the twin (three-view ensembles, twin minus model, Dice points; 95 % paired bootstrap "
+              f"interval over the {n} cases; cases where the model is behind):")
+    pairs = [(name, twin, e["ensemble_dice_per_case"]) for name, e in extras.items() if name != "twin"]
+    return ["", header, "", *gap_rows(pairs, REGIONS)]
 
 
 def add_budget_arguments(p: argparse.ArgumentParser, minutes: float, preset: str, spacing: str, per: str) -> None:

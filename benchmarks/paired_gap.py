@@ -12,7 +12,7 @@ is coarse; it says whether the gap is outside what the choice of cases alone wou
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -50,3 +50,15 @@ def points(gap: Gap) -> str:
     if gap.cases == 0:
         return "undefined"
     return f"{100 * gap.mean:.1f} [{100 * gap.low:.1f}, {100 * gap.high:.1f}] ({gap.behind}/{gap.cases})"
+
+
+
+def gap_rows(pairs: Sequence[tuple[str, Mapping[str, Sequence[float]], Mapping[str, Sequence[float]]]],
+             regions: Sequence[str], label: str = "model") -> list[str]:
+    """Markdown table lines, one row per (label, reference scores, model scores), one gap cell per
+    region, the scores per case under ``dice_<region>``: what every "Gap to the twin" prints."""
+    lines = [f"| {label} | " + " | ".join(f"gap {r}" for r in regions) + " |", "|---|" + "---|" * len(regions)]
+    for name, reference, model in pairs:
+        cells = [points(paired_gap(reference[f"dice_{r}"], model[f"dice_{r}"])) for r in regions]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
