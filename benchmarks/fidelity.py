@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -150,7 +149,7 @@ def evaluate(runs: Path, names: list[str], test_dir: Path,
             per_case = probs[view] if view != "ensemble" else [fuse([probs[v][i] for v in VIEWS])
                                                                for i in range(len(cases))]
             per_metric = score_cases(per_case, cases)
-            rows.append({"model": name, "view": view, **{k: float(np.mean(v)) for k, v in per_metric.items()}})
+            rows.append({"model": name, "view": view, **{k: float(np.nanmean(v)) for k, v in per_metric.items()}})
             if view == "ensemble":
                 extras[name] = {"ops_per_case_axial": ops,
                                 "ensemble_dice_per_case": {f"dice_{r}": per_metric[f"dice_{r}"] for r in REGIONS}}
@@ -158,16 +157,16 @@ def evaluate(runs: Path, names: list[str], test_dir: Path,
 
 
 def score_cases(probs: list[np.ndarray], cases) -> dict[str, list[float]]:
-    """Each metric per case, in the order of ``cases`` (paired across models for the gap table)."""
+    """Each metric per case, in the order of ``cases`` (paired across models for the gap table).
+    A region empty in both prediction and reference scores NaN (Dice and HD95 undefined) and is
+    left out of the means, the official BraTS rule ``runtime.metrics`` and ``spikeseg bench`` follow."""
     out: dict[str, list[float]] = {}
     for prob, case in zip(probs, cases):
         ref = labels_to_regions(case.label, case.files.convention).astype(bool)
         for i, r in enumerate(REGIONS):
             pred = prob[i] >= 0.5
-            d = dice(pred, ref[i])
-            out.setdefault(f"dice_{r}", []).append(1.0 if math.isnan(d) else d)
-            h = hd95(pred, ref[i], case.spacing)
-            out.setdefault(f"hd95_{r}", []).append(0.0 if math.isnan(h) else h)
+            out.setdefault(f"dice_{r}", []).append(dice(pred, ref[i]))
+            out.setdefault(f"hd95_{r}", []).append(hd95(pred, ref[i], case.spacing))
         out.setdefault("nll", []).append(nll(prob, ref))
         out.setdefault("ece", []).append(ece(prob, ref))
     return out

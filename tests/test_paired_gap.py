@@ -60,3 +60,28 @@ def test_gap_table_rows_are_each_models_ensemble_against_the_twins_on_the_same_c
     assert "over the 2 cases" in lines[1]
     assert lines[-1] == "| snn-warm | 10.0 [10.0, 10.0] (2/2) | -5.0 [-10.0, 0.0] (0/2) | 1.0 [0.0, 2.0] (1/2) |"
     assert gap_table({"snn-warm": extras["snn-warm"]}) == []  # no twin, no gaps
+
+
+def test_a_region_absent_from_both_masks_is_left_out_of_the_mean_not_scored_perfect() -> None:
+    """The official BraTS rule, as ``runtime.metrics`` and ``spikeseg bench`` apply it: scoring
+    it 1.0 would lift the mean of the model that predicted nothing for a case without ET."""
+    from types import SimpleNamespace
+
+    from spikeseg.benchmarks.fidelity import score_cases
+    from spikeseg.runtime.labels import BRATS2021, labels_to_regions
+
+    def case(label: np.ndarray) -> SimpleNamespace:
+        return SimpleNamespace(label=label, files=SimpleNamespace(convention=BRATS2021), spacing=(1.0, 1.0, 1.0))
+
+    with_et = np.zeros((8, 8, 8), np.uint8)
+    with_et[2:6, 2:6, 2:6] = BRATS2021.ed
+    with_et[3:5, 3:5, 3:5] = BRATS2021.et
+    without_et = np.where(with_et == BRATS2021.et, BRATS2021.ncr, with_et).astype(np.uint8)
+    truth = [labels_to_regions(lab, BRATS2021).astype(np.float32) for lab in (with_et, without_et)]
+    half_et = truth[0].copy()
+    half_et[0, 3] = 0.0  # half the ET voxels missed: Dice 2/3
+    scores = score_cases([half_et, truth[1]], [case(with_et), case(without_et)])
+    assert scores["dice_ET"][0] == pytest.approx(2 / 3)
+    assert np.isnan(scores["dice_ET"][1]) and np.isnan(scores["hd95_ET"][1])
+    assert scores["dice_WT"] == [1.0, 1.0]
+    assert float(np.nanmean(scores["dice_ET"])) == pytest.approx(2 / 3)
