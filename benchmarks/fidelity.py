@@ -149,7 +149,9 @@ def evaluate(runs: Path, names: list[str], test_dir: Path,
             per_case = probs[view] if view != "ensemble" else [fuse([probs[v][i] for v in VIEWS])
                                                                for i in range(len(cases))]
             per_metric = score_cases(per_case, cases)
-            rows.append({"model": name, "view": view, **{k: float(np.nanmean(v)) for k, v in per_metric.items()}})
+            undefined = int(sum(np.isnan(per_metric[f"dice_{r}"]).sum() for r in REGIONS))
+            rows.append({"model": name, "view": view, **{k: float(np.nanmean(v)) for k, v in per_metric.items()},
+                         "undefined_regions": undefined})
             if view == "ensemble":
                 extras[name] = {"ops_per_case_axial": ops,
                                 "ensemble_dice_per_case": {f"dice_{r}": per_metric[f"dice_{r}"] for r in REGIONS}}
@@ -178,7 +180,9 @@ def report(rows: list[dict[str, Any]], extras: dict[str, Any], seconds: dict[str
              f"Train {args.train}, test {args.test} ({len(find_cases(args.test))} held-out cases), "
              f"preset {args.preset}, {args.spacing} mm grid, seed {args.seed}. Dice/HD95 at native resolution. "
              + ("Stateful models ran their slices front to back only (--one-way)." if args.one_way else
-                "Stateful models ran their slices both ways, the two passes averaged (the runtime's default)."), "",
+                "Stateful models ran their slices both ways, the two passes averaged (the runtime's default).")
+             + f" Regions empty in both prediction and reference (left out of the means, the official rule): "
+               f"{sum(r['undefined_regions'] for r in rows)} region-case pairs over all rows.", "",
              "| model | view | Dice ET | Dice TC | Dice WT | HD95 ET | HD95 TC | HD95 WT | NLL | ECE |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

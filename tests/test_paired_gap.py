@@ -85,3 +85,19 @@ def test_a_region_absent_from_both_masks_is_left_out_of_the_mean_not_scored_perf
     assert np.isnan(scores["dice_ET"][1]) and np.isnan(scores["hd95_ET"][1])
     assert scores["dice_WT"] == [1.0, 1.0]
     assert float(np.nanmean(scores["dice_ET"])) == pytest.approx(2 / 3)
+
+
+def test_the_report_says_how_many_region_case_pairs_the_means_left_out(phantom_root) -> None:
+    from argparse import Namespace
+
+    from spikeseg.benchmarks.fidelity import report
+
+    row = {"dice_ET": 0.5, "dice_TC": 0.7, "dice_WT": 0.9, "hd95_ET": 3.0, "hd95_TC": 4.0, "hd95_WT": 2.0,
+           "nll": 0.003, "ece": 0.001}
+    rows = [{"model": "twin", "view": v, **row, "undefined_regions": n}
+            for v, n in (("sagittal", 1), ("coronal", 0), ("axial", 2), ("ensemble", 1))]
+    extras = {"twin": {"ops_per_case_axial": {"dense_macs": 1e9},
+                       "ensemble_dice_per_case": {f"dice_{r}": [0.5, 0.7] for r in ("ET", "TC", "WT")}}}
+    args = Namespace(train="train", test=str(phantom_root), preset="tiny", spacing="2", seed=0, one_way=False)
+    text = report(rows, extras, {"twin": 60.0}, 1.3, args)
+    assert "(left out of the means, the official rule): 4 region-case pairs over all rows." in text
