@@ -32,7 +32,7 @@ from spikeseg.runtime.energy import energy_table, measure_conv_peaks
 from spikeseg.runtime.ensemble import fuse
 from spikeseg.runtime.inference import open_engine, run_view
 from spikeseg.runtime.labels import REGIONS, labels_to_regions
-from spikeseg.runtime.metrics import dice, hd95, nll
+from spikeseg.runtime.metrics import dice, nll, region_scores, undefined_regions
 from spikeseg.runtime.preprocess import load_model_space, to_native_space
 from spikeseg.runtime.opcount import view_operations
 from spikeseg.runtime.system import peak_rss_mb, reset_peak_rss
@@ -109,10 +109,8 @@ def evaluate_config(cfg: Config, cases: list[tuple[Any, np.ndarray, Any]], threa
                 p = to_native_space(p, space)
                 per_view.setdefault(f"nll_{view}", []).append(nll(p, ref))
                 per_view.setdefault(f"dice_WT_{view}", []).append(dice(p[2] >= 0.5, ref[2]))
-        for i, r in enumerate(REGIONS):
-            d = dice(prob[i] >= 0.5, ref[i])
-            scores[f"dice_{r}"].append(d)
-            scores[f"hd95_{r}"].append(hd95(prob[i] >= 0.5, ref[i], case.spacing))
+        for k, v in region_scores(prob, ref, case.spacing).items():
+            scores[k].append(v)
         nlls.append(nll(prob, ref))
     n = len(cases)
     counts = {v: {k: val / n for k, val in c.items()} for v, c in per_view_counts.items()}
@@ -123,7 +121,7 @@ def evaluate_config(cfg: Config, cases: list[tuple[Any, np.ndarray, Any]], threa
     row = {"config": cfg.label, "architecture": cfg.bundle.architecture, "backend": cfg.backend,
            "precision": cfg.precision, "compute_precision": next(iter(engines.values())).compute_precision,
            **{k: float(np.nanmean(v)) for k, v in scores.items()},
-           "undefined_regions": int(sum(math.isnan(x) for v in scores.values() for x in v) // 2),
+           "undefined_regions": undefined_regions(scores),
            "nll": float(np.mean(nlls)), **{k: float(np.nanmean(v)) for k, v in per_view.items()},
            "latency_s": latency, "peak_rss_mb": peak_rss_mb(),
            **totals}

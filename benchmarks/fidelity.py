@@ -46,7 +46,7 @@ from spikeseg.runtime.atomic import write_text
 from spikeseg.runtime.case_io import find_cases, load_case
 from spikeseg.runtime.ensemble import fuse
 from spikeseg.runtime.labels import REGIONS, labels_to_regions
-from spikeseg.runtime.metrics import dice, ece, hd95, nll
+from spikeseg.runtime.metrics import ece, nll, region_scores, undefined_regions
 from spikeseg.runtime.preprocess import VIEWS, model_space, to_native_space
 from spikeseg.runtime.tables import refuse_existing_results, write_results
 from spikeseg.training.predict import predict_view
@@ -149,9 +149,8 @@ def evaluate(runs: Path, names: list[str], test_dir: Path,
             per_case = probs[view] if view != "ensemble" else [fuse([probs[v][i] for v in VIEWS])
                                                                for i in range(len(cases))]
             per_metric = score_cases(per_case, cases)
-            undefined = int(sum(np.isnan(per_metric[f"dice_{r}"]).sum() for r in REGIONS))
             rows.append({"model": name, "view": view, **{k: float(np.nanmean(v)) for k, v in per_metric.items()},
-                         "undefined_regions": undefined})
+                         "undefined_regions": undefined_regions(per_metric)})
             if view == "ensemble":
                 extras[name] = {"ops_per_case_axial": ops,
                                 "ensemble_dice_per_case": {f"dice_{r}": per_metric[f"dice_{r}"] for r in REGIONS}}
@@ -165,10 +164,8 @@ def score_cases(probs: list[np.ndarray], cases) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {}
     for prob, case in zip(probs, cases):
         ref = labels_to_regions(case.label, case.files.convention).astype(bool)
-        for i, r in enumerate(REGIONS):
-            pred = prob[i] >= 0.5
-            out.setdefault(f"dice_{r}", []).append(dice(pred, ref[i]))
-            out.setdefault(f"hd95_{r}", []).append(hd95(pred, ref[i], case.spacing))
+        for k, v in region_scores(prob, ref, case.spacing).items():
+            out.setdefault(k, []).append(v)
         out.setdefault("nll", []).append(nll(prob, ref))
         out.setdefault("ece", []).append(ece(prob, ref))
     return out

@@ -52,7 +52,6 @@ def points(gap: Gap) -> str:
     return f"{100 * gap.mean:.1f} [{100 * gap.low:.1f}, {100 * gap.high:.1f}] ({gap.behind}/{gap.cases})"
 
 
-
 def gap_rows(pairs: Sequence[tuple[str, Mapping[str, Sequence[float]], Mapping[str, Sequence[float]]]],
              regions: Sequence[str], label: str = "model") -> list[str]:
     """Markdown table lines, one row per (label, reference scores, model scores), one gap cell per

@@ -72,6 +72,23 @@ def region_dice(prob: np.ndarray, target: np.ndarray) -> dict[str, float]:
     return scores
 
 
+def region_scores(prob: np.ndarray, ref: np.ndarray, spacing: Iterable[float]) -> dict[str, float]:
+    """``dice_<region>`` and ``hd95_<region>`` of (3, ...) probabilities thresholded at 0.5 against
+    (3, ...) masks, NaN where a region is empty in both (the official rule, unlike
+    :func:`region_dice`): what the benchmarks score every case by."""
+    scores = {}
+    for i, region in enumerate(REGIONS):
+        pred = prob[i] >= 0.5
+        scores[f"dice_{region}"] = dice(pred, ref[i])
+        scores[f"hd95_{region}"] = hd95(pred, ref[i], spacing)
+    return scores
+
+
+def undefined_regions(per_case: dict[str, list[float]]) -> int:
+    """Region-case pairs left out of the means (Dice NaN: the region empty in both masks)."""
+    return int(sum(math.isnan(x) for region in REGIONS for x in per_case[f"dice_{region}"]))
+
+
 def sensitivity(pred: np.ndarray, ref: np.ndarray) -> float:
     r = ref.astype(bool)
     n = int(r.sum())
