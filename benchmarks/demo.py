@@ -4,7 +4,7 @@ Steps 1-3 are skipped when their output is already there (a bundle made by an ol
 exported again), so a second run is quick; steps 4-6 always run, over the demo's own folders:
   1. phantoms: training cases and held-out test cases, both on the hard setting;
   2. train the tiny U-Seg-Net twin, then the Spiking U-Seg-Net converted from the twin (threshold
-     balancing) and trained with FPTT (the recipe that measured best; README "Fidelity"),
+     balancing) and trained with FPTT (the recipe that measured best; benchmarks/FIDELITY.md),
      one model per view, on a 2 mm grid (80x96x76) with a time budget per model; then the lite
      3D U-Net (one model on 3D patches) with the three views' budget;
   3. export all three to ONNX and OpenVINO, FP32 and INT8 (calibrated on training cases); the 3D

@@ -227,9 +227,12 @@ def add_budget_arguments(p: argparse.ArgumentParser, minutes: float, preset: str
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_budget_arguments(p, minutes=1.3, preset="tiny", spacing="4", per="view model")
+    add_budget_arguments(p, minutes=1.3, preset="tiny", spacing="2", per="view model")
     p.add_argument("--models", default=",".join(MODELS), help=f"comma list from {','.join(MODELS)}")
-    p.add_argument("--warm-share", type=float, default=0.5, help="share of snn-warm's budget spent on its twin")
+    p.add_argument("--warm-share", type=float, default=0.75,
+                   help="share of the warm-started models' budget spent training their twin (default 0.75: "
+                        "at 4x the demo's budget 0.6 lowered every region and 0.5 lost 7 ET points; "
+                        "benchmarks/FIDELITY.md)")
     p.add_argument("--one-way", action="store_true",
                    help="score stateful models front to back only (the paper's inference; `spikeseg export "
                         "--one-way`), not both ways averaged (the runtime's default)")
