@@ -229,9 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_budget_arguments(p, minutes=1.3, preset="tiny", spacing="2", per="view model")
     p.add_argument("--models", default=",".join(MODELS), help=f"comma list from {','.join(MODELS)}")
-    p.add_argument("--warm-share", type=float, default=0.75,
-                   help="share of the warm-started models' budget spent training their twin (default 0.75: "
-                        "at 4x the demo's budget 0.6 lowered every region and 0.5 lost 7 ET points; "
+    p.add_argument("--warm-share", type=float, default=0.5,
+                   help="share of the warm-started models' budget spent training their twin (default 0.5; "
+                        "use 0.75 from about 4x the default --minutes: measured there, 0.5 lost 7 ET points, "
+                        "while at 1.3 min 0.75 leaves the SNN 3-4 epochs, too few at one seed of three; "
                         "benchmarks/FIDELITY.md)")
     p.add_argument("--one-way", action="store_true",
                    help="score stateful models front to back only (the paper's inference; `spikeseg export "
