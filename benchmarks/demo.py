@@ -161,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         for precision in ("fp32", "int8"):
             seg_out = out / "segment" / f"{name}-{precision}"
             print(f"-- {name} {precision}")
-            cli(["evaluate", str(seg_out), str(data_test), "--out", str(seg_out / "metrics.csv"), "--overwrite"])
+            # beside the predictions, never among them: evaluate's output stays out of its inputs
+            cli(["evaluate", str(seg_out), str(data_test), "--out", str(seg_out.with_name(seg_out.name + ".metrics.csv")),
+                 "--overwrite"])
 
     step("6/7 benchmark: FP32 vs INT8 vs SNN on the same cases")
     run("bench", "--data", data_test, "--bundles", bundles["snn"], bundles["twin"], bundles["unet3d"],
@@ -174,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"phantom cases      {data_train}, {data_test}")
     print(f"training runs      {out / 'runs'}  (metrics.csv, TensorBoard in tb/)")
     print(f"bundles            {out / 'bundles'}  (manifest.json with checksums)")
-    print(f"segmentations      {out / 'segment'}  (<case>_pred / _uncertainty .nii.gz, report, quick-look PNG)")
+    print(f"segmentations      {out / 'segment'}  (<case>_pred / _uncertainty .nii.gz, report, quick-look PNG; "
+          f"<run>.metrics.csv)")
     print(f"benchmark          {out / 'bench' / 'results.md'}  (+ results.csv, PNG plots)")
     print(f"refinement         {out / 'refinement' / 'results.md'}  (2D vs 3D vs 2D + uncertainty-guided 3D)")
     print(f"demo took {(time.time() - started) / 60:.1f} min")

@@ -23,7 +23,7 @@ import numpy as np
 
 from spikeseg.runtime import __version__
 from spikeseg.runtime.atomic import atomic_dir, write_json
-from spikeseg.runtime.bundle import MANIFEST, ModelFile, load_bundle
+from spikeseg.runtime.bundle import MANIFEST, ModelFile, is_bundle, load_bundle
 from spikeseg.runtime.bundle_spec import SCHEMA_VERSION, ModelEntry, ViewSpec, WindowSpec
 from spikeseg.runtime.case_io import find_cases
 from spikeseg.runtime.errors import InputError
@@ -31,6 +31,7 @@ from spikeseg.runtime.inference import OrtEngine, OvEngine, run_view
 from spikeseg.runtime.labels import REGIONS
 from spikeseg.runtime.metrics import region_dice
 from spikeseg.runtime.opcount import static_counts
+from spikeseg.runtime.outputs import check_apart, check_replaceable
 from spikeseg.runtime.preprocess import VIEWS, PreprocessParams, load_model_space
 from spikeseg.runtime.projections import CAP_DEGREES
 from spikeseg.runtime.refine import MAX_KERNELS, STOP_SHARE
@@ -120,8 +121,9 @@ def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | 
     from spikeseg.training.run_folder import load_run
 
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise InputError(out, "exists; pass --overwrite to replace it")
+    check_apart(out, [Path(r) for r in runs] + ([Path(calib)] if calib is not None else [])
+                + [parse_guide(g)[0] for g in refine_guides or []])
+    check_replaceable(out, overwrite, is_bundle, "bundle")
     if int8 and calib is None:
         raise InputError(None, "--int8 needs --calib CASES_DIR (real slices to calibrate on)")
     loaded = [load_run(r) for r in runs]

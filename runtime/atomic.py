@@ -14,7 +14,13 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from spikeseg.runtime.errors import InputError
+
 PARTIAL = ".partial-"
+#: Room a temporary name needs beside the destination's name (dot, random part, ".part", ".nii.gz").
+_TEMP_ROOM = 32
+#: Longest file name most filesystems allow (NAME_MAX).
+NAME_MAX = 255
 
 
 def _umask() -> int:
@@ -32,7 +38,9 @@ def atomic_path(dest: str | Path, suffix: str = "") -> Iterator[Path]:
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f".part{suffix}", dir=dest.parent)
+    # the temporary name is cut short where the destination's own name is near NAME_MAX
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name[:NAME_MAX - _TEMP_ROOM]}.", suffix=f".part{suffix}",
+                               dir=dest.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; results follow the umask
@@ -68,9 +76,9 @@ def atomic_dir(dest: str | Path) -> Iterator[Path]:
     """
     dest = Path(dest)
     if dest.name in ("", ".", "..") or dest.name.startswith("."):
-        raise ValueError(f"refusing to replace {str(dest)!r}: not a plain folder name")
+        raise InputError(dest, "refusing to replace it: not a plain folder name")
     if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
-        raise ValueError(f"refusing to replace {str(dest)!r}: not a folder")
+        raise InputError(dest, "refusing to replace it: a symbolic link or a file, not a folder this command made")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}{PARTIAL}", dir=dest.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700: a clinic's group could not read results

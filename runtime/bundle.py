@@ -14,11 +14,14 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from spikeseg import __version__
-from spikeseg.runtime.bundle_spec import SCHEMA_VERSION, FileEntry, ModelEntry, ViewSpec
+from spikeseg.runtime.bundle_spec import SCHEMA_VERSION, VOLUME, FileEntry, ModelEntry, ViewSpec
 from spikeseg.runtime.errors import InputError
-from spikeseg.runtime.preprocess import PreprocessParams
+from spikeseg.runtime.outputs import json_marker
+from spikeseg.runtime.preprocess import VIEWS, PreprocessParams
 
 MANIFEST = "manifest.json"
+#: How ``--overwrite`` recognises a bundle folder export made (and so may replace).
+is_bundle = json_marker(MANIFEST, ("schema_version", "views"))
 
 
 def sha256_file(path: str | Path) -> str:
@@ -111,6 +114,10 @@ def _parse_views(manifest: Any, path: Path) -> dict[str, ViewSpec]:
         raise InputError(path, "malformed manifest: 'views' must be a non-empty object")
     if not isinstance(manifest.get("preprocess"), dict):
         raise InputError(path, "malformed manifest: 'preprocess' must be an object")
+    unknown = [v for v in manifest["views"] if v not in (*VIEWS, VOLUME)]
+    if unknown:
+        raise InputError(path, f"malformed manifest: unknown view {unknown[0]!r}; a bundle holds "
+                               f"{', '.join(VIEWS)} or {VOLUME!r}")
     return {str(view): ViewSpec.parse(info, str(view), path) for view, info in manifest["views"].items()}
 
 
@@ -149,8 +156,8 @@ def load_bundle(root: str | Path) -> Bundle:
         raise InputError(root, f"not a spikeseg bundle (no {MANIFEST})")
     try:
         manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise InputError(path, f"unreadable manifest: {type(exc).__name__}") from exc
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # ValueError: also a 5000-digit number
+        raise InputError(path, f"unreadable manifest: {type(exc).__name__}: {str(exc)[:200]}") from exc
     version = manifest.get("schema_version") if isinstance(manifest, dict) else None
     if version != SCHEMA_VERSION:
         made_by = manifest.get("spikeseg_version") if isinstance(manifest, dict) else None
@@ -161,6 +168,7 @@ def load_bundle(root: str | Path) -> Bundle:
         if key not in manifest:
             raise InputError(path, f"manifest lacks '{key}'")
     specs = _parse_views(manifest, path)
+    PreprocessParams.from_dict(manifest["preprocess"], path)  # every field checked now, not when a case runs
     for spec in specs.values():
         for model in spec.models:
             for entry in model.files():

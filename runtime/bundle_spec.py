@@ -50,7 +50,7 @@ VOLUME = "volume"
 VOLUME_CLASSES = ("background", "NCR", "ED", "ET")
 INPUT = "x"
 LOGITS = "logits"
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 def ops_output(layer: str) -> str:
@@ -89,9 +89,13 @@ class FileEntry:
 
     @classmethod
     def parse(cls, d: Any, what: str, where: Path | None) -> "FileEntry":
-        if not isinstance(d, dict) or not isinstance(d.get("file"), str) or not _SHA256.match(str(d.get("sha256"))):
-            raise _malformed(where, f"{what}: every file entry needs a 'file' string and a sha256")
-        return cls(d["file"], d["sha256"])
+        if not isinstance(d, dict) or not isinstance(d.get("file"), str):
+            raise _malformed(where, f"{what}: every file entry needs a 'file' string")
+        digest = d.get("sha256")
+        if not isinstance(digest, str) or not _SHA256.match(digest.lower()):
+            raise _malformed(where, f"{what}: file {d['file']!r} has sha256 {str(digest)[:80]!r}, not 64 hexadecimal "
+                                    "digits")
+        return cls(d["file"], digest.lower())  # hex is case-free: an upper-case digest is the same digest
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,11 @@ own header, affine and qform/sform codes: it overlays the input in ITK-SNAP or 3
 
 from __future__ import annotations
 
+import gzip
 import re
+import stat
+import struct
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,12 +33,20 @@ SCHEMES: dict[str, tuple[str, dict[str, str]]] = {
     "brats2023": ("-", {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f", "seg": "seg"}),
 }
 
-_NIFTI = re.compile(r"^(?P<stem>.+?)(?P<ext>\.nii(\.gz)?)$")
+_NIFTI = re.compile(r"^(?P<stem>.+?)(?P<ext>\.nii(\.gz)?)\Z")  # \Z: "$" would match before a final newline
 #: A case id names the case's output folder and files, so it must be one plain path component.
-_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}\Z")
 _AFFINE_TOL_MM = 1e-3
-#: Largest volume read (512^3; a 1 mm BraTS volume is 240x240x155 = 8.9 M voxels).
-MAX_VOXELS = 512 ** 3
+#: Largest volume read: 2^25 voxels (e.g. 512x512x128 or 320^3; a 1 mm BraTS volume is
+#: 240x240x155 = 8.9 M). Four of them in float64 peak at about 2.2 GB while a case loads; at
+#: 512^3 four 1 MB gzips once drove a process to 8.3 GB.
+MAX_VOXELS = 2 ** 25
+#: Largest NIfTI header with its extensions (``vox_offset``): nibabel reads extensions up to it,
+#: and a 4.5 MB gzip whose extension claimed gigabytes reached 4.3 GB before failing. Headers of
+#: real scans are 352 bytes plus at most a few kB of extensions.
+MAX_HEADER_BYTES = 8 << 20
+#: The header's voxel size (pixdim) and the affine's may differ by rounding only (relative).
+_SPACING_RTOL = 1e-3
 #: Smallest extent along any axis of a volume we segment.
 MIN_DIM = 8
 _DEFLATE_MAX_RATIO = 1032
@@ -75,7 +87,9 @@ class Geometry:
 
     @property
     def canonical_spacing(self) -> tuple[float, float, float]:
-        zooms = self.header.get_zooms()[:3]
+        """Voxel size in mm along R, A, S, from the affine nibabel applies (one source of
+        geometry: a pixdim that disagrees with it is refused on load)."""
+        zooms = affine_spacing(self.affine)
         return tuple(float(zooms[int(ax)]) for ax in np.argsort(self.ornt[:, 0]))
 
     def to_canonical(self, data: np.ndarray) -> np.ndarray:
@@ -85,6 +99,11 @@ class Geometry:
     def from_canonical(self, data: np.ndarray) -> np.ndarray:
         """Exact inverse of :meth:`to_canonical`."""
         return _reorient(data, nib.orientations.ornt_transform(_RAS, self.ornt))
+
+
+def affine_spacing(affine: np.ndarray) -> np.ndarray:
+    """Voxel size along each on-disk axis: the length of the affine's columns."""
+    return np.sqrt((np.asarray(affine, dtype=float)[:3, :3] ** 2).sum(axis=0))
 
 
 def _reorient(data: np.ndarray, ornt: np.ndarray) -> np.ndarray:
@@ -141,7 +160,7 @@ def find_case(folder: str | Path) -> CaseFiles:
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(folder, "not a folder")
-    stems = [(p, s[0]) for p in sorted(folder.iterdir()) if (s := _split_name(p)) and p.is_file()]
+    stems = [(p, s[0]) for p in sorted(folder.iterdir()) if (s := _split_name(p))]
     best: CaseFiles | None = None
     for scheme, (sep, keys) in SCHEMES.items():
         found: dict[str, Path] = {}
@@ -152,6 +171,7 @@ def find_case(folder: str | Path) -> CaseFiles:
             case_id, key = stem.rsplit(sep, 1)
             for canon, file_key in keys.items():
                 if key == file_key:
+                    check_regular_file(path)
                     if canon in found:
                         raise InputError(path, f"second file for modality '{file_key}' "
                                                f"(also {found[canon].name})")
@@ -177,6 +197,23 @@ def find_case(folder: str | Path) -> CaseFiles:
     return best
 
 
+def check_regular_file(path: Path) -> None:
+    """A file named like a case file must be one: a directory, a FIFO (reading it would block
+    forever), a device or a dangling link is named for what it is, not "missing"."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise InputError(path, "is a dangling symbolic link (its target does not exist)") from None
+    except OSError as exc:
+        raise InputError(path, f"cannot be read: {exc.strerror or exc}") from exc
+    if stat.S_ISDIR(mode):
+        raise InputError(path, "is a folder, not a NIfTI file")
+    if stat.S_ISFIFO(mode):
+        raise InputError(path, "is a named pipe (FIFO), not a NIfTI file")
+    if not stat.S_ISREG(mode):
+        raise InputError(path, "is a device or socket, not a NIfTI file")
+
+
 def check_case_id(case_id: str, where: Path) -> str:
     """Refuse a case id that is not one plain path component.
 
@@ -193,7 +230,13 @@ def check_case_id(case_id: str, where: Path) -> str:
 
 def looks_like_case(folder: Path) -> bool:
     """True when a folder holds NIfTI files directly (a case), not case sub-folders."""
-    return folder.is_dir() and any(_split_name(p) for p in folder.iterdir() if p.is_file())
+    return folder.is_dir() and any(_split_name(p) for p in folder.iterdir() if p.is_file() or _is_odd(p))
+
+
+def _is_odd(path: Path) -> bool:
+    """A link, pipe or folder with a case file's name: a case whose file is broken, which
+    :func:`check_regular_file` then names, rather than no case at all."""
+    return path.is_symlink() or path.is_fifo() or (path.is_dir() and _split_name(path) is not None)
 
 
 def find_cases(root: str | Path) -> list[Path]:
@@ -214,6 +257,78 @@ def _describe(exc: Exception) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _raw_header(path: Path) -> tuple[bytes, object]:
+    """The first bytes of a NIfTI file (decompressed) and the open stream positioned after them."""
+    f = gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
+    try:
+        return f.read(544), f
+    except Exception:
+        f.close()
+        raise
+
+
+def check_raw_header(path: Path) -> None:
+    """What nibabel would trust before it reads a byte of data, checked from the raw header with
+    bounded reads: the header size (NIfTI-1 or -2), ``vox_offset`` and every extension's size
+    (at most :data:`MAX_HEADER_BYTES` in all), and voxel sizes that are not 0 (nibabel quietly
+    turns a 0 into 1 mm)."""
+    try:
+        raw, f = _raw_header(path)
+    except Exception as exc:  # gzip, zlib and OS errors
+        raise InputError(path, f"cannot read NIfTI header: {_describe(exc)}") from exc
+    with f:  # type: ignore[attr-defined]
+        if len(raw) < 352:
+            raise InputError(path, f"too short for a NIfTI header ({len(raw)} bytes)")
+        for endian in "<>":
+            size = struct.unpack(endian + "i", raw[:4])[0]
+            if size in (348, 540):
+                break
+        else:
+            raise InputError(path, "not a NIfTI-1 or NIfTI-2 file (header size field is neither 348 nor 540)")
+        if size == 348:
+            pixdim = struct.unpack(endian + "8f", raw[76:108])
+            vox_offset, ext_at = struct.unpack(endian + "f", raw[108:112])[0], 348
+        else:
+            if len(raw) < 544:
+                raise InputError(path, "truncated NIfTI-2 header")
+            pixdim = struct.unpack(endian + "8d", raw[104:168])
+            vox_offset, ext_at = struct.unpack(endian + "q", raw[168:176])[0], 540
+        if not np.isfinite(vox_offset) or not 0 <= vox_offset <= MAX_HEADER_BYTES:
+            raise InputError(path, f"header says the data starts at byte {vox_offset:,.0f}: over the "
+                                   f"{MAX_HEADER_BYTES:,}-byte limit for a header with its extensions")
+        zero = [i for i in (1, 2, 3) if pixdim[i] == 0]
+        if zero:
+            raise InputError(path, f"voxel size (pixdim) is 0 along axis {zero[0]}: the header's geometry is broken")
+        if raw[ext_at:ext_at + 1] not in (b"", b"\x00"):
+            try:
+                _check_extensions(path, f, raw[ext_at + 4:], int(vox_offset) - ext_at - 4, endian)
+            except (OSError, EOFError, zlib.error, struct.error) as exc:  # a gzip stream cut short or corrupt
+                raise InputError(path, f"cannot read the NIfTI header's extensions: {_describe(exc)}") from exc
+
+
+def _check_extensions(path: Path, f: object, head: bytes, room: int, endian: str) -> None:
+    """Walk the extension chain, skipping bodies in bounded chunks: each declared size must be a
+    positive multiple of 8 that fits before the data starts."""
+    buf = head
+    while room >= 16:
+        while len(buf) < 8:
+            more = f.read(8 - len(buf))  # type: ignore[attr-defined]
+            if not more:
+                raise InputError(path, "header extension cut short (truncated file)")
+            buf += more
+        esize = struct.unpack(endian + "i", buf[:4])[0]
+        if esize < 16 or esize > room:
+            raise InputError(path, f"header extension claims {esize:,} bytes, but {max(room, 0):,} are left before "
+                                   "the data starts: corrupt or hostile header")
+        skip, buf = esize - len(buf), buf[esize:] if len(buf) > esize else b""
+        while skip > 0:
+            chunk = f.read(min(skip, 1 << 20))  # type: ignore[attr-defined]
+            if not chunk:
+                raise InputError(path, "header extension cut short (truncated file)")
+            skip -= len(chunk)
+        room -= esize
+
+
 def check_header(path: Path, img: nib.spatialimages.SpatialImage) -> None:
     """Refuse, from the header alone, a file that would exhaust memory or give silent nonsense.
 
@@ -225,6 +340,8 @@ def check_header(path: Path, img: nib.spatialimages.SpatialImage) -> None:
     if len(spatial) < 3 or min(spatial) < MIN_DIM:
         raise InputError(path, f"volume shape {shape} is too small for a brain MRI "
                                f"(at least {MIN_DIM} voxels along each axis)")
+    if len(shape) > 3 and any(s != 1 for s in shape[3:]):
+        raise InputError(path, f"expected a 3D volume, got shape {shape}")
     voxels = int(np.prod(shape, dtype=np.int64))
     if voxels > MAX_VOXELS:
         raise InputError(path, f"header claims {shape} = {voxels:,} voxels, over the limit of "
@@ -246,17 +363,35 @@ def check_header(path: Path, img: nib.spatialimages.SpatialImage) -> None:
     affine = np.asarray(img.affine, dtype=float)
     if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-6:
         raise InputError(path, "affine is singular or not finite: the header's geometry is broken")
+    spacing = affine_spacing(affine)
+    zooms = np.asarray(img.header.get_zooms()[:3], dtype=float)
+    if not np.allclose(zooms, spacing, rtol=_SPACING_RTOL, atol=1e-5):
+        raise InputError(path, f"voxel size in the header (pixdim {tuple(round(float(z), 4) for z in zooms)} mm) "
+                               f"disagrees with the affine ({tuple(round(float(z), 4) for z in spacing)} mm, "
+                               f"{'sform' if int(img.header['sform_code']) else 'qform'}): which one is right "
+                               "cannot be known; fix the header")
+    if not all(_SPACING_RANGE_MM[0] <= z <= _SPACING_RANGE_MM[1] for z in spacing):
+        raise InputError(path, f"implausible voxel spacing {tuple(round(float(z), 4) for z in spacing)} mm "
+                               f"(expected {_SPACING_RANGE_MM[0]} to {_SPACING_RANGE_MM[1]} mm)")
 
 
-def _read(path: Path) -> tuple[nib.spatialimages.SpatialImage, np.ndarray]:
-    """Load one NIfTI file fully, turning every low-level failure into a clear InputError."""
+def _open(path: Path) -> nib.spatialimages.SpatialImage:
+    """A NIfTI file's header, checked; no data read yet (so the whole case can be judged from its
+    headers before anything large is allocated)."""
+    check_regular_file(path)
     if path.stat().st_size == 0:
         raise InputError(path, "empty file")
+    check_raw_header(path)
     try:
         img = nib.load(str(path))
     except Exception as exc:  # nibabel, gzip, zlib and OS errors all mean the same to a user
         raise InputError(path, f"cannot read NIfTI header: {_describe(exc)}") from exc
     check_header(path, img)
+    return img
+
+
+def _data(path: Path, img: nib.spatialimages.SpatialImage) -> np.ndarray:
+    """The volume of an opened file as float32, scaling applied, any failure a clear InputError."""
     try:
         data = img.get_fdata(dtype=np.float32, caching="unchanged")  # applies scl_slope/inter
     except Exception as exc:
@@ -265,14 +400,18 @@ def _read(path: Path) -> tuple[nib.spatialimages.SpatialImage, np.ndarray]:
         data = data[..., 0]
     if data.ndim != 3:
         raise InputError(path, f"expected a 3D volume, got shape {tuple(data.shape)}")
-    zooms = img.header.get_zooms()[:3]
-    if not all(_SPACING_RANGE_MM[0] <= z <= _SPACING_RANGE_MM[1] for z in zooms):
-        raise InputError(path, f"implausible voxel spacing {tuple(float(z) for z in zooms)} mm")
-    return img, data
+    return data
+
+
+def _read(path: Path) -> tuple[nib.spatialimages.SpatialImage, np.ndarray]:
+    """Load one NIfTI file fully, turning every low-level failure into a clear InputError."""
+    img = _open(path)
+    return img, _data(path, img)
 
 
 def _check_same_grid(ref_path: Path, ref: Geometry, path: Path,
                      img: nib.spatialimages.SpatialImage, shape: tuple[int, ...]) -> None:
+    shape = tuple(shape)[:3] if len(shape) == 4 and shape[3] == 1 else tuple(shape)
     if tuple(shape) != ref.shape:
         raise InputError(path, f"shape {tuple(shape)} differs from {ref_path.name} {ref.shape}")
     if not np.allclose(img.affine, ref.affine, atol=_AFFINE_TOL_MM):
@@ -282,20 +421,20 @@ def _check_same_grid(ref_path: Path, ref: Geometry, path: Path,
 def load_case(folder: str | Path, with_label: bool = True) -> Case:
     """Load and check a case; ``image`` comes back in RAS, float32, scaling applied."""
     files = find_case(folder)
-    geometry: Geometry | None = None
-    first: Path | None = None
-    channels = []
     paths = [files.modalities[m] for m in MODALITIES]
+    # Every header first, in file order (errors name the first bad file), and the grids compared,
+    # before any voxel data is decompressed or allocated.
+    images = [_open(path) for path in paths]
+    geometry, first = Geometry.of(images[0]), paths[0]
+    for path, img in zip(paths[1:], images[1:]):
+        _check_same_grid(first, geometry, path, img, img.shape)
     # Decompression dominates loading and zlib releases the GIL: the four files are read side by
     # side (2 cores: 0.67 -> 0.3 s for a 240x240x155 case); checks and errors stay in file order.
     with ThreadPoolExecutor(max_workers=len(paths)) as pool:
-        reads = [pool.submit(_read, path) for path in paths]
+        reads = [pool.submit(_data, path, img) for path, img in zip(paths, images)]
+    channels = []
     for path, read in zip(paths, reads):
-        img, data = read.result()
-        if geometry is None:
-            geometry, first = Geometry.of(img), path
-        else:
-            _check_same_grid(first, geometry, path, img, data.shape)
+        data = read.result()
         if not np.isfinite(data).all():
             n = int((~np.isfinite(data)).sum())
             raise InputError(path, f"{n} voxels are NaN or infinite")

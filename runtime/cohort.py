@@ -18,6 +18,8 @@ case held by another process is left to it.
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import json
 import os
 import tempfile
@@ -28,6 +30,7 @@ from typing import Any, Iterator
 from spikeseg.runtime.atomic import sweep_partials, write_text
 from spikeseg.runtime.case_io import find_case, find_cases
 from spikeseg.runtime.errors import InputError
+from spikeseg.runtime.outputs import inside
 from spikeseg.runtime.tables import rows_to_csv
 
 try:  # POSIX; elsewhere runs on one output folder are not coordinated (documented)
@@ -92,9 +95,12 @@ def discover(input_path: Path) -> list[CohortCase]:
     return out
 
 
-def _inside(a: Path, b: Path) -> bool:
-    """``a`` is ``b`` or below it."""
-    return a == b or b in a.parents
+#: Disk-full errors: the run stops (every later case would fail the same way) with a summary.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class DiskFull(Exception):
+    """The output's filesystem is full: stop the run, say so once, summarise what finished."""
 
 
 def check_output_apart(out: Path, input_path: Path, cases: list[CohortCase]) -> None:
@@ -102,13 +108,12 @@ def check_output_apart(out: Path, input_path: Path, cases: list[CohortCase]) -> 
 
     (An output folder beside the case folders of a cohort root, ``COHORT/results``, is fine:
     it is no case folder and holds none.)"""
-    o = out.resolve()
     for c in cases:
-        if _inside(o, c.folder.resolve()):
+        if inside(out, c.folder):
             raise InputError(out, f"output folder is inside the input case folder {c.folder}: "
                                   "choose an output folder outside the input data")
     for folder in [input_path, *(c.folder for c in cases)]:
-        if _inside(folder.resolve(), o):
+        if inside(folder, out):
             raise InputError(out, f"output folder holds the input {folder}: "
                                   "choose an output folder outside the input data")
 
@@ -188,17 +193,32 @@ def shard_of(cases: list[CohortCase], shard: tuple[int, int] | None) -> list[Coh
 
 
 def _failure_path(out: Path, case: CohortCase) -> Path:
-    return out / FAILURES / f"{case.name}.txt"
+    """Where a case's failure is kept. A folder name can be 255 bytes, too long once the
+    temporary name's parts are added: long names keep their start and a hash of the whole."""
+    name = case.name
+    if len(name.encode()) > 120:
+        name = f"{name.encode()[:80].decode(errors='ignore')}-{hashlib.sha256(name.encode()).hexdigest()[:16]}"
+    return out / FAILURES / f"{name}.txt"
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL
 
 
 def record_outcome(out: Path, case: CohortCase, status: str, message: str) -> None:
-    """Keep a failure on disk (so another process's summary lists it); a success clears it."""
+    """Keep a failure on disk (so another process's summary lists it); a success clears it.
+    A full disk raises :class:`DiskFull`; any other write error is lost from disk only (the
+    console and this process's summary still have it)."""
     path = _failure_path(out, case)
-    if status == "failed":
-        path.parent.mkdir(exist_ok=True)
-        write_text(path, message)
-    elif status == "ok":
-        path.unlink(missing_ok=True)
+    try:
+        if status == "failed":
+            path.parent.mkdir(exist_ok=True)
+            write_text(path, message)
+        elif status == "ok":
+            path.unlink(missing_ok=True)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise DiskFull(f"{out}: {exc.strerror or exc}") from exc
 
 
 def _row_from_report(out: Path, case: CohortCase, fresh: bool) -> dict[str, Any] | None:
@@ -220,6 +240,13 @@ def write_summary(out: Path, cases: list[CohortCase], outcomes: dict[Path, tuple
     """``summary.csv`` for every case of the input, from what is on disk (reports, recorded
     failures), so it is complete whichever process or shard writes it last; ``outcomes`` holds
     (status, message) of this process's cases that left nothing on disk (busy)."""
+    rows = summary_rows(out, cases, outcomes)
+    write_text(out / SUMMARY, rows_to_csv(rows, SUMMARY_COLUMNS))
+    return rows
+
+
+def summary_rows(out: Path, cases: list[CohortCase], outcomes: dict[Path, tuple[str, str]]) -> list[dict]:
+    """The summary's rows (see :func:`write_summary`), without writing them."""
     rows = []
     for case in cases:
         status, message = outcomes.get(case.folder, ("", ""))
@@ -230,5 +257,4 @@ def write_summary(out: Path, cases: list[CohortCase], outcomes: dict[Path, tuple
             row = {"case": case.name, "status": status or "pending", "folder": str(case.folder),
                    "message": message or "not run yet (another shard, or an interrupted run)"}
         rows.append(row)
-    write_text(out / SUMMARY, rows_to_csv(rows, SUMMARY_COLUMNS))
     return rows

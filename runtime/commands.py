@@ -13,22 +13,29 @@ from spikeseg.runtime.errors import InputError
 
 def _evaluate(args: argparse.Namespace) -> int:
     from spikeseg.runtime.atomic import write_text
-    from spikeseg.runtime.evaluate import evaluate_dirs, format_table, summarise
+    from spikeseg.runtime.evaluate import (evaluate_dirs, format_table, is_metrics_csv, status_table,
+                                           unreferenced_predictions)
+    from spikeseg.runtime.outputs import check_apart, check_replaceable
     from spikeseg.runtime.tables import rows_to_csv
 
+    if args.out:  # refused before any scoring: never inside the inputs, never someone else's file
+        check_apart(args.out, [args.pred, args.ref])
+        check_replaceable(args.out, args.overwrite, is_metrics_csv, "metrics CSV")
     rows, failures = evaluate_dirs(args.pred, args.ref, args.lesion_rules)
+    orphans = unreferenced_predictions(Path(args.pred), {str(r["case"]) for r in rows} | {c for c, _ in failures})
     for case, msg in failures:
         print(f"FAILED {case}: {msg}", file=sys.stderr)
+    for case, path in orphans:
+        print(f"NO REFERENCE {case}: {path} not scored", file=sys.stderr)
     if not rows:
         raise InputError(args.ref, "no case could be evaluated")
-    table = rows + summarise(rows)
-    print(format_table(table))
+    table = status_table(rows, failures, orphans)
+    print(format_table([r for r in table if r["status"] == "ok" or r["case"] in ("mean", "median")]))
+    print(next(r["status"] for r in table if r["case"] == "mean"))
     if args.out:
-        if Path(args.out).exists() and not args.overwrite:
-            raise InputError(args.out, "exists; pass --overwrite to replace it")
         write_text(args.out, rows_to_csv(table))
         print(f"metrics written to {args.out}")
-    return 1 if failures else 0
+    return 1 if failures else 0  # a prediction without a reference is listed, not an error
 
 
 def _segment(args: argparse.Namespace) -> int:

@@ -82,7 +82,7 @@ def evaluate_case(pred_path: Path, ref: Reference, challenge: str = "BraTS-GLI")
 
 def summarise(rows: list[dict[str, float | str]]) -> list[dict[str, float | str]]:
     """Mean and median rows (NaN cases left out) and, per column, how many cases were NaN."""
-    cols = [k for k in rows[0] if k != "case"]
+    cols = [k for k in rows[0] if k not in STATUS_COLUMNS]
     out = []
     for label, fn in (("mean", np.mean), ("median", np.median)):
         summary: dict[str, float | str] = {"case": label}
@@ -96,6 +96,55 @@ def summarise(rows: list[dict[str, float | str]]) -> list[dict[str, float | str]
         nan_row[c] = float(sum(math.isnan(float(r[c])) for r in rows))
     out.append(nan_row)
     return out
+
+
+def unreferenced_predictions(pred_root: Path, case_ids: set[str]) -> list[tuple[str, Path]]:
+    """Predictions ``segment`` wrote (``<id>_pred`` names, flat or in case folders) whose case
+    has no reference: listed, so a missing reference is never silently left out of the mean."""
+    stem = prediction_name("X").removesuffix(".nii.gz").removeprefix("X")  # "_pred"
+    found = []
+    if not pred_root.is_dir():
+        return found
+    for folder in [pred_root, *sorted(p for p in pred_root.iterdir() if p.is_dir() and not p.name.startswith("."))]:
+        for f in sorted(folder.iterdir()):
+            for ext in (".nii.gz", ".nii"):
+                if f.name.endswith(stem + ext) and not f.name.startswith("."):
+                    case_id = f.name[: -len(stem + ext)]
+                    if case_id and case_id not in case_ids:
+                        found.append((case_id, f))
+    return found
+
+
+#: The columns before the metrics in evaluate's CSV: every case is listed with what became of it.
+STATUS_COLUMNS = ("case", "status", "message")
+
+
+def status_table(rows: list[dict[str, float | str]], failures: list[tuple[str, str]],
+                 orphans: list[tuple[str, Path]]) -> list[dict[str, float | str]]:
+    """Every case in one table: scored ones (``ok``), references that could not be scored
+    (``failed``, with why), predictions without a reference (``no reference``), then the summary
+    rows, whose ``status`` says how many cases the means cover and how many were left out."""
+    table: list[dict[str, float | str]] = [{"case": r["case"], "status": "ok", "message": "", **r} for r in rows]
+    table += [{"case": case, "status": "failed", "message": msg} for case, msg in failures]
+    table += [{"case": case, "status": "no reference", "message": f"{path}: no reference label map for this "
+                                                                    "prediction; not scored"}
+              for case, path in orphans]
+    counts = f"{len(rows)} scored, {len(failures)} failed, {len(orphans)} without reference"
+    for summary in summarise(rows) if rows else [{"case": "mean"}]:
+        table.append({"case": summary["case"], "status": counts, "message": "", **summary})
+    return table
+
+
+def is_metrics_csv(path: Path) -> bool:
+    """A file ``spikeseg evaluate --out`` wrote (its header), the only kind it may replace."""
+    if path.is_symlink() or not path.is_file() or path.stat().st_size > 256 << 20:
+        return False
+    try:
+        with open(path, encoding="utf-8") as f:
+            header = f.readline(4096)
+    except (OSError, UnicodeDecodeError):
+        return False
+    return header.startswith("case,") and "ET_dice" in header
 
 
 def evaluate_dirs(pred_root: str | Path, ref_root: str | Path,

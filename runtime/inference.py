@@ -29,6 +29,7 @@ from spikeseg.runtime.errors import InputError
 from spikeseg.runtime.ensemble import fuse, spread
 from spikeseg.runtime.preprocess import VIEWS, from_view, to_view
 from spikeseg.runtime.sliding import mirrored_predictions, steps_per_case
+from spikeseg.runtime.system import check_threads
 
 BACKENDS = ("openvino", "onnxruntime")
 PRECISIONS = ("fp32", "int8")
@@ -69,6 +70,9 @@ class OrtEngine:
         except Exception as exc:
             raise InputError(path, f"ONNX Runtime cannot load the model: {exc}") from exc
         self.counting = counting
+        self.input_shapes = {i.name: tuple(d if isinstance(d, int) else None for d in i.shape)
+                             for i in self.session.get_inputs()}
+        self.output_names = {o.name for o in self.session.get_outputs()}
         self.outputs = [o.name for o in self.session.get_outputs() if counting or not is_counter(o.name)]
         self.run_options = ort.RunOptions()
         self.run_options.only_execute_path_to_fetches = not counting
@@ -103,6 +107,10 @@ class OvEngine:
         except Exception as exc:
             raise InputError(path, f"OpenVINO cannot load the model: {exc}") from exc
         self.counting = counting
+        self.input_shapes = {name: tuple(d.get_length() if d.is_static else None for d in port.get_partial_shape())
+                             for port in self.compiled.inputs for name in port.get_names()}
+        self.output_names = {n for o in graph.outputs for n in o.get_names()} | {
+            n for o in self.compiled.outputs for n in o.get_names()}
         # Two requests taking turns, inputs and outputs shared with numpy: a step's state
         # outputs are read in place as the next step's inputs by the other request, which
         # writes its outputs to its own buffers. Copying them out and back in cost 8 ms of a
@@ -133,9 +141,28 @@ def open_engine(bundle: Bundle, view: str, backend: str, precision: str, threads
         raise InputError(None, f"unknown backend {backend!r}; choose from {BACKENDS}")
     if precision not in PRECISIONS:
         raise InputError(None, f"unknown precision {precision!r}; choose from {PRECISIONS}")
-    if backend == "onnxruntime":
-        return OrtEngine(bundle.model_file(view, "onnx", precision), precision, threads, counting)
-    return OvEngine(bundle.model_file(view, "openvino", precision), precision, threads, counting)
+    check_threads(threads)
+    model = bundle.model_file(view, "onnx" if backend == "onnxruntime" else "openvino", precision)
+    engine = (OrtEngine if backend == "onnxruntime" else OvEngine)(model, precision, threads, counting)
+    check_graph_io(bundle.view(view), engine.input_shapes, engine.output_names, model.path)
+    return engine
+
+
+def check_graph_io(spec: ViewSpec, inputs: dict[str, tuple[int | None, ...]], outputs: set[str], where) -> None:
+    """The compiled graph's inputs and outputs against what the manifest promises, before any
+    case runs: a state shape that does not match once ended in a MemoryError or RuntimeError
+    deep inside the engine. ``None`` dimensions are dynamic (the batch)."""
+    expected = {INPUT: (spec.in_channels, *spec.slice_shape), **{s.input: s.shape for s in spec.states}}
+    if set(inputs) != set(expected):
+        raise InputError(where, f"the model's inputs {sorted(inputs)} are not the manifest's {sorted(expected)}")
+    for name, shape in expected.items():
+        got = inputs[name][1:]
+        if len(got) != len(shape) or any(g is not None and g != e for g, e in zip(got, shape)):
+            raise InputError(where, f"the model's input {name!r} has shape {list(inputs[name])}, but the manifest "
+                                    f"says (batch, {', '.join(map(str, shape))})")
+    missing = [n for n in [LOGITS] + [s.output for s in spec.states] if n not in outputs]
+    if missing:
+        raise InputError(where, f"the model lacks the outputs {missing} the manifest promises")
 
 
 @dataclass

@@ -13,6 +13,7 @@ are exact inverses in geometry, so outputs land on the input grid voxel for voxe
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,16 @@ VIEWS: dict[str, int] = {"sagittal": 0, "coronal": 1, "axial": 2}
 NORMALISATIONS = ("minmax", "zscore", "zscore-clip")
 CLIP_Z = 5.0
 PARAMS_VERSION = 1
+#: Largest crop box in native voxels: the box is cut and normalised at the input's resolution
+#: (4 float32 channels: 640 MB at this bound; the paper's 160x192x152 mm box at 0.5 mm is 37 M).
+#: A 16^3 case at 0.2 mm once asked for 800x960x760 voxels, 8.7 GiB, twice.
+MAX_BOX_VOXELS = 40_000_000
+#: What a preprocessing record may say: a box up to 512 mm a side, a model grid spacing of
+#: 0.2-20 mm and at most 512 voxels a side (a manifest is input: a negative crop gave an empty
+#: segmentation with exit 0, a spacing of 0 a division by zero).
+_CROP_RANGE_MM = (1.0, 512.0)
+_SPACING_RANGE_MM = (0.2, 20.0)
+_MAX_GRID = 512
 
 
 @dataclass(frozen=True)
@@ -42,9 +53,20 @@ class PreprocessParams:
     version: int = PARAMS_VERSION
 
     def __post_init__(self) -> None:
-        if self.normalisation not in NORMALISATIONS:
+        for name, values, (lo, hi) in (("crop_mm", self.crop_mm, _CROP_RANGE_MM),
+                                       ("spacing_mm", self.spacing_mm, _SPACING_RANGE_MM)):
+            if not isinstance(values, tuple) or len(values) != 3 or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and lo <= v <= hi
+                    for v in values):
+                raise ValueError(f"{name} must be three numbers from {lo} to {hi} mm, not {values!r}")
+        if not all(2 <= n <= _MAX_GRID for n in self.model_shape):
+            raise ValueError(f"crop_mm / spacing_mm give a model grid of {self.model_shape} voxels; "
+                             f"expected 2 to {_MAX_GRID} a side")
+        if isinstance(self.version, bool) or not isinstance(self.version, int):
+            raise ValueError(f"version must be an integer, not {self.version!r}")
+        if not isinstance(self.normalisation, str) or self.normalisation not in NORMALISATIONS:
             raise ValueError(f"normalisation must be one of {NORMALISATIONS}")
-        if tuple(self.modalities) != MODALITIES:
+        if not isinstance(self.modalities, tuple) or tuple(self.modalities) != MODALITIES:
             raise ValueError(f"the model reads modalities {list(self.modalities)} in that order; spikeseg "
                              f"loads cases as {list(MODALITIES)}")
 
@@ -63,7 +85,9 @@ class PreprocessParams:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str | Path | None = None) -> "PreprocessParams":
-        if d.get("version") != PARAMS_VERSION:
+        if not isinstance(d, dict):
+            raise InputError(source, "preprocessing record: must be an object")
+        if d.get("version") != PARAMS_VERSION or isinstance(d.get("version"), bool):
             raise InputError(source, f"preprocessing record version {d.get('version')!r}; "
                                      f"this spikeseg reads version {PARAMS_VERSION}")
         kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
@@ -194,8 +218,20 @@ def normalise(image: np.ndarray, method: str, stats: list[tuple[float, float]] |
     return out
 
 
+def check_box(native_shape: tuple[int, ...], spacing: tuple[float, ...], params: PreprocessParams,
+              where: str | Path | None = None) -> None:
+    """Refuse, before anything is allocated, a case whose crop box at its own resolution would
+    exceed :data:`MAX_BOX_VOXELS` (the box is cut and normalised at the input's resolution)."""
+    _, size = crop_box(native_shape, spacing, params.crop_mm)
+    voxels = math.prod(size)
+    if voxels > MAX_BOX_VOXELS:
+        raise InputError(where, f"at {tuple(round(float(s), 3) for s in spacing)} mm the model's "
+                                f"{tuple(params.crop_mm)} mm box is {size} = {voxels:,} voxels, over the limit of "
+                                f"{MAX_BOX_VOXELS:,}: resample the case to about 1 mm first")
+
+
 def to_model_space(image: np.ndarray, spacing: tuple[float, ...],
-                   params: PreprocessParams) -> tuple[np.ndarray, SpaceMap]:
+                   params: PreprocessParams, where: str | Path | None = None) -> tuple[np.ndarray, SpaceMap]:
     """(4, X, Y, Z) native RAS image to the normalised model grid, and the map for the way back.
 
     Cut first, then normalise the box with the whole volume's statistics: the same numbers as
@@ -203,6 +239,7 @@ def to_model_space(image: np.ndarray, spacing: tuple[float, ...],
     Padding outside the volume is filled with what normalises to 0 (the minimum, or 0 for
     z-score, where 0 is background)."""
     native_shape = tuple(image.shape[-3:])
+    check_box(native_shape, spacing, params, where)
     start, size = crop_box(native_shape, spacing, params.crop_mm)
     stats = normalisation_stats(image, params.normalisation)
     fill = np.array([lo for lo, _ in stats], image.dtype) if params.normalisation == "minmax" else 0.0
@@ -231,7 +268,7 @@ class ModelSpaceCase:
 def model_space(case: Case, params: PreprocessParams) -> ModelSpaceCase:
     """The one way from a loaded case to the model grid, shared by training, export, runtime and
     benchmarks so they cannot drift apart."""
-    image, space = to_model_space(case.image, case.spacing, params)
+    image, space = to_model_space(case.image, case.spacing, params, case.files.folder)
     regions = None
     if case.label is not None:
         regions = regions_to_model_space(labels_to_regions(case.label, case.files.convention), space)

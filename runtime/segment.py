@@ -20,6 +20,7 @@ so a failed case leaves nothing behind):
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,8 +34,9 @@ from spikeseg.runtime import __version__
 from spikeseg.runtime.atomic import atomic_dir, write_json
 from spikeseg.runtime.bundle import Bundle, load_bundle
 from spikeseg.runtime.case_io import Case, load_case, save_like
-from spikeseg.runtime.cohort import (SUMMARY, CohortCase, case_lock, check_output_apart, check_writable, discover,
-                                     parse_shard, prediction_name, record_outcome, report_name, shard_of, write_summary)
+from spikeseg.runtime.cohort import (SUMMARY, CohortCase, DiskFull, case_lock, check_output_apart, check_writable,
+                                     discover, is_disk_full, parse_shard, prediction_name, record_outcome, report_name,
+                                     shard_of, summary_rows, write_summary)
 from spikeseg.runtime.energy import energy_table
 from spikeseg.runtime.errors import InputError
 from spikeseg.runtime.guide import GuideResult, Refined, Refiner, fitted_refinement, guide_steps, run_guide
@@ -52,6 +54,8 @@ from spikeseg.runtime.system import cpu_model, machine, peak_rss_mb, reset_peak_
 #: largest possible spread) in steps of 7.6e-6. Float32 noise in the mantissas made the map
 #: compress 2:1 and cost 0.8 s to write for a 240x240x155 case; as uint16 it is 0.1 s and 10:1.
 UNCERTAINTY_STEP = 0.5 / 65535
+#: A case's status when the output's disk filled up while it was written: the run stops there.
+DISK_FULL_STATUS = "disk full"
 
 
 class Segmenter:
@@ -235,7 +239,25 @@ def segment(bundle_path: Path, input_path: Path, out: Path, backend: str = "open
     if single and not overwrite and (out / cases[0].case_id).exists():
         raise InputError(out / cases[0].case_id, "output exists; pass --overwrite to replace it")
     mine = shard_of(cases, parse_shard(shard))
+    made_out = not out.exists()
     check_writable(out)
+    try:
+        return _run_cases(bundle, cases, mine, single, input_path, out, backend, precision, chosen, threads,
+                          png, save_prob, overwrite, et_min_voxels, progress, dask, count_ops, projections,
+                          refine, refiner, guide_mode)
+    except BaseException:
+        if single and made_out:  # a refused single case leaves no empty output folder behind
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only ever empty: rmdir refuses a folder with anything in it
+        raise
+
+
+def _run_cases(bundle: Bundle, cases: list[CohortCase], mine: list[CohortCase], single: bool, input_path: Path,
+               out: Path, backend: str, precision: str, chosen: list[str] | None, threads: int, png: bool,
+               save_prob: bool, overwrite: bool, et_min_voxels: int, progress: bool, dask: str | None,
+               count_ops: bool, projections: int, refine: Path | None, refiner: Bundle | None,
+               guide_mode: str | None) -> int:
+    """The cases of this process, then (for a cohort) the summary; see :func:`segment`."""
     outcomes: dict[Path, tuple[str, str]] = {}
     if dask and not single:
         from spikeseg.runtime.cluster import run_on_dask
@@ -246,25 +268,46 @@ def segment(bundle_path: Path, input_path: Path, out: Path, backend: str = "open
         seg = Segmenter(bundle, backend, precision, chosen, threads, et_min_voxels, progress, count_ops,
                         projections, refiner, guide_mode)
         done = ((case, run_case(seg, case, out, overwrite, png, save_prob, single)) for case in mine)
+    full: DiskFull | None = None
     for case, status in tqdm(done, total=len(mine), desc="segment", unit="case", disable=not progress or single):
+        if status[0] == DISK_FULL_STATUS:  # every later case would fail the same way: stop here
+            status, full = ("failed", status[1]), DiskFull(status[1])
         outcomes[case.folder] = status
-        if not single:
-            record_outcome(out, case, *status)
         if status[0] in ("failed", "busy"):
             tqdm.write(f"{case.name}: {'FAILED' if status[0] == 'failed' else 'busy'}: {status[1]}")
+        if not single:
+            try:
+                record_outcome(out, case, *status)
+            except DiskFull as exc:
+                full = full or exc
+        if full is not None:
+            break
     if single:
         return 0
-    rows = write_summary(out, cases, outcomes)
+    try:
+        rows = write_summary(out, cases, outcomes)
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        full = full or DiskFull(f"{out}: {exc.strerror or exc}")
+        rows = summary_rows(out, cases, outcomes)
     counts = {k: sum(1 for r in rows if r["status"] == k) for k in ("ok", "failed", "busy", "pending")}
     fresh = sum(1 for st, _ in outcomes.values() if st == "ok")
-    print(f"{fresh} segmented, {counts['ok'] - fresh} done earlier, {counts['busy']} in progress elsewhere, "
-          f"{counts['pending']} pending, {counts['failed']} failed; summary: {out / SUMMARY}")
+    line = (f"{fresh} segmented, {counts['ok'] - fresh} done earlier, {counts['busy']} in progress elsewhere, "
+            f"{counts['pending']} pending, {counts['failed']} failed")
+    if full is not None:  # one clear message; what finished is on disk and listed here
+        print(f"{line}; summary not written", file=sys.stderr)
+        raise InputError(None, f"disk full, run stopped: {full}; free space and run the same command again "
+                               "(finished cases are kept and skipped)")
+    print(f"{line}; summary: {out / SUMMARY}")
     return 1 if any(st == "failed" for st, _ in outcomes.values()) else 0  # this process's own cases
 
 
 def run_case(seg: Segmenter, case: CohortCase, out: Path, overwrite: bool, png: bool, save_prob: bool,
               single: bool) -> tuple[str, str]:
-    """(status, message) of one case; a bad case raises only when it is the whole input."""
+    """(status, message) of one case; a bad case raises only when it is the whole input. In a
+    cohort any failure of one case (bad input, an unexpected error) is that case's, and the rest
+    go on; a full disk is :data:`DISK_FULL_STATUS`, on which the run stops."""
     if case.error:
         return "failed", case.error
     with case_lock(out, case.case_id) as mine:
@@ -279,9 +322,14 @@ def run_case(seg: Segmenter, case: CohortCase, out: Path, overwrite: bool, png: 
                 raise
             return "failed", str(exc)
         except OSError as exc:  # a disk that fills up mid-case: nothing of the case is left
+            message = f"{out / case.case_id}: could not be written: {exc.strerror or exc}"
             if single:
-                raise InputError(out / case.case_id, f"could not be written: {exc}") from exc
-            return "failed", f"{out / case.case_id}: could not be written: {exc}"
+                raise InputError(None, message) from exc
+            return (DISK_FULL_STATUS if is_disk_full(exc) else "failed"), message
+        except Exception as exc:  # noqa: BLE001 - one case's bug or exhaustion must not end a cohort
+            if single:
+                raise
+            return "failed", f"{case.folder}: unexpected {type(exc).__name__}: {exc}"
     v = rep["volumes_ml"]
     line = (f"{rep['case']}: ok {rep['seconds']['total']:.1f}s peak {rep['peak_rss_mb']:.0f} MB "
             f"WT {v['WT']:.1f} mL TC {v['TC']:.1f} mL ET {v['ET']:.1f} mL")

@@ -76,3 +76,19 @@ def physical_cores() -> int:
     except (OSError, ValueError):
         cores = set()
     return max(1, len(cores) or len(allowed))
+
+
+def logical_cores() -> int:
+    """Logical CPUs this process may run on: the most inference threads that make sense."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def check_threads(threads: object) -> int:
+    """A thread count from 1 to the logical cores, or a clear error: 10000 threads once ran ONNX
+    Runtime for 5 minutes instead of 1 s, and 0 or -1 went into the report as given."""
+    from spikeseg.runtime.errors import InputError
+
+    limit = logical_cores()
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= limit:
+        raise InputError(None, f"--threads {threads!r}: expected 1 to {limit} (the logical CPUs this process may use)")
+    return threads

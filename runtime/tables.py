@@ -12,12 +12,30 @@ from typing import Any, Iterable
 from spikeseg.runtime.atomic import write_text
 
 
+#: A text cell starting with one of these is a formula to a spreadsheet (OWASP "CSV injection").
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
 def cell(value: Any) -> str:
+    """One CSV cell. Text that a spreadsheet would run as a formula (a case id or a message from
+    a file name such as ``=HYPERLINK(...)``) gets a leading ``'``, which shows it as text."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "" if value is None else "nan"
     if isinstance(value, float):
         return f"{value:.6g}"
-    return str(value)
+    text = str(value)
+    if isinstance(value, str) and text.startswith(_FORMULA_START) and not _is_number(text):
+        return "'" + text
+    return text
+
+
+def _is_number(text: str) -> bool:
+    """A plain signed number ("-3.2") is data, not a formula, and stays as it is."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return text.strip() == text
 
 
 def rows_to_csv(rows: Iterable[dict[str, Any]], columns: list[str] | None = None) -> str:

@@ -35,12 +35,23 @@ def add_command(sub: argparse._SubParsersAction, name: str, needs: tuple[str, ..
 
 
 def add_threads_argument(parser: argparse.ArgumentParser, purpose: str) -> None:
-    """``--threads``, defaulting to the physical cores this process may use (read once)."""
-    from spikeseg.runtime.system import physical_cores
+    """``--threads``, defaulting to the physical cores this process may use (read once), refused
+    outside 1 to the logical cores."""
+    from spikeseg.runtime.system import logical_cores, physical_cores
 
     cores = physical_cores()
-    parser.add_argument("--threads", type=int, default=cores,
-                        help=f"{purpose} (default: the physical cores, {cores} here)")
+    parser.add_argument("--threads", type=_threads, default=cores,
+                        help=f"{purpose} (default: the physical cores, {cores} here; at most {logical_cores()})")
+
+
+def _threads(text: str) -> int:
+    from spikeseg.runtime.system import check_threads
+
+    try:
+        return check_threads(int(text))
+    except (ValueError, InputError) as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--threads ") if isinstance(exc, InputError)
+                                         else f"{text!r} is not a whole number") from None
 
 
 def _importable(module: str) -> bool:

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from spikeseg.runtime.atomic import atomic_dir
+from spikeseg.runtime.errors import InputError
 from tests.helpers import run_cli
 
 FAST = ("--views", "axial", "--quiet")
@@ -184,7 +185,7 @@ def test_unwritable_output_is_found_before_inference(bundles, cohort: Path, tmp_
 
 def test_atomic_dir_replaces_only_its_own_folder(tmp_path: Path) -> None:
     for bad in ("..", ".hidden"):  # (OUT / "." is OUT itself to pathlib: case ids refuse ".")
-        with pytest.raises(ValueError):
+        with pytest.raises(InputError, match="not a plain folder name"):
             with atomic_dir(tmp_path / "out" / bad):
                 pass
     dest = tmp_path / "out" / "case"
@@ -385,8 +386,9 @@ def test_a_killed_dask_worker_has_its_case_run_elsewhere(bundles, cohort: Path, 
 def test_a_write_failure_mid_case_leaves_nothing_of_that_case(bundles, cohort: Path, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """The disk fills up after a case's first output file is written: that case is reported
-    failed with the reason, nothing of it is left (no folder, no partial, no lock), the rest of
-    the cohort is segmented, and the inputs are untouched."""
+    failed with the reason, nothing of it is left (no folder, no partial, no lock), the run stops
+    there with one message (every later case would fail the same way; they stay pending for the
+    next run), the summary is written, and the inputs are untouched."""
     import spikeseg.runtime.segment as segment_module
 
     import threading
@@ -407,10 +409,11 @@ def test_a_write_failure_mid_case_leaves_nothing_of_that_case(bundles, cohort: P
     monkeypatch.setattr(segment_module, "save_like", fills_up)
     before = tree_digest(cohort)
     out = tmp_path / "out"
-    assert segment_module.segment(bundles["useg"], cohort, out, progress=False) == 1
+    with pytest.raises(InputError, match="disk full, run stopped"):
+        segment_module.segment(bundles["useg"], cohort, out, progress=False)
     assert written  # the first file of the case was written before the failure
     rows = summary(out)
     assert rows[victim]["status"] == "failed" and "No space left" in rows[victim]["message"]
     assert not (out / victim).exists() and not list(out.glob(".*partial*")) and not (out / ".locks").exists()
-    assert all(rows[c]["status"] == "ok" for c in rows if c != victim)
+    assert all(rows[c]["status"] == "pending" for c in rows if c != victim)
     assert tree_digest(cohort) == before

@@ -672,3 +672,37 @@ def test_calibration_keeps_its_states_when_the_engine_reuses_its_buffers(bundles
         for s in spec.states:
             assert np.mean(np.abs(a[s.input] - r[s.input]) > 1e-3) < 0.01, s.input
     assert any(np.any(f[s.input]) for f in ov for s in spec.states)
+
+
+def test_volumes_and_uncertainty_match_an_independent_recomputation(bundles, phantom_root: Path,
+                                                                    tmp_path: Path) -> None:
+    """The report's volumes are the written label map's voxels times the voxel volume (from the
+    affine), and the uncertainty map is, to its uint16 step, the largest over ET/TC/WT of the
+    views' standard deviation, recomputed here from each view run alone."""
+    from spikeseg.runtime.inference import open_engine, run_view
+    from spikeseg.runtime.labels import BRATS2021, labels_to_regions
+    from spikeseg.runtime.preprocess import load_model_space, to_native_space
+    from spikeseg.runtime.segment import UNCERTAINTY_STEP
+
+    case = sorted(phantom_root.iterdir())[0]
+    out = tmp_path / "out"
+    r = run_cli("segment", bundles["useg"], case, out, "--backend", "onnxruntime", "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    d = out / case.name
+    rep = json.loads((d / f"{case.name}_report.json").read_text())
+    pred = nib.load(str(d / f"{case.name}_pred.nii.gz"))
+    voxel_ml = abs(np.linalg.det(pred.affine[:3, :3])) / 1000.0
+    regions = labels_to_regions(np.asarray(pred.dataobj), BRATS2021)
+    for i, name in enumerate(("ET", "TC", "WT")):
+        assert rep["volumes_ml"][name] == pytest.approx(float(regions[i].sum()) * voxel_ml, rel=1e-6)
+    assert rep["volumes_ml"]["WT"] > 0
+
+    b = load_bundle(bundles["useg"])
+    prepared = load_model_space(case, b.preprocess)
+    probs = np.stack([run_view(open_engine(b, v, "onnxruntime", "fp32", 1), b.view(v), prepared.image, v).prob
+                      for v in b.views])
+    expected = to_native_space(np.std(probs, axis=0).max(axis=0)[None], prepared.space)[0]
+    written = nib.load(str(d / f"{case.name}_uncertainty.nii.gz"))
+    got = prepared.case.geometry.to_canonical(np.asarray(written.get_fdata(dtype=np.float32)))
+    assert expected.max() > 0.01  # the views disagree somewhere: the test can tell max from mean
+    np.testing.assert_allclose(got, expected, atol=UNCERTAINTY_STEP * 0.5 + 1e-6, rtol=0)

@@ -93,3 +93,26 @@ def test_leaky_zero_matches_snntorch_step_by_step() -> None:
     ((s_ref * g).sum() + (torch.stack(vs_ref) * gv).sum()).backward()
     torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(ours.beta.grad, ref.beta.grad, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("init_tau,tau_min", [(3.0, 1.5), (2.5, 2.0)])
+def test_plif_with_a_tau_floor_follows_the_equation_step_by_step(init_tau: float, tau_min: float) -> None:
+    """With ``tau_min`` > 1, 1/tau = sigmoid(w) / tau_min starts at exactly 1/init_tau: the
+    expected values use ``init_tau`` itself, never the module's own tau, so an update that
+    drops ``tau_min`` (1/tau = sigmoid(w)) fails here."""
+    torch.manual_seed(1)
+    plif = PLIF(init_tau=init_tau, tau_min=tau_min)
+    assert plif.tau == pytest.approx(init_tau)
+    v = torch.zeros(4, 6)
+    v_ref = torch.zeros(4, 6)
+    fired = 0
+    for _ in range(10):
+        x = torch.randn(4, 6) * 2 + 1.5
+        s, v = plif(x, v)
+        h = v_ref + (x - v_ref) / init_tau
+        s_ref = (h >= 1.0).float()
+        v_ref = h * (1 - s_ref)
+        assert torch.equal(s, s_ref)
+        torch.testing.assert_close(v, v_ref, atol=1e-6, rtol=0)
+        fired += int(s.sum())
+    assert 0 < fired < 240

@@ -28,6 +28,15 @@ def _fake_wheels(folder: Path, names: list[str]) -> Path:
     return folder
 
 
+def board_wheels(folder: Path) -> Path:
+    """A wheel for every pinned runtime requirement: the three above with their real aarch64
+    tags, the rest as pure-Python stand-ins of the pinned versions."""
+    have = {n.split("-")[0].lower() for n in AARCH64_WHEELS}
+    rest = [f"{r.split('==')[0].replace('-', '_')}-{r.split('==')[1]}-py3-none-any.whl"
+            for r in runtime_requirements() if r.split("==")[0].lower() not in have]
+    return _fake_wheels(folder, AARCH64_WHEELS + rest)
+
+
 def test_wheel_tags() -> None:
     assert wheel_glibc("manylinux_2_17_aarch64.manylinux2014_aarch64", "aarch64") == (2, 17)
     assert wheel_glibc("manylinux2014_aarch64", "aarch64") == (2, 17)
@@ -45,7 +54,7 @@ def test_wheel_tags() -> None:
 
 
 def test_package_contents_manifest_and_scripts(bundles, tmp_path: Path) -> None:
-    wheels = _fake_wheels(tmp_path / "w", AARCH64_WHEELS)
+    wheels = board_wheels(tmp_path / "w")
     out = tmp_path / "pkg"
     r = run_cli("package", bundles["useg"], "--target", "linux-aarch64", "--out", out, "--wheels", wheels, "--tar",
                 block_torch=True)
@@ -96,3 +105,87 @@ def test_board_pins_are_exactly_the_versions_tested() -> None:
     for req in reqs:
         name, ver = req.split("==")
         assert version(name) == ver, req
+
+
+# -- what package may write, read and run (issue "Hardening, round 3") ---------------------------
+
+def _bundles_dir(bundles, tmp_path: Path) -> Path:
+    """A folder of bundles as a user keeps them: twin/ and a sibling with the user's notes."""
+    import shutil
+
+    root = tmp_path / "bundles"
+    shutil.copytree(bundles["useg"], root / "twin")
+    (root / "other").mkdir()
+    (root / "other" / "keep.txt").write_text("a sibling bundle")
+    return root
+
+
+def test_package_never_replaces_its_input_or_what_it_did_not_make(bundles, tmp_path: Path) -> None:
+    """``--out bundles/ --overwrite`` for ``bundles/twin`` once deleted every sibling bundle, and
+    ``--out`` inside the bundle copied the bundle into itself."""
+    root = _bundles_dir(bundles, tmp_path)
+    wheels = board_wheels(tmp_path / "w")
+    for out, why in [(root, "holds the input"), (root / "twin", "is the input"), (root / "twin" / "pkg", "is inside"),
+                     (wheels, "is the input")]:
+        r = run_cli("package", root / "twin", "--out", out, "--wheels", wheels, "--overwrite", block_torch=True)
+        assert r.returncode == 2 and why in r.stderr and "Traceback" not in r.stderr, (out, r.stderr)
+    assert (root / "other" / "keep.txt").read_text() == "a sibling bundle" and not (root / "twin" / "pkg").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "package.json").write_text('{"name": "an npm project"}')
+    r = run_cli("package", root / "twin", "--out", mine, "--wheels", wheels, "--overwrite", block_torch=True)
+    assert r.returncode == 2 and "not a package folder made by spikeseg" in r.stderr
+    assert (mine / "package.json").read_text() == '{"name": "an npm project"}'
+    pkg = tmp_path / "pkg"
+    assert run_cli("package", root / "twin", "--out", pkg, "--wheels", wheels, block_torch=True).returncode == 0
+    r = run_cli("package", root / "twin", "--out", pkg, "--wheels", wheels, block_torch=True)
+    assert r.returncode == 2 and "--overwrite" in r.stderr
+    r = run_cli("package", root / "twin", "--out", pkg, "--wheels", wheels, "--overwrite", block_torch=True)
+    assert r.returncode == 0, r.stderr  # its own package: replaced
+
+
+def test_package_ships_only_listed_verified_files_and_no_links(bundles, tmp_path: Path) -> None:
+    """An unlisted ``notes.txt -> secret`` once shipped the secret; a link to /etc tried to copy /etc."""
+    import os
+    import shutil
+
+    bundle = tmp_path / "b"
+    shutil.copytree(bundles["useg"], bundle)
+    (tmp_path / "secret").write_text("password")
+    os.symlink(tmp_path / "secret", bundle / "notes.txt")
+    os.symlink("/etc", bundle / "etc")
+    (bundle / "scratch.txt").write_text("unlisted")
+    out = tmp_path / "pkg"
+    r = run_cli("package", bundle, "--out", out, "--wheels", board_wheels(tmp_path / "w"), block_torch=True)
+    assert r.returncode == 0, r.stderr
+    shipped = sorted(p.relative_to(out / "bundle").as_posix() for p in (out / "bundle").rglob("*"))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    listed = {m["file"] for v in manifest["views"].values() for m in v["models"]}
+    listed |= {m["weights"]["file"] for v in manifest["views"].values() for m in v["models"] if "weights" in m}
+    assert set(shipped) == listed | {"manifest.json"}
+    assert not any(p.is_symlink() for p in out.rglob("*"))
+    assert sha256_file(out / "bundle" / "manifest.json") == sha256_file(bundle / "manifest.json")
+
+
+def test_package_refuses_a_python_version_that_is_not_one(bundles, tmp_path: Path) -> None:
+    r = run_cli("package", bundles["useg"], "--out", tmp_path / "pkg", "--python", '3.11"; touch X; echo "',
+                "--wheels", board_wheels(tmp_path / "w"), block_torch=True)
+    assert r.returncode == 2 and "--python" in r.stderr and not (tmp_path / "pkg").exists()
+    from spikeseg.export.package import check_script_values
+
+    for bad in ("3.11 ", "3", "3.11.2", "$(id)", "3.1a"):
+        with pytest.raises(InputError, match="--python"):
+            check_script_values(bad, "onnxruntime")
+    check_script_values("3.12", "openvino")
+
+
+def test_package_refuses_a_wheels_folder_missing_a_runtime_requirement(bundles, tmp_path: Path) -> None:
+    """An empty or partial wheels folder made a package that failed only on the board."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = run_cli("package", bundles["useg"], "--out", tmp_path / "pkg", "--wheels", empty, block_torch=True)
+    assert r.returncode == 2 and "no target wheel for numpy==" in r.stderr and not (tmp_path / "pkg").exists()
+    partial = board_wheels(tmp_path / "partial")
+    next(partial.glob("scipy-*.whl")).unlink()
+    r = run_cli("package", bundles["useg"], "--out", tmp_path / "pkg", "--wheels", partial, block_torch=True)
+    assert r.returncode == 2 and "scipy==" in r.stderr and "numpy" not in r.stderr.split("no target wheel for")[1]

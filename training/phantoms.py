@@ -75,7 +75,7 @@ def _template() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     try:
         from nilearn import datasets
     except ImportError as exc:
-        raise InputError(None, "phantoms need nilearn (pip install 'spikeseg[train]')") from exc
+        raise InputError(None, f"phantoms need nilearn and what it imports ({exc}; pip install 'spikeseg[train]')") from exc
     gm = datasets.load_mni152_gm_template(resolution=1)
     wm = datasets.load_mni152_wm_template(resolution=1)
     mask = datasets.load_mni152_brain_mask(resolution=1)
