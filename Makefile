@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.installed-$(HASH)
 NODEPS  := spikingjelly==2.0.0 neurobench==2.3.0
 PIP     := $(BIN)/pip install -q --disable-pip-version-check -c requirements/constraints.txt
 
-.PHONY: install test demo bench arm64-check clean
+.PHONY: install test demo bench arm64-check gpu-wheels gpu-check clean
 
 install: $(STAMP)
 
@@ -30,6 +30,29 @@ demo: install
 # Cross-built linux-aarch64 package, installed and run under qemu user emulation (root, minutes).
 arm64-check: install
 	@bash export/arm64_check.sh
+
+# The GPU check (benchmarks/gpu_check.py). `make gpu-wheels` here fetches what a GPU machine with
+# no network lacks (.gpu-wheels/, about 15 MB); `make gpu-check` there installs them beside that
+# machine's own CUDA torch and runs the check into $(GPU_OUT); on a machine without CUDA it is
+# the dry run (CPU, tiny preset, seconds of budget).
+GPU_OUT    ?= gpu-check
+GPU_PY     ?= 3.12
+GPU_WHEELS := .gpu-wheels
+GPU_SITE   := .gpu-site
+GPU_PIP    := python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $(GPU_SITE)
+
+gpu-wheels: install
+	@$(BIN)/python -m spikeseg.benchmarks.gpu_wheels --dest $(GPU_WHEELS) --python $(GPU_PY)
+
+gpu-check:
+	@if python3 -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then \
+		ls $(GPU_WHEELS)/*.whl >/dev/null 2>&1 || { echo "no $(GPU_WHEELS)/: run make gpu-wheels first and carry it"; exit 2; }; \
+		$(GPU_PIP) $(GPU_WHEELS)/*.whl && { $(GPU_PIP) --no-build-isolation . >/dev/null 2>&1 || true; } && \
+		PYTHONSAFEPATH=1 PYTHONPATH=$(CURDIR)/$(GPU_SITE):$(CURDIR) PYTHONUNBUFFERED=1 \
+			python3 -m spikeseg.benchmarks.gpu_check --out $(GPU_OUT); \
+	else \
+		$(MAKE) --no-print-directory install && $(BIN)/python -m spikeseg.benchmarks.gpu_check --dry-run --out $(GPU_OUT); \
+	fi
 
 clean:
 	rm -rf $(VENV) demo

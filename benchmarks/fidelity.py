@@ -68,12 +68,12 @@ WARM_STARTED = ("snn-warm", "snn-warm-reset", "snn-warm-copy", "snn-distill")
 
 
 def train_model(name: str, train_dir: Path, runs: Path, minutes: float, common: list[str],
-                warm_share: float) -> float:
-    """Train one model's three views (views already finished in ``runs`` are kept, so an
+                warm_share: float, views: tuple[str, ...] = tuple(VIEWS)) -> float:
+    """Train one model's views (views already finished in ``runs`` are kept, so an
     interrupted benchmark resumes); returns the training seconds the runs recorded."""
     arch, extra = MODELS[name]
     spent = 0.0
-    for view in VIEWS:
+    for view in views:
         run = runs / name / view
         budget, init = minutes, []
         if name in WARM_STARTED:
@@ -125,28 +125,34 @@ def case_ops(model, image: np.ndarray, view: str, reset: bool, both_ways: bool) 
     return {"effective_macs": macs, "effective_acs": acs, "dense_macs": dense_slice * seq.shape[0] * len(passes)}
 
 
-def evaluate(runs: Path, names: list[str], test_dir: Path,
-             both_ways: bool = True) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def evaluate(runs: Path, names: list[str], test_dir: Path, both_ways: bool = True,
+             views: tuple[str, ...] = tuple(VIEWS), device: str | torch.device = "cpu",
+             ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """``both_ways``: stateful models run as the runtime runs them by default, their slices front
-    to back and back to front, the two passes averaged."""
+    to back and back to front, the two passes averaged. ``views``: the ensemble's views (one view:
+    the "ensemble" row is that view). ``device``: where the models predict (counted operations
+    are counted on the CPU)."""
     cases = [load_case(c) for c in find_cases(test_dir)]
     rows: list[dict[str, Any]] = []
     extras: dict[str, Any] = {}
+    counted = "axial" if "axial" in views else views[0]
     for name in names:
-        probs: dict[str, list[np.ndarray]] = {v: [] for v in VIEWS}
+        probs: dict[str, list[np.ndarray]] = {v: [] for v in views}
         ops = None
-        for view in VIEWS:
+        for view in views:
             model, info, params = load_run(runs / name / view)
+            model.to(device)
             reset = bool(info.get("state_reset"))
             for i, case in enumerate(cases):
                 prepared = model_space(case, params)
                 image, space = prepared.image, prepared.space
-                p = predict_view(model, image, view, reset_every_step=reset, both_ways=both_ways)
+                p = predict_view(model, image, view, device, reset_every_step=reset, both_ways=both_ways)
                 probs[view].append(to_native_space(p, space))
-                if ops is None and view == "axial" and i == 0:
-                    ops = case_ops(model, image, view, reset, both_ways)
-        for view in (*VIEWS, "ensemble"):
-            per_case = probs[view] if view != "ensemble" else [fuse([probs[v][i] for v in VIEWS])
+                if ops is None and view == counted and i == 0:
+                    ops = case_ops(model.cpu(), image, view, reset, both_ways)
+                    model.to(device)
+        for view in (*views, "ensemble"):
+            per_case = probs[view] if view != "ensemble" else [fuse([probs[v][i] for v in views])
                                                                for i in range(len(cases))]
             per_metric = score_cases(per_case, cases)
             rows.append({"model": name, "view": view, **{k: float(np.nanmean(v)) for k, v in per_metric.items()},
@@ -173,9 +179,11 @@ def score_cases(probs: list[np.ndarray], cases) -> dict[str, list[float]]:
 
 def report(rows: list[dict[str, Any]], extras: dict[str, Any], seconds: dict[str, float],
            minutes: float, args: argparse.Namespace) -> str:
+    views = getattr(args, "views", ",".join(VIEWS))
     lines = [f"# Fidelity: Spiking U-Seg-Net vs twins, equal budget ({minutes:g} min per view model)", "",
              f"Train {args.train}, test {args.test} ({len(find_cases(args.test))} held-out cases), "
-             f"preset {args.preset}, {args.spacing} mm grid, seed {args.seed}. Dice/HD95 at native resolution. "
+             f"preset {args.preset}, {args.spacing} mm grid, seed {args.seed}, views {views} (the ensemble is "
+             f"their mean), device {getattr(args, 'device_used', 'cpu')}. Dice/HD95 at native resolution. "
              + ("Stateful models ran their slices front to back only (--one-way)." if args.one_way else
                 "Stateful models ran their slices both ways, the two passes averaged (the runtime's default).")
              + f" Regions empty in both prediction and reference (left out of the means, the official rule): "
@@ -185,7 +193,8 @@ def report(rows: list[dict[str, Any]], extras: dict[str, Any], seconds: dict[str
     for r in rows:
         lines.append(f"| {r['model']} | {r['view']} | {r['dice_ET']:.3f} | {r['dice_TC']:.3f} | {r['dice_WT']:.3f} | "
                      f"{r['hd95_ET']:.1f} | {r['hd95_TC']:.1f} | {r['hd95_WT']:.1f} | {r['nll']:.4f} | {r['ece']:.4f} |")
-    lines += ["", "| model | train s (3 views) | ensemble NLL vs best view | ops per case (axial) |", "|---|---|---|---|"]
+    lines += ["", "| model | train s (all views) | ensemble NLL vs best view | ops per case (one view) |",
+              "|---|---|---|---|"]
     for name in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == name]
         best = min(r["nll"] for r in mine if r["view"] != "ensemble")
@@ -237,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--one-way", action="store_true",
                    help="score stateful models front to back only (the paper's inference; `spikeseg export "
                         "--one-way`), not both ways averaged (the runtime's default)")
+    p.add_argument("--views", default=",".join(VIEWS),
+                   help="comma list of the views to train and fuse (default all three; the GPU check runs axial)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where to train and predict (default: CUDA when visible)")
     a = p.parse_args(argv)
     refuse_existing_results(a.out / "results.md", a.overwrite)
     torch.set_num_threads(2)
@@ -244,14 +257,22 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(names) - set(MODELS)
     if unknown:
         p.error(f"unknown models {sorted(unknown)}")
-    common = ["--preset", a.preset, "--spacing", a.spacing, "--seed", str(a.seed), *a.train_args.split()]
+    views = tuple(v for v in a.views.split(",") if v)
+    if not views or set(views) - set(VIEWS):
+        p.error(f"--views {a.views!r}: a comma list from {','.join(VIEWS)}")
+    from spikeseg.training.devices import resolve_device
+
+    device = resolve_device(a.device)
+    a.device_used = str(device)
+    common = ["--preset", a.preset, "--spacing", a.spacing, "--seed", str(a.seed), "--device", device.type,
+              *a.train_args.split()]
     runs = a.out / "runs"
     seconds = {}
     for name in names:
-        print(f"== training {name} ({a.minutes:g} min per view)", flush=True)
-        seconds[name] = train_model(name, a.train, runs, a.minutes, common, a.warm_share)
+        print(f"== training {name} ({a.minutes:g} min per view, {len(views)} views, {device})", flush=True)
+        seconds[name] = train_model(name, a.train, runs, a.minutes, common, a.warm_share, views)
     print("== evaluating", flush=True)
-    rows, extras = evaluate(runs, names, a.test, both_ways=not a.one_way)
+    rows, extras = evaluate(runs, names, a.test, both_ways=not a.one_way, views=views, device=device)
     write_text(a.out / "ops.json", json.dumps(extras, indent=2))
     write_results(a.out, report(rows, extras, seconds, a.minutes, a), rows)
     return 0

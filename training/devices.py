@@ -28,15 +28,28 @@ def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+#: Environment variable that picks the process group's backend under torchrun (``nccl`` or
+#: ``gloo``); by default NCCL where CUDA is visible, else gloo.
+BACKEND_ENV = "SPIKESEG_DIST_BACKEND"
+
+
 def init_distributed() -> tuple[int, int, int]:
-    """(rank, world size, local rank); starts the process group under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    """(rank, world size, local rank). Under torchrun (which sets ``WORLD_SIZE`` and ``RANK``) the
+    process group is started even for one process, so ``torchrun --nproc_per_node 1`` runs the
+    very DistributedDataParallel path a multi-GPU run takes (the GPU check's NCCL test)."""
+    if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
         return 0, 1, 0
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        backend = os.environ.get(BACKEND_ENV) or ("nccl" if torch.cuda.is_available() else "gloo")
+        if backend not in ("nccl", "gloo"):
+            raise InputError(None, f"{BACKEND_ENV}={backend!r}: expected nccl or gloo")
         dist.init_process_group(backend=backend)
-    return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def distributed_backend() -> str | None:
+    """The process group's backend, or None when this is one plain process."""
+    return str(dist.get_backend()) if dist.is_initialized() else None
 
 
 def seed_everything(seed: int) -> np.random.Generator:

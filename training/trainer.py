@@ -51,7 +51,8 @@ from spikeseg.training.fptt import FPTT
 from spikeseg.training.activity import ActivityMonitor
 from spikeseg.training.config import VOLUME_ARCHS, TrainConfig
 from spikeseg.training.conversion import balance
-from spikeseg.training.devices import amp_dtype, init_distributed, params_digest, resolve_device, seed_everything
+from spikeseg.training.devices import (amp_dtype, distributed_backend, init_distributed, params_digest, resolve_device,
+                                      seed_everything)
 from spikeseg.training.losses import bce_dice_loss, distillation_loss
 from spikeseg.training.predict import predict_views
 from spikeseg.training.run_folder import load_checkpoint, prepare_run, save_checkpoint, twin_run_for
@@ -113,7 +114,7 @@ class ViewTrainer:
         self.model.to(self.device)
         self.activity = ActivityMonitor(self.model)
         self.net = self.model
-        if world > 1:
+        if dist.is_initialized():  # under torchrun, one process included
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.opt = self.optimiser()
@@ -361,6 +362,7 @@ class ViewTrainer:
         while self.epoch < self.cfg.epochs:
             t0 = time.time()
             train_loss = self.train_epoch()
+            train_seconds = time.time() - t0
             val = self.validate()
             self.epoch += 1
             self.minutes = self.elapsed_minutes()
@@ -370,7 +372,8 @@ class ViewTrainer:
             per_layer = {k: v for k, v in activity.items() if "/" in k}
             row = {"epoch": self.epoch, "train_loss": train_loss, **val, "lr": self.opt.param_groups[0]["lr"],
                    "tau_mean": float(np.mean(taus)) if taus else math.nan,
-                   **{k: v for k, v in activity.items() if k not in per_layer}, "seconds": time.time() - t0}
+                   **{k: v for k, v in activity.items() if k not in per_layer}, "seconds": time.time() - t0,
+                   "train_seconds": train_seconds, **self.device_memory()}
             self.history.append(row)
             improved = val["val_dice_mean"] > self.best_score
             if improved:
@@ -404,6 +407,15 @@ class ViewTrainer:
             self.writer.close()
         return {"best_epoch": self.best_epoch, "best_val_dice_mean": self.best_score,
                 "epochs_run": self.epoch, "seconds": time.time() - self.started}
+
+    def device_memory(self) -> dict[str, float]:
+        """On CUDA, the epoch's peak GPU memory (allocated by tensors, MB), then the peak is
+        reset so each epoch has its own; nothing on the CPU (peak RSS says it there)."""
+        if self.device.type != "cuda":
+            return {}
+        peak = torch.cuda.max_memory_allocated(self.device) / 2**20
+        torch.cuda.reset_peak_memory_stats(self.device)
+        return {"gpu_peak_mb": peak}
 
     def _save_best(self, val: dict[str, float]) -> None:
         ctx = self.fptt.averaged_weights() if (self.fptt and self.cfg.eval_average) else contextlib.nullcontext()
@@ -521,7 +533,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
             info = {**asdict(vcfg), "trainer": trainer.trainer, "model_config": trainer.model_cfg.to_dict(),
                     "conversion": trainer.conversion, "device": str(trainer.device),
                     "amp_dtype": str(trainer.amp) if trainer.amp else "float32",
-                    "world_size": world, "data_fingerprint": data_fingerprint(case_dirs),
+                    "world_size": world, "dist_backend": distributed_backend(),
+                    "data_fingerprint": data_fingerprint(case_dirs),
                     "torch": torch.__version__}
             write_json(run / "config.json", info)
             params.save(run / "preprocess.json")
@@ -535,7 +548,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
         if rank == 0:
             write_json(run / "summary.json", result)
         summary[view] = result
-    if world > 1:
+    if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
     return summary
