@@ -62,7 +62,9 @@ def bundles(phantom5: Path, phantom_root: Path, tmp_path_factory: pytest.TempPat
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that need trained and exported bundles are ``slow``: ``pytest -m "not slow"`` runs
-    the rest while editing, without the session's export fixture (about 90 s of setup here)."""
+    the rest while editing, without the session's export fixture (about 90 s of setup here).
+    Under ``pytest -n 2 --dist loadgroup`` they all run on one worker, which builds the fixture once."""
     for item in items:
         if "bundles" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+            item.add_marker(pytest.mark.xdist_group("bundles"))
