@@ -34,10 +34,12 @@ from spikeseg.runtime.opcount import static_counts
 from spikeseg.runtime.outputs import check_apart, check_replaceable
 from spikeseg.runtime.preprocess import VIEWS, PreprocessParams, load_model_space
 from spikeseg.runtime.projections import CAP_DEGREES
+from spikeseg.runtime.qc import QCReference
 from spikeseg.runtime.refine import MAX_KERNELS, STOP_SHARE
 from spikeseg.runtime.guide import check_guide
 from spikeseg.export.fusion_fit import DEFAULT_PROJECTIONS, fit_refinement, parse_guide
 from spikeseg.export.graphs import export_onnx, export_volume_onnx, onnx_to_openvino
+from spikeseg.export.qc_fit import fit_bundle_qc
 from spikeseg.training.config import VOLUME_ARCHS
 from spikeseg.export.quantize import calibration_feeds, quantize_onnxruntime, quantize_openvino
 
@@ -106,6 +108,30 @@ def _quantise_view(tmp: Path, view: str, spec: ViewSpec, feeds, holdout, budget:
     return entries, report
 
 
+def _cases_in(folder: Path) -> list[Path]:
+    """The case folders under ``folder``; none where it is gone or holds none."""
+    try:
+        return find_cases(folder)
+    except InputError:
+        return []
+
+
+def _fit_qc(info: dict[str, Any], params: PreprocessParams, specs: dict[str, ViewSpec], tmp: Path,
+            calib: Path | None, threads: int, log) -> QCReference | None:
+    """The QC reference (:mod:`spikeseg.export.qc_fit`) from the runs' data and validation split,
+    or the calibration cases when the data has moved; None (the runtime then says ``unchecked``)
+    when neither is there."""
+    case_dirs, source = _cases_in(Path(info["data"])), f"the runs' data {info['data']}"
+    if not case_dirs and calib is not None:
+        case_dirs, source = _cases_in(Path(calib)), f"calibration cases {calib}"
+    if not case_dirs:
+        log("QC reference: no reference cases (the runs' data has moved and no --calib): segment will say unchecked")
+        return None
+    validation = _holdout_dirs(info) or case_dirs[-2:]
+    engines = {v: OrtEngine(ModelFile.local(tmp / f"{v}_fp32.onnx"), "fp32", threads) for v in specs}
+    return fit_bundle_qc(case_dirs, validation, params, engines, specs, source, log)
+
+
 def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | None = None,
                  overwrite: bool = False, allow_accuracy_drop: bool = False, budget: float = 0.01,
                  threads: int = 2, calib_items: int = 300, check_accuracy: bool = True, log=print,
@@ -154,6 +180,7 @@ def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | 
     holdout_cache: dict[tuple[Path, ...], list] = {}
     with atomic_dir(out) as tmp:
         manifest_views: dict[str, Any] = {}
+        specs: dict[str, ViewSpec] = {}
         for model, info, _ in sorted(loaded, key=lambda m: list(VIEWS).index(m[1]["view"]) if m[1]["view"] in VIEWS
                                      else len(VIEWS)):
             view = info["view"]
@@ -203,6 +230,9 @@ def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | 
                           "folds": info["folds"], "epochs": info["epochs"], "best": info["best"], "seed": info["seed"],
                           "data_fingerprint": info["data_fingerprint"], "preset": info["preset"]})
             manifest_views[view] = spec.to_dict()
+            specs[view] = spec
+        # a speed benchmark's bundle of untrained weights has no data worth a reference
+        qc = _fit_qc(loaded[0][1], params, specs, tmp, calib, threads, log) if check_accuracy else None
         refinement = []
         if guides:
             info = loaded[0][1]
@@ -226,6 +256,8 @@ def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | 
                     "regions": list(REGIONS), "output": "sigmoid probabilities of the nested regions ET, TC, WT",
                     "label_convention": "written in the input case's convention (2021 names: ET=4; 2023+: ET=3)",
                     "openvino_inference_precision": "f32 (INFERENCE_PRECISION_HINT set by the runtime)"}
+        if qc is not None:
+            manifest["qc"] = qc.to_dict()
         if refinement:
             manifest["refinement"] = refinement
         write_json(tmp / MANIFEST, manifest)

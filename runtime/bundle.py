@@ -18,6 +18,7 @@ from spikeseg.runtime.bundle_spec import SCHEMA_VERSION, VOLUME, FileEntry, Mode
 from spikeseg.runtime.errors import InputError
 from spikeseg.runtime.outputs import json_marker
 from spikeseg.runtime.preprocess import VIEWS, PreprocessParams
+from spikeseg.runtime.qc import QCReference
 
 MANIFEST = "manifest.json"
 #: How ``--overwrite`` recognises a bundle folder export made (and so may replace).
@@ -89,6 +90,13 @@ class Bundle:
     @property
     def preprocess(self) -> PreprocessParams:
         return PreprocessParams.from_dict(self.manifest["preprocess"], self.root / MANIFEST)
+
+    @property
+    def qc(self) -> QCReference | None:
+        """What the bundle's training data looked like, for the QC verdict (None: exported before
+        bundles carried it; checked when the bundle was loaded)."""
+        raw = self.manifest.get("qc")
+        return None if raw is None else QCReference.parse(raw, self.root / MANIFEST)
 
     @property
     def checksum(self) -> str:
@@ -169,6 +177,8 @@ def load_bundle(root: str | Path) -> Bundle:
             raise InputError(path, f"manifest lacks '{key}'")
     specs = _parse_views(manifest, path)
     PreprocessParams.from_dict(manifest["preprocess"], path)  # every field checked now, not when a case runs
+    if manifest.get("qc") is not None:
+        QCReference.parse(manifest["qc"], path)
     for spec in specs.values():
         for model in spec.models:
             for entry in model.files():

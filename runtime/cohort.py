@@ -39,7 +39,8 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 SUMMARY = "summary.csv"
-SUMMARY_COLUMNS = ["case", "status", "seconds", "peak_rss_mb", "ET_ml", "TC_ml", "WT_ml", "folder", "message"]
+SUMMARY_COLUMNS = ["case", "status", "qc", "qc_reasons", "seconds", "peak_rss_mb", "ET_ml", "TC_ml", "WT_ml", "folder",
+                   "message"]
 LOCKS = ".locks"
 FAILURES = ".failures"
 
@@ -227,13 +228,22 @@ def _row_from_report(out: Path, case: CohortCase, fresh: bool) -> dict[str, Any]
         return None
     try:
         rep = json.loads(path.read_text())
-        v = rep["volumes_ml"]
-        return {"case": case.case_id, "status": "ok", "seconds": rep["seconds"]["total"],
+        v, qc = rep["volumes_ml"], rep.get("qc") or {"verdict": "unchecked", "reasons": ["no QC in this report"]}
+        return {"case": case.case_id, "status": "ok", "qc": qc["verdict"], "qc_reasons": "; ".join(qc["reasons"]),
+                "seconds": rep["seconds"]["total"],
                 "peak_rss_mb": rep.get("peak_rss_mb"), "ET_ml": v["ET"], "TC_ml": v["TC"], "WT_ml": v["WT"],
                 "folder": str(case.folder), "message": "" if fresh else "done earlier"}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return {"case": case.case_id, "status": "failed", "folder": str(case.folder),
                 "message": f"{path}: unreadable report ({exc})"}
+
+
+def report_qc(out: Path, case_id: str) -> str | None:
+    """The QC verdict in a case's report on disk (None: no readable report)."""
+    try:
+        return str(json.loads(report_path(out, case_id).read_text())["qc"]["verdict"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def write_summary(out: Path, cases: list[CohortCase], outcomes: dict[Path, tuple[str, str]]) -> list[dict]:

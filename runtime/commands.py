@@ -45,7 +45,7 @@ def _segment(args: argparse.Namespace) -> int:
                    views=args.views, threads=args.threads, png=args.png, save_prob=args.save_prob,
                    overwrite=args.overwrite, et_min_voxels=args.et_min_voxels, progress=not args.quiet,
                    shard=args.shard, dask=args.dask, count_ops=args.count_ops, projections=args.projections,
-                   refine=args.refine, guide_mode=args.guide)
+                   refine=args.refine, guide_mode=args.guide, qc_strict=args.qc_strict)
 
 
 def _profile(args: argparse.Namespace) -> int:
@@ -63,7 +63,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     sg = add_command(sub, "segment", help="segment a case or a cohort on the CPU (no torch)",
                      description="Segment BraTS case folders with a bundle: labels in the input's "
                                  "exact geometry, a voxel-wise uncertainty map (spread across views), "
-                                 "and a JSON report (timings, peak memory, operations, spike rates).")
+                                 "a QC verdict (ok, or review with the reasons: the case unlike the "
+                                 "bundle's training data, the models unsure, an implausible result), "
+                                 "and a JSON report (timings, peak memory, operations, spike rates). "
+                                 "Exit status: 0 done, 1 a case of a cohort failed, 2 bad input, "
+                                 "3 with --qc-strict a case needs review.")
     sg.add_argument("bundle", type=Path, help="a bundle folder written by spikeseg export")
     sg.add_argument("input", type=Path, help="a case folder or a folder of case folders")
     sg.add_argument("out", type=Path, help="output folder (OUT/<case>/...)")
@@ -88,6 +92,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     sg.add_argument("--count-ops", action="store_true",
                     help="count synaptic operations, spikes and membrane updates in the graph for the report "
                          "and the event-driven energy estimates (off by default: the counters slow every case)")
+    sg.add_argument("--qc-strict", action="store_true",
+                    help="exit with status 3 when a segmented case's QC verdict is review (and none failed); "
+                         "by default a review case exits 0, but its console line, report, summary.csv and "
+                         "quick-look PNG say review and why")
     sg.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
     sg.add_argument("--shard", metavar="I/N",
                     help="run only shard I of N (1-based) of the sorted cohort, e.g. a job array's task; "

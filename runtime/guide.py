@@ -19,7 +19,7 @@ from spikeseg.runtime.bundle_spec import ViewSpec
 from spikeseg.runtime.ensemble import fuse, spread
 from spikeseg.runtime.errors import InputError
 from spikeseg.runtime.inference import Engine, ViewResult, open_engine, run_view, steps_for
-from spikeseg.runtime.preprocess import PreprocessParams, from_view, to_view
+from spikeseg.runtime.preprocess import PreprocessParams, SpaceMap, from_view, to_native_space, to_view
 from spikeseg.runtime.projections import CAP_DEGREES, projections_for
 from spikeseg.runtime.refine import Cubes, RefinementSpec, binned_entropy, choose_cubes, fuse_refined, to_bins
 from spikeseg.runtime.sliding import cube_predictions, cube_steps, steps_per_case
@@ -35,6 +35,14 @@ class GuideResult:
     members: int
     kind: str                        # what the members are: "views", "spherical projections", "mirrored copies"
     results: dict[str, ViewResult]   # per view; over projections, slices and counters summed
+
+    def native(self, space: SpaceMap, prob: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """The probabilities (``prob``, e.g. refined, or the guide's own) and the uncertainty map
+        (the largest spread over ET/TC/WT) on the case's native grid: what segment writes and
+        what QC measures, computed one way."""
+        native_prob = to_native_space(self.prob if prob is None else prob, space)
+        unc = to_native_space(self.spread.max(axis=0)[None], space)[0] if self.spread is not None else None
+        return native_prob, unc
 
 
 def guide_steps(bundle: Bundle, views: list[str], image: np.ndarray, projections: int = 0) -> int:

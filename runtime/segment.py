@@ -36,7 +36,7 @@ from spikeseg.runtime.bundle import Bundle, load_bundle
 from spikeseg.runtime.case_io import Case, load_case, save_like
 from spikeseg.runtime.cohort import (SUMMARY, CohortCase, DiskFull, case_lock, check_output_apart, check_writable,
                                      discover, is_disk_full, parse_shard, prediction_name, record_outcome, report_name,
-                                     shard_of, summary_rows, write_summary)
+                                     report_qc, shard_of, summary_rows, write_summary)
 from spikeseg.runtime.energy import energy_table
 from spikeseg.runtime.errors import InputError
 from spikeseg.runtime.guide import GuideResult, Refined, Refiner, fitted_refinement, guide_steps, run_guide
@@ -44,8 +44,9 @@ from spikeseg.runtime.guide import refine as refine_case
 from spikeseg.runtime.inference import open_engine
 from spikeseg.runtime.labels import REGIONS, labels_to_regions, regions_to_labels, relabel_small_et
 from spikeseg.runtime.opcount import view_operations
-from spikeseg.runtime.preprocess import model_space, parse_views, to_native_space
+from spikeseg.runtime.preprocess import model_space, parse_views
 from spikeseg.runtime.projections import CAP_DEGREES
+from spikeseg.runtime.qc import QCResult, measure_case, unchecked
 from spikeseg.runtime.refine import GUIDE_MODES
 from spikeseg.runtime.system import cpu_model, machine, peak_rss_mb, reset_peak_rss
 
@@ -54,6 +55,8 @@ from spikeseg.runtime.system import cpu_model, machine, peak_rss_mb, reset_peak_
 #: largest possible spread) in steps of 7.6e-6. Float32 noise in the mantissas made the map
 #: compress 2:1 and cost 0.8 s to write for a 240x240x155 case; as uint16 it is 0.1 s and 10:1.
 UNCERTAINTY_STEP = 0.5 / 65535
+#: The exit status of ``--qc-strict`` when a case this process segmented needs review (no case failed).
+EXIT_REVIEW = 3
 #: A case's status when the output's disk filled up while it was written: the run stops there.
 DISK_FULL_STATUS = "disk full"
 
@@ -79,6 +82,7 @@ class Segmenter:
         self.threads, self.et_min_voxels, self.count_ops = threads, et_min_voxels, count_ops
         self.progress = progress and sys.stderr.isatty()  # a bar only where someone watches
         self.params = bundle.preprocess
+        self.qc_reference = bundle.qc
         t0 = time.perf_counter()
         self.engines = {v: open_engine(bundle, v, backend, precision, threads, counting=count_ops) for v in self.views}
         self.compile_seconds = time.perf_counter() - t0 + (self.refiner.compile_seconds if self.refiner else 0.0)
@@ -109,8 +113,7 @@ class Segmenter:
                 refined = self._refine(case, guide, image, times, bar)
                 operations["refiner"] = view_operations(self.refiner.view_spec, refined.result)
         t = time.perf_counter()
-        prob = to_native_space(refined.prob if refined is not None else guide.prob, space)
-        unc = to_native_space(guide.spread.max(axis=0)[None], space)[0] if guide.spread is not None else None
+        prob, unc = guide.native(space, refined.prob if refined is not None else None)
         conv = case.files.convention
         labels = regions_to_labels(prob >= 0.5, conv)
         relabelled = 0
@@ -118,16 +121,24 @@ class Segmenter:
             labels, relabelled = relabel_small_et(labels, conv, self.et_min_voxels)
         times["fuse"] = time.perf_counter() - t
         report = self._report(case, times, operations, labels, unc, relabelled, guide)
+        qc = self.check(case, image, prob, unc)
+        report["qc"] = qc.to_dict()
         if refined is not None:
             report["refinement"] = self._refinement_report(refined, image)
         with atomic_dir(out_root / case.case_id) as tmp:
             t = time.perf_counter()
-            self._write_images(case, tmp, labels, prob, unc, png, save_prob)
+            self._write_images(case, tmp, labels, prob, unc, png, save_prob, qc.verdict)
             times["write"] = time.perf_counter() - t
             times["total"] = time.perf_counter() - t_all
             report["peak_rss_mb"] = peak_rss_mb()
             write_json(tmp / report_name(case.case_id), report)
         return report
+
+    def check(self, case: Case, image: np.ndarray, prob: np.ndarray, unc: np.ndarray | None) -> QCResult:
+        """The case's QC verdict against the bundle's reference (:mod:`spikeseg.runtime.qc`)."""
+        if self.qc_reference is None:
+            return unchecked("the bundle carries no QC reference (exported before spikeseg 0.3): re-export it")
+        return self.qc_reference.verdict(measure_case(case.image, case.spacing, image, prob, unc))
 
     def _refine(self, case: Case, guide: GuideResult, image: np.ndarray, times: dict[str, float], bar) -> Refined:
         """The 3D model on the guide's most uncertain cubes; the case is normalised the 3D
@@ -192,7 +203,7 @@ class Segmenter:
                 for v in operations}
 
     @staticmethod
-    def _write_images(case: Case, folder: Path, labels, prob, unc, png: bool, save_prob: bool) -> None:
+    def _write_images(case: Case, folder: Path, labels, prob, unc, png: bool, save_prob: bool, verdict: str) -> None:
         """The NIfTI files are compressed side by side (zlib releases the GIL)."""
         g = case.geometry
         with ThreadPoolExecutor(max_workers=3) as pool:
@@ -207,15 +218,17 @@ class Segmenter:
         if png:
             from spikeseg.runtime.quicklook import quicklook
             quicklook(folder / f"{case.case_id}_quicklook.png", case.image[3], labels,
-                      unc if unc is not None else np.zeros(labels.shape, np.float32), case.files.convention)
+                      unc if unc is not None else np.zeros(labels.shape, np.float32), case.files.convention, verdict)
 
 
 def segment(bundle_path: Path, input_path: Path, out: Path, backend: str = "openvino", precision: str = "fp32",
             views: str = "all", threads: int = 2, png: bool = False, save_prob: bool = False,
             overwrite: bool = False, et_min_voxels: int = 0, progress: bool = True,
             shard: str | None = None, dask: str | None = None, count_ops: bool = False,
-            projections: int = 0, refine: Path | None = None, guide_mode: str | None = None) -> int:
-    """Segment one case or a cohort; returns the exit status (1 if a case this process ran failed).
+            projections: int = 0, refine: Path | None = None, guide_mode: str | None = None,
+            qc_strict: bool = False) -> int:
+    """Segment one case or a cohort; returns the exit status: 1 if a case this process ran
+    failed, else :data:`EXIT_REVIEW` with ``qc_strict`` if one needs review, else 0.
     ``dask``: run the cohort's cases as tasks on a Dask cluster ("local" or a scheduler address).
     ``projections``, ``refine``, ``guide_mode``: see :class:`Segmenter`.
 
@@ -242,14 +255,17 @@ def segment(bundle_path: Path, input_path: Path, out: Path, backend: str = "open
     made_out = not out.exists()
     check_writable(out)
     try:
-        return _run_cases(bundle, cases, mine, single, input_path, out, backend, precision, chosen, threads,
-                          png, save_prob, overwrite, et_min_voxels, progress, dask, count_ops, projections,
-                          refine, refiner, guide_mode)
+        status = _run_cases(bundle, cases, mine, single, input_path, out, backend, precision, chosen, threads,
+                            png, save_prob, overwrite, et_min_voxels, progress, dask, count_ops, projections,
+                            refine, refiner, guide_mode)
     except BaseException:
         if single and made_out:  # a refused single case leaves no empty output folder behind
             with contextlib.suppress(OSError):
                 out.rmdir()  # only ever empty: rmdir refuses a folder with anything in it
         raise
+    if status == 0 and qc_strict and any(report_qc(out, c.case_id) == "review" for c in mine if c.case_id):
+        return EXIT_REVIEW
+    return status
 
 
 def _run_cases(bundle: Bundle, cases: list[CohortCase], mine: list[CohortCase], single: bool, input_path: Path,
@@ -330,9 +346,10 @@ def run_case(seg: Segmenter, case: CohortCase, out: Path, overwrite: bool, png: 
             if single:
                 raise
             return "failed", f"{case.folder}: unexpected {type(exc).__name__}: {exc}"
-    v = rep["volumes_ml"]
-    line = (f"{rep['case']}: ok {rep['seconds']['total']:.1f}s peak {rep['peak_rss_mb']:.0f} MB "
-            f"WT {v['WT']:.1f} mL TC {v['TC']:.1f} mL ET {v['ET']:.1f} mL")
+    v, qc = rep["volumes_ml"], rep["qc"]
+    line = (f"{rep['case']}: segmented {rep['seconds']['total']:.1f}s peak {rep['peak_rss_mb']:.0f} MB "
+            f"WT {v['WT']:.1f} mL TC {v['TC']:.1f} mL ET {v['ET']:.1f} mL | QC {qc['verdict'].upper()}"
+            + (f": {'; '.join(qc['reasons'])}" if qc["reasons"] else ""))
     if single:
         print(line)
     else:

@@ -50,7 +50,7 @@ class StubSegmenter:
         if cid in self.fail:
             raise self.fail[cid]
         report = {"case": cid, "volumes_ml": {"ET": 1.0, "TC": 2.0, "WT": 3.0}, "seconds": {"total": 0.1},
-                  "peak_rss_mb": 10.0, "run": len(StubSegmenter.runs)}
+                  "peak_rss_mb": 10.0, "run": len(StubSegmenter.runs), "qc": {"verdict": "ok", "reasons": []}}
         with atomic_dir(out_root / cid) as tmp:
             write_json(tmp / f"{cid}_report.json", report)
         return report

@@ -1,0 +1,168 @@
+"""The QC verdict: the bundle's reference written at export and read back by its one owner
+(``QCReference``), and verdicts on hand-made cases: a skull and background noise, intensities
+scaled x0.01 and x100, a FLAIR file holding the T1 image, an empty brain."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from spikeseg.export.qc_fit import fit_reference
+from spikeseg.runtime.bundle import MANIFEST, load_bundle
+from spikeseg.runtime.case_io import load_case
+from spikeseg.runtime.errors import InputError
+from spikeseg.runtime.labels import labels_to_regions
+from spikeseg.runtime.preprocess import PreprocessParams, to_model_space
+from spikeseg.runtime.qc import QCReference, measure_case
+from tests.helpers import run_cli
+
+PARAMS = PreprocessParams(spacing_mm=(4.0, 4.0, 4.0))
+
+
+def _measure(image: np.ndarray, case, with_prediction: bool = True):
+    """Measures of ``image`` (a variant of ``case``'s), the reference label standing in for a prediction."""
+    model, _ = to_model_space(image, case.spacing, PARAMS)
+    prob = labels_to_regions(case.label, case.files.convention).astype(np.float32) if with_prediction else None
+    unc = np.where(prob[2] > 0, 0.05, 0.0).astype(np.float32) if with_prediction else None
+    return measure_case(image, case.spacing, model, prob, unc)
+
+
+@pytest.fixture(scope="module")
+def reference(phantom_root: Path):
+    cases = [load_case(c) for c in sorted(phantom_root.iterdir())]
+    images = [_measure(c.image, c) for c in cases]
+    wt = [float(labels_to_regions(c.label, c.files.convention)[2].sum()) * float(np.prod(c.spacing)) / 1000 for c in cases]
+    return cases, fit_reference(images, wt, images, "three phantoms")
+
+
+def test_every_reference_case_passes_its_own_reference(reference) -> None:
+    cases, qc = reference
+    for case in cases:
+        result = qc.verdict(_measure(case.image, case))
+        assert result.verdict == "ok", result.reasons
+
+
+@pytest.mark.parametrize("scale", [0.01, 100.0])
+def test_scaled_intensities_are_harmless_under_min_max_and_pass(reference, scale: float) -> None:
+    cases, qc = reference
+    result = qc.verdict(_measure(cases[0].image * np.float32(scale), cases[0]))
+    assert result.verdict == "ok", result.reasons
+
+
+def test_a_skull_and_background_noise_are_flagged(reference) -> None:
+    """Not skull-stripped: a bright ring around the brain and noise everywhere else."""
+    cases, qc = reference
+    case = cases[0]
+    brain = np.any(case.image != 0, axis=0)
+    ring = ndimage.binary_dilation(brain, iterations=4) & ~brain
+    rng = np.random.default_rng(0)
+    image = case.image.copy()
+    for c in range(4):
+        top = float(image[c].max())
+        image[c][ring] = 0.9 * top
+        outside = ~brain & ~ring
+        image[c][outside] = np.abs(rng.normal(0, 0.05 * top, int(outside.sum())))
+    result = qc.verdict(_measure(image, case))
+    assert result.verdict == "review"
+    text = " ".join(result.reasons)
+    assert "not skull-stripped" in text and "outer shell" in text and "brain volume" in text
+
+
+def test_a_flair_file_holding_the_t1_image_is_flagged(reference) -> None:
+    cases, qc = reference
+    image = cases[0].image.copy()
+    image[3] = image[0]
+    result = qc.verdict(_measure(image, cases[0]))
+    assert result.verdict == "review" and any(r.startswith("flair intensities unlike") for r in result.reasons)
+
+
+def test_an_empty_brain_is_flagged(reference) -> None:
+    cases, qc = reference
+    result = qc.verdict(_measure(np.zeros_like(cases[0].image), cases[0], with_prediction=False))
+    assert result.verdict == "review"
+    assert "t1: no brain voxels" in result.reasons and any("empty or cut-off brain" in r for r in result.reasons)
+
+
+def test_an_implausible_result_is_flagged(reference) -> None:
+    """ET outside the tumour core, and a whole tumour far beyond any reference case's."""
+    cases, qc = reference
+    case = cases[0]
+    model, _ = to_model_space(case.image, case.spacing, PARAMS)
+    prob = np.zeros((3, *case.image.shape[1:]), np.float32)
+    prob[0] = np.any(case.image != 0, axis=0)  # "ET" over the whole brain, no TC
+    prob[2] = prob[0]
+    result = qc.verdict(measure_case(case.image, case.spacing, model, prob, None))
+    text = " ".join(result.reasons)
+    assert result.verdict == "review" and "outside the tumour core" in text and "whole tumour" in text
+
+
+def test_the_reference_round_trips_through_its_owner_and_refuses_damage(reference) -> None:
+    _, qc = reference
+    raw = json.loads(json.dumps(qc.to_dict()))
+    assert QCReference.parse(raw, "m.json") == qc
+    for damage, message in [(lambda d: d.update(version=99), "version 99"),
+                            (lambda d: d["brain_ml"].update(high="big"), "finite number"),
+                            (lambda d: d["intensity_reference"].pop("t2"), "intensity_reference"),
+                            (lambda d: d.update(cases=0), "count of reference cases")]:
+        bad = json.loads(json.dumps(raw))
+        damage(bad)
+        with pytest.raises(InputError, match=message):
+            QCReference.parse(bad, "m.json")
+
+
+# -- with exported bundles -----------------------------------------------------------------------
+
+def _not_skull_stripped(case: Path, dest: Path) -> Path:
+    """A copy of a phantom case with a skull ring and background noise in every modality."""
+    shutil.copytree(case, dest)
+    rng = np.random.default_rng(1)
+    for f in dest.glob("*.nii.gz"):
+        if f.name.endswith("_seg.nii.gz"):
+            continue
+        img = nib.load(str(f))
+        data = np.asarray(img.dataobj).astype(np.int16)
+        brain = data != 0
+        ring = ndimage.binary_dilation(brain, iterations=3) & ~brain
+        data[ring] = int(0.9 * data.max())
+        data[~brain & ~ring] = rng.integers(1, max(2, int(0.05 * data.max())), int((~brain & ~ring).sum()))
+        nib.save(nib.Nifti1Image(data, img.affine, img.header), str(f))
+    return dest
+
+
+def test_export_writes_the_reference_and_segment_reports_the_verdict(bundles, phantom_root: Path,
+                                                                    tmp_path: Path) -> None:
+    manifest = json.loads((bundles["useg"] / MANIFEST).read_text())
+    qc = load_bundle(bundles["useg"]).qc
+    assert qc is not None and QCReference.parse(manifest["qc"], "m") == qc and qc.cases == 5
+    cohort = tmp_path / "in"
+    good = sorted(phantom_root.iterdir())[0]
+    shutil.copytree(good, cohort / good.name)
+    bad = _not_skull_stripped(sorted(phantom_root.iterdir())[1], cohort / "Skull_1")
+    for f in bad.iterdir():
+        f.rename(f.with_name(f.name.replace(sorted(phantom_root.iterdir())[1].name, "Skull_1")))
+    out = tmp_path / "out"
+    r = run_cli("segment", bundles["useg"], cohort, out, "--threads", "1", "--png", block_torch=True)
+    assert r.returncode == 0, r.stderr
+    rows = {row["case"]: row for row in csv.DictReader((out / "summary.csv").open())}
+    assert rows["Skull_1"]["qc"] == "review" and "not skull-stripped" in rows["Skull_1"]["qc_reasons"]
+    assert rows[good.name]["qc"] in ("ok", "review")
+    rep = json.loads((out / "Skull_1" / "Skull_1_report.json").read_text())
+    assert rep["qc"]["verdict"] == "review" and rep["qc"]["measures"]["brain_ml"] > qc.brain_ml.high
+    assert "Skull_1: segmented" in r.stderr + r.stdout and "QC REVIEW" in r.stderr + r.stdout
+    png = nib.load  # the banner: the PNG's first rows are the review colour
+    import zlib
+    raw = (out / "Skull_1" / "Skull_1_quicklook.png").read_bytes()
+    assert raw[:8] == b"\x89PNG\r\n\x1a\n"
+    idat = raw[raw.index(b"IDAT") + 4:raw.index(b"IEND") - 8]
+    first_pixel = zlib.decompress(idat)[1:4]
+    assert tuple(first_pixel) == (230, 140, 0)
+    strict = run_cli("segment", bundles["useg"], cohort / "Skull_1", tmp_path / "strict", "--threads", "1",
+                     "--qc-strict", block_torch=True)
+    assert strict.returncode == 3 and "QC REVIEW" in strict.stdout
