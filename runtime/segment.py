@@ -300,22 +300,24 @@ def _run_cases(bundle: Bundle, cases: list[CohortCase], mine: list[CohortCase], 
             break
     if single:
         return 0
+    summary = f"summary: {out / SUMMARY}"
     try:
         rows = write_summary(out, cases, outcomes)
     except OSError as exc:
         if not is_disk_full(exc):
             raise
-        full = full or DiskFull(f"{out}: {exc.strerror or exc}")
+        full, summary = full or DiskFull(f"{out}: {exc.strerror or exc}"), "summary not written"
         rows = summary_rows(out, cases, outcomes)
     counts = {k: sum(1 for r in rows if r["status"] == k) for k in ("ok", "failed", "busy", "pending")}
     fresh = sum(1 for st, _ in outcomes.values() if st == "ok")
+    review = sum(1 for r in rows if r.get("qc") == "review")
     line = (f"{fresh} segmented, {counts['ok'] - fresh} done earlier, {counts['busy']} in progress elsewhere, "
-            f"{counts['pending']} pending, {counts['failed']} failed")
+            f"{counts['pending']} pending, {counts['failed']} failed; QC: {review} of {counts['ok']} need review")
     if full is not None:  # one clear message; what finished is on disk and listed here
-        print(f"{line}; summary not written", file=sys.stderr)
+        print(f"{line}; {summary}", file=sys.stderr)
         raise InputError(None, f"disk full, run stopped: {full}; free space and run the same command again "
                                "(finished cases are kept and skipped)")
-    print(f"{line}; summary: {out / SUMMARY}")
+    print(f"{line}; {summary}")
     return 1 if any(st == "failed" for st, _ in outcomes.values()) else 0  # this process's own cases
 
 

@@ -40,7 +40,7 @@ def _train(args: argparse.Namespace) -> int:
                       readout_lr_scale=args.readout_lr_scale, readout_input=args.readout_input,
                       window_sampling=args.window_sampling, burn_in=args.burn_in, tumour_share=args.tumour_share,
                       init_from=str(args.init_from) if args.init_from else None, convert=args.convert, distill=args.distill,
-                      empty_keep=args.empty_keep, max_minutes=args.max_minutes,
+                      empty_keep=args.empty_keep, augment=args.augment, max_minutes=args.max_minutes,
                       progress=not args.quiet)
     train(cfg, resume=args.resume, overwrite=args.overwrite)
     return 0
@@ -181,6 +181,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--val-both-ways", action="store_true",
                     help="validate a stateful model as the runtime runs it by default: each "
                          "sequence front to back and back to front, the two passes averaged")
+    tr.add_argument("--augment", choices=["default", "light", "none"], default="default",
+                    help="training-time augmentation through TorchIO, seeded, one spatial transform per volume "
+                         "(a slice model's whole sequence) or per patch: default = nnU-Net v2's set (rotation, "
+                         "scaling, mirroring, noise, blur, gamma, simulated low resolution) plus an MRI bias "
+                         "field; light = mirroring, mild rotation and scaling, gamma; none = the data as it is")
     tr.add_argument("--seed", type=int, default=0, help="seed for weights, splits and sampling (default 0)")
     tr.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                     help="auto: CUDA when present (mixed precision), else CPU (default auto)")

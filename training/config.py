@@ -118,6 +118,8 @@ class TrainConfig:
     convert: str = "balance"
     distill: float = 0.0
     empty_keep: float = 1.0
+    #: training-time augmentation (:mod:`spikeseg.training.augment`): default, light or none
+    augment: str = "default"
     max_minutes: float | None = None
     progress: bool = True
     #: volume models: patch side (voxels, a multiple of 4) and patches per training case per epoch

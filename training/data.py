@@ -75,12 +75,10 @@ def kfold_split(case_ids: list[str], folds: int, fold: int, seed: int) -> tuple[
     return train, val
 
 
-def view_sequence(image: np.ndarray, regions: np.ndarray, view: str,
-                  flip_lr: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(4|3, X, Y, Z) volumes to (T, C, H, W) slice sequences along the view's axis."""
+def view_sequence(image: np.ndarray, regions: np.ndarray, view: str) -> tuple[np.ndarray, np.ndarray]:
+    """(4|3, X, Y, Z) volumes to (T, C, H, W) slice sequences along the view's axis
+    (augmentation, mirroring included, is :mod:`spikeseg.training.augment`'s)."""
     img = np.asarray(image)
     reg = np.asarray(regions)
-    if flip_lr:  # left-right mirror: the brain's own symmetry, a free augmentation
-        img, reg = img[:, ::-1], reg[:, ::-1]
     return (np.ascontiguousarray(to_view(img, view), dtype=np.float32),
             np.ascontiguousarray(to_view(reg, view), dtype=np.float32))

@@ -89,6 +89,9 @@ class PatchTrainer(ViewTrainer):
     """:class:`ViewTrainer` with a volume model, AdamW (or SGD with ``--momentum``), patch batches
     and sliding-window validation."""
 
+    #: each patch is augmented on its own, keeping its volume's intensity scale
+    WHOLE_VOLUMES = False
+
     #: the paper halves the learning rate when the validation loss stalls (here the NLL)
     PLATEAU = ("val_nll", "min")
 
@@ -161,6 +164,8 @@ class PatchTrainer(ViewTrainer):
                 image, regions = case.load()
                 img, cls = sample_patch(image, *self.targets(case.case_id, regions), cfg.patch, rng,
                                         cfg.patch_tumour_share)
+                img, cls = self.augmenter(img, cls[None], seed=int(rng.integers(2**31)))
+                cls = cls[0]
                 pairs.append((channel_out(img, cfg.channel_out, rng) if cfg.channel_out else img, cls))
             x = torch.from_numpy(np.stack([p[0] for p in pairs])).to(self.device)
             y = torch.from_numpy(np.stack([p[1] for p in pairs]).astype(np.int64)).to(self.device)

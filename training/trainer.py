@@ -49,6 +49,7 @@ from spikeseg.snn.models import ModelConfig, SliceSegNet, build_model
 from spikeseg.training.data import CachedCase, data_fingerprint, kfold_split, preprocess_dataset, view_sequence
 from spikeseg.training.fptt import FPTT
 from spikeseg.training.activity import ActivityMonitor
+from spikeseg.training.augment import Augmenter
 from spikeseg.training.config import VOLUME_ARCHS, TrainConfig
 from spikeseg.training.conversion import balance
 from spikeseg.training.devices import (amp_dtype, distributed_backend, init_distributed, params_digest, resolve_device,
@@ -95,6 +96,8 @@ class ViewTrainer:
 
     #: the validation figure whose plateau halves the learning rate, and its better direction
     PLATEAU = ("val_dice_mean", "max")
+    #: augmented as whole volumes (normalised again afterwards, as the runtime normalises a case)
+    WHOLE_VOLUMES = True
 
     def __init__(self, cfg: TrainConfig, run: Path, cases: list[CachedCase], train_ids: list[str],
                  val_ids: list[str], rank: int = 0, world: int = 1, local_rank: int = 0) -> None:
@@ -104,6 +107,7 @@ class ViewTrainer:
         self.burn_in = cfg.resolved_burn_in()
         self.device = resolve_device(cfg.device, local_rank)
         self.amp = amp_dtype(self.device, cfg.amp)
+        self.augmenter = Augmenter(cfg.augment, (cfg.spacing_mm,) * 3, cfg.normalisation, self.WHOLE_VOLUMES)
         by_id = {c.case_id: c for c in cases}
         self.train_cases = [by_id[i] for i in train_ids]
         self.val_cases = [by_id[i] for i in val_ids]
@@ -245,7 +249,8 @@ class ViewTrainer:
         bar = tqdm(batches, desc=f"{self.cfg.view} epoch {self.epoch + 1}/{self.cfg.epochs}", unit="batch",
                    leave=False, disable=not self.cfg.progress or self.rank != 0)
         for batch in bar:
-            seqs = [view_sequence(*c.load(), self.cfg.view, flip_lr=bool(rng.random() < 0.5)) for c in batch]
+            seqs = [view_sequence(*self.augmenter(*c.load(), seed=int(rng.integers(2**31))), self.cfg.view)
+                    for c in batch]
             x = torch.from_numpy(np.stack([s[0] for s in seqs])).to(self.device)
             y = torch.from_numpy(np.stack([s[1] for s in seqs])).to(self.device)
             if self.trainer == "standard" or (self.trainer != "bptt" and self.sampling == "shuffled"):
