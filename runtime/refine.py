@@ -134,11 +134,17 @@ class Fusion:
 
 
 def fuse_refined(p2d: np.ndarray, p3d: np.ndarray, masks: np.ndarray, fusion: dict[str, Fusion]) -> np.ndarray:
-    """(3, X, Y, Z): p2D, with each region's cubes (``masks[r]``) replaced by the fused value."""
+    """(3, X, Y, Z): p2D, with each region's cubes (``masks[r]``) replaced by the fused value,
+    then nested again (TC at least ET, WT at least TC). Why: the regions are nested by definition
+    and the label map already resolves a conflict that way (ET wins), but fusing each region's
+    cubes on its own left 8-13 % of the demo's ET outside TC in the probabilities, which the QC
+    verdict then rightly called implausible."""
     out = p2d.astype(np.float32, copy=True)
     for r, name in enumerate(REGIONS):
         m = masks[r]
         out[r][m] = fusion[name](p2d[r][m], p3d[r][m])
+    np.maximum(out[1], out[0], out=out[1])
+    np.maximum(out[2], out[1], out=out[2])
     return out
 
 

@@ -6,11 +6,13 @@ The helpers run on the CPU too (the tests at the end, not marked), so the GPU te
 between the sessions that are lent a GPU.
 
 Tolerances (fp32, TF32 off): the loss to 1e-5 relative; each gradient tensor to 1e-3 of its
-norm; after one Adam step at most 0.1 % of the weights may differ by more than 1e-6 (Adam's
-first step moves every weight by about the learning rate in the sign of its gradient, so a
-gradient within rounding of 0 may flip). A run resumed across devices matches an uninterrupted
-GPU run to 2 % of each weight tensor's norm after 3 epochs (different kernels round differently;
-resuming on one device is exact, tests/test_training.py).
+norm for the twin and 1e-2 for the SNN (a membrane within rounding of its threshold may fire on
+one device and not the other); after one Adam step at most 0.1 % (twin) or 1 % (SNN) of the
+weights may differ by more than 1e-6 (Adam's first step moves every weight by about the learning
+rate in the sign of its gradient, so a gradient within rounding of 0 may flip). A run resumed
+across devices matches an uninterrupted GPU run to 5 % of each weight tensor's norm after 3
+epochs (different kernels round differently; resuming on one device is exact,
+tests/test_training.py).
 """
 
 from __future__ import annotations
@@ -99,13 +101,14 @@ def compare_updates(arch: str, device_a: str, device_b: str) -> None:
         loss, grads, _, _ = one_update(model, x, y, device)
         results.append((loss, grads, weights(model)))
     (la, ga, wa), (lb, gb, wb) = results
+    grad_tol, weight_share = (1e-2, 1e-2) if arch == "spiking-useg" else (1e-3, 1e-3)
     assert la == pytest.approx(lb, rel=1e-5)
     for n in ga:
         scale = float(ga[n].norm())
         if scale > 0:
-            assert float((ga[n] - gb[n]).norm()) <= 1e-3 * scale, n
+            assert float((ga[n] - gb[n]).norm()) <= grad_tol * scale, n
     far = sum(int(((wa[n] - wb[n]).abs() > 1e-6).sum()) for n in wa)
-    assert far <= 1e-3 * sum(t.numel() for t in wa.values()), f"{far} weights differ by more than 1e-6"
+    assert far <= weight_share * sum(t.numel() for t in wa.values()), f"{far} weights differ by more than 1e-6"
 
 
 def loss_falls_under_amp(dtype: torch.dtype, device: str, steps: int = 20) -> list[float]:
@@ -136,7 +139,7 @@ def no_tf32():
 
 def _train_args(data: Path, out: Path, *extra: str) -> list[str]:
     return ["train", "--data", str(data), "--out", str(out), "--arch", "useg", "--view", "axial", "--preset", "tiny",
-            "--spacing", "6", "--batch-size", "2", "--quiet", "--no-amp", *extra]
+            "--spacing", "6", "--batch-size", "2", "--quiet", "--no-amp", "--augment", "none", *extra]
 
 
 # -- on a GPU ------------------------------------------------------------------------------------
@@ -178,7 +181,7 @@ def test_saved_on_the_gpu_resumed_on_the_cpu_and_back_matches_an_uninterrupted_r
     assert b["epoch"] == 3 and len(b["history"]) == 3
     for k, t in a["model"].items():
         if t.is_floating_point() and float(t.norm()) > 0:
-            assert float((t - b["model"][k]).norm()) <= 0.02 * float(t.norm()), k
+            assert float((t - b["model"][k]).norm()) <= 0.05 * float(t.norm()), k
 
 
 @gpu

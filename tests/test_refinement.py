@@ -16,7 +16,9 @@ from scipy.stats import entropy as scipy_entropy
 from spikeseg.export.fusion_fit import BOUNDS, fit_fusion, pso, region_samples
 from spikeseg.runtime.bundle_spec import INPUT, LOGITS, WindowSpec
 from spikeseg.runtime.projections import SphericalProjection, projection_origins, radial_map
-from spikeseg.runtime.refine import Fusion, binned_entropy, box_sums, cubes_mask, search_kernels, to_bins
+from spikeseg.runtime.labels import BRATS2021, regions_to_labels
+from spikeseg.runtime.refine import (Fusion, binned_entropy, box_sums, cubes_mask, fuse_refined, search_kernels,
+                                     to_bins)
 from spikeseg.runtime.sliding import centred_box, classes_to_regions, cube_predictions, cube_steps, softmax, tiles
 from tests.conftest import TRAIN
 from tests.helpers import run_cli
@@ -220,3 +222,24 @@ def test_export_fits_the_refinement_and_segment_refines_without_torch(bundles: d
         r = run_cli("segment", *args, "--quiet")
         assert r.returncode == 2 and words in r.stderr, r.stderr
         assert not args[2].exists()
+
+
+def test_fused_probabilities_stay_nested_and_the_label_map_is_unchanged() -> None:
+    """Fusing each region's cubes on its own can put ET above TC; the output is nested again,
+    which leaves the label map (ET wins) exactly as it was."""
+    rng = np.random.default_rng(0)
+    p2d = rng.random((3, 6, 6, 6)).astype(np.float32)
+    p2d[1] = np.maximum(p2d[1], p2d[0])
+    p2d[2] = np.maximum(p2d[2], p2d[1])
+    p3d = rng.random((3, 6, 6, 6)).astype(np.float32)
+    masks = np.zeros((3, 6, 6, 6), bool)
+    masks[:, :3] = True
+    fusion = {"ET": Fusion(0.0, 8.0, -2.0), "TC": Fusion(0.0, -8.0, 2.0), "WT": Fusion(1.0, 1.0, 0.0)}
+    raw = p2d.copy()
+    for r, name in enumerate(("ET", "TC", "WT")):
+        raw[r][masks[r]] = fusion[name](p2d[r][masks[r]], p3d[r][masks[r]])
+    assert (raw[0] > raw[1]).any()  # the per-region fusion did break the nesting here
+    out = fuse_refined(p2d, p3d, masks, fusion)
+    assert (out[1] >= out[0]).all() and (out[2] >= out[1]).all()
+    np.testing.assert_array_equal(out[0], raw[0])
+    np.testing.assert_array_equal(regions_to_labels(out >= 0.5, BRATS2021), regions_to_labels(raw >= 0.5, BRATS2021))
