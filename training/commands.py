@@ -14,8 +14,8 @@ def _phantoms(args: argparse.Namespace) -> int:
     from spikeseg.training.phantoms import generate, parse_difficulty
 
     written = generate(args.out, args.cases, args.seed, args.size, parse_difficulty(args.difficulty),
-                       overwrite=args.overwrite, progress=not args.quiet)
-    print(f"wrote {len(written)} phantom cases to {args.out}")
+                       overwrite=args.overwrite, progress=not args.quiet, family=args.family)
+    print(f"wrote {len(written)} {args.family} phantom cases to {args.out}")
     return 0
 
 
@@ -62,6 +62,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     ph.add_argument("--difficulty", default="medium",
                     help="easy, medium (default), hard, or a number 0..1: tumour contrast, "
                          "texture, patchy enhancement, foci, bias field and noise")
+    ph.add_argument("--family", choices=["standard", "wide", "heldout"], default="standard",
+                    help="standard (default): one contrast table; wide: per case, contrasts drawn within the "
+                         "orderings that define the sub-regions, tumours from under 1 mL to over 200 mL in 1-4 "
+                         "foci, weak to strong bias and noise, 1-4 mm slices, stored scale and type varied; "
+                         "heldout: contrasts, bias, noise, slice thickness (4-6 mm) and scale outside wide's "
+                         "ranges, for measuring transfer to data never trained on")
     ph.add_argument("--overwrite", action="store_true", help="replace existing case folders")
     ph.add_argument("--quiet", action="store_true", help="no progress bar")
     ph.set_defaults(handler=_phantoms)

@@ -57,6 +57,70 @@ _CONTRAST = np.array([
 _INT16_SCALE = 1000.0
 
 
+@dataclass(frozen=True)
+class Family:
+    """A wider family of phantoms than ``standard``: per case, tissue contrasts drawn within the
+    orderings that define the sub-regions (SynthSeg's idea, Billot et al., Medical Image Analysis
+    2023, kept to what defines ET, necrosis and edema), tumour size and foci, bias field, noise,
+    slice thickness (simulated along one axis, resampled back) and the stored intensity scale.
+    Each range is (low, high); ``contrast`` is a union of ranges for a per-entry factor on the
+    standard contrast table."""
+
+    name: str
+    contrast: tuple[tuple[float, float], ...]
+    radius_mm: tuple[float, float]
+    foci: tuple[int, int]
+    bias: tuple[float, float]
+    noise: tuple[float, float]
+    thickness_mm: tuple[float, float]
+    log10_scale: tuple[float, float]
+
+
+#: ``wide`` for training; ``heldout`` draws its contrasts, bias, noise, slice thickness and scale
+#: from outside ``wide``'s ranges, so a model trained on ``wide`` never saw them (transfer test).
+#: Radii 5-42 mm: a main lesion from under 1 mL to over 200 mL.
+FAMILIES = {
+    "wide": Family("wide", ((0.8, 1.2),), (5.0, 40.0), (1, 4), (0.02, 0.45), (0.005, 0.07), (1.0, 4.0), (-1.0, 1.0)),
+    "heldout": Family("heldout", ((0.6, 0.8), (1.2, 1.4)), (5.0, 42.0), (1, 4), (0.45, 0.6), (0.07, 0.09),
+                      (4.0, 6.0), (1.0, 1.5)),
+}
+
+
+def family_contrast(rng: np.random.Generator, family: Family) -> np.ndarray:
+    """The standard contrast table with each entry scaled by a factor from ``family.contrast``,
+    then the orderings that define the tissues and sub-regions restored: T1 and T1ce
+    CSF < GM < WM; T2 CSF > GM > WM; FLAIR CSF suppressed below GM and WM; ET on T1ce at least
+    1.3x its T1 value and brighter than WM (enhancement); NCR on T1ce darker than GM; edema
+    brighter than GM and WM on T2 and FLAIR."""
+    ranges = family.contrast
+    pick = rng.integers(len(ranges), size=_CONTRAST.shape)
+    lo = np.array([r[0] for r in ranges])[pick]
+    hi = np.array([r[1] for r in ranges])[pick]
+    c = (_CONTRAST * rng.uniform(lo, hi)).astype(np.float32)
+    for row in (0, 1):
+        c[row, :3] = np.sort(c[row, :3])
+    c[2, :3] = np.sort(c[2, :3])[::-1]
+    c[3, 0] = min(c[3, 0], 0.5 * min(c[3, 1], c[3, 2]))
+    c[1, 5] = max(c[1, 5], 1.3 * c[0, 5], 1.1 * c[1, 2])
+    c[1, 3] = min(c[1, 3], 0.8 * c[1, 1])
+    for row in (2, 3):
+        c[row, 4] = max(c[row, 4], 1.15 * max(c[row, 1], c[row, 2]))
+    return c
+
+
+def _thick_slices(image: np.ndarray, brain: np.ndarray, axis: int, factor: float) -> np.ndarray:
+    """Slices ``factor`` voxels thick along ``axis``: down to fewer slices and back, linearly."""
+    from spikeseg.runtime.preprocess import resample
+
+    if factor <= 1.0:
+        return image
+    shape = list(image.shape[1:])
+    thin = list(shape)
+    thin[axis] = max(2, int(round(shape[axis] / factor)))
+    out = resample(resample(image, tuple(thin)), tuple(shape))
+    return np.where(brain, out, 0.0).astype(np.float32)
+
+
 def parse_difficulty(value: str | float) -> float:
     if isinstance(value, str) and value in LEVELS:
         return LEVELS[value]
@@ -159,10 +223,18 @@ def _lesion_masks(rng: np.random.Generator, shape: tuple[int, ...], spacing: flo
     return tuple(out)
 
 
-def make_case(seed: int, size: str = "small", difficulty: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One phantom in RAS: image (4, X, Y, Z) float32, labels uint8 (0/1/2/4), RAS affine."""
+def make_case(seed: int, size: str = "small", difficulty: float = 0.5,
+              family: str = "standard") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One phantom in RAS: image (4, X, Y, Z) float32, labels uint8 (0/1/2/4), RAS affine.
+    ``family``: ``standard`` (the contrast table above), or one of :data:`FAMILIES`, whose draws
+    come from their own random stream (the standard phantoms of a seed stay what they were)."""
     shape, spacing = SIZES[size]
     rng = np.random.default_rng(np.random.SeedSequence([seed, int(difficulty * 1000)]))
+    fam = FAMILIES.get(family)
+    if fam is None and family != "standard":
+        raise InputError(None, f"family {family!r}: choose from {['standard', *FAMILIES]}")
+    frng = np.random.default_rng(np.random.SeedSequence([seed, 7919, list(FAMILIES).index(family)])) if fam else None
+    contrast = family_contrast(frng, fam) if fam else _CONTRAST
     csf, gm, wm, brain = _anatomy(rng, shape, spacing)
     d = difficulty
 
@@ -172,16 +244,22 @@ def make_case(seed: int, size: str = "small", difficulty: float = 0.5) -> tuple[
         deep_wm = np.argwhere(wm > 0.5)
     main = deep_wm[rng.integers(len(deep_wm))].astype(float)
     n_foci = 1 + int(rng.integers(0, 1 + round(2 * d)))
+    if fam:
+        n_foci = int(frng.integers(fam.foci[0], fam.foci[1] + 1))
     wt = np.zeros(shape, bool)
     tc = np.zeros(shape, bool)
     et = np.zeros(shape, bool)
     for k in range(n_foci):
         if k == 0:
             centre, radius = main, rng.uniform(15, 32)
+            if fam:
+                radius = frng.uniform(*fam.radius_mm)
         else:
             centre = main + rng.normal(0, 25 / spacing, 3)
             centre = np.clip(centre, 0, np.array(shape) - 1)
             radius = rng.uniform(7, 14)
+            if fam:
+                radius = min(radius, frng.uniform(0.3, 0.7) * max(fam.radius_mm[0], radius))
         les = Lesion(centre, radius, rng.uniform(0.45, 0.7), rng.uniform(0.2, 0.4))
         w, t, e = _lesion_masks(rng, shape, spacing, les, necrotic=radius > 12)
         wt |= w
@@ -204,18 +282,21 @@ def make_case(seed: int, size: str = "small", difficulty: float = 0.5) -> tuple[
     image = np.empty((4,) + shape, dtype=np.float32)
     texture_amp = 0.03 + 0.22 * d
     texture = 1.0 + texture_amp * _smooth_noise(rng, shape, 1.5 / spacing)
-    noise_sd = (0.01 + 0.06 * d) * _CONTRAST[:, 2].mean()
+    noise_sd = (frng.uniform(*fam.noise) if fam else 0.01 + 0.06 * d) * _CONTRAST[:, 2].mean()
+    bias_amp = [frng.uniform(*fam.bias) if fam else 0.05 + 0.35 * d for _ in range(4)]
     for c in range(4):
-        normal = sum(f * _CONTRAST[c, i] for i, f in enumerate(fractions))
-        tumour = sum(s * (normal + keep * (_CONTRAST[c, 3 + i] - normal)) for i, s in enumerate(soft))
+        normal = sum(f * contrast[c, i] for i, f in enumerate(fractions))
+        tumour = sum(s * (normal + keep * (contrast[c, 3 + i] - normal)) for i, s in enumerate(soft))
         vol = normal * (1 - tumour_total) + tumour * texture
-        bias = np.exp((0.05 + 0.35 * d) * _smooth_noise(rng, shape, 40.0 / spacing) / 2)
+        bias = np.exp(bias_amp[c] * _smooth_noise(rng, shape, 40.0 / spacing) / 2)
         vol = vol * bias
         n1 = rng.standard_normal(shape).astype(np.float32) * noise_sd
         n2 = rng.standard_normal(shape).astype(np.float32) * noise_sd
         vol = np.sqrt((vol + n1) ** 2 + n2**2)
         image[c] = np.where(brain, vol, 0.0)
 
+    if fam:  # thick slices along one axis, resampled back to the grid (a 2D acquisition)
+        image = _thick_slices(image, brain, int(frng.integers(3)), frng.uniform(*fam.thickness_mm) / spacing)
     labels = np.zeros(shape, np.uint8)
     labels[edema] = 2
     labels[ncr] = 1
@@ -225,16 +306,31 @@ def make_case(seed: int, size: str = "small", difficulty: float = 0.5) -> tuple[
     return image, labels, affine
 
 
+def storage(seed: int, family: str = "standard") -> tuple[float, type]:
+    """How a case's intensities are stored: the scale and the data type. ``standard``: int16 x 1000,
+    like BraTS; a family draws a scale from its ``log10_scale`` range and int16, uint16 or float32."""
+    fam = FAMILIES.get(family)
+    if fam is None:
+        return _INT16_SCALE, np.int16
+    r = np.random.default_rng(np.random.SeedSequence([seed, 104729, list(FAMILIES).index(family)]))
+    return _INT16_SCALE * 10 ** r.uniform(*fam.log10_scale), (np.int16, np.uint16, np.float32)[int(r.integers(3))]
+
+
 def write_case(out_dir: Path, case_id: str, image: np.ndarray, labels: np.ndarray,
-               affine_ras: np.ndarray) -> Path:
-    """Write one case in the BraTS 2021 layout and LPS orientation, int16 scaled like BraTS."""
+               affine_ras: np.ndarray, scale: float = _INT16_SCALE, dtype: type = np.int16) -> Path:
+    """Write one case in the BraTS 2021 layout and LPS orientation, intensities x ``scale`` as
+    ``dtype`` (int16 x 1000 like BraTS by default; an integer type too small for the scaled
+    values is stored as float32)."""
     from spikeseg.runtime.atomic import atomic_path
 
     folder = Path(out_dir) / case_id
     folder.mkdir(parents=True, exist_ok=True)
     to_lps = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"),
                                              nib.orientations.axcodes2ornt("LPS"))
-    volumes = {k: np.round(image[i] * _INT16_SCALE).astype(np.int16) for i, k in enumerate(MODALITIES)}
+    if np.issubdtype(dtype, np.integer) and float(image.max()) * scale > np.iinfo(dtype).max:
+        dtype = np.float32
+    cast = (lambda v: np.round(v).astype(dtype)) if np.issubdtype(dtype, np.integer) else (lambda v: v.astype(dtype))
+    volumes = {k: cast(image[i] * scale) for i, k in enumerate(MODALITIES)}
     volumes["seg"] = labels
     for key, vol in volumes.items():
         img = nib.Nifti1Image(vol, affine_ras).as_reoriented(to_lps)
@@ -248,7 +344,8 @@ def write_case(out_dir: Path, case_id: str, image: np.ndarray, labels: np.ndarra
 
 
 def generate(out_dir: str | Path, cases: int, seed: int, size: str = "small",
-             difficulty: float = 0.5, overwrite: bool = False, progress: bool = True) -> list[Path]:
+             difficulty: float = 0.5, overwrite: bool = False, progress: bool = True,
+             family: str = "standard") -> list[Path]:
     """Write ``cases`` phantom case folders ``BraTS2021_<seed*1000+i>`` into ``out_dir``."""
     from tqdm import tqdm
 
@@ -260,6 +357,6 @@ def generate(out_dir: str | Path, cases: int, seed: int, size: str = "small",
         case_id = f"BraTS2021_{seed * 1000 + i:05d}"
         if (out_dir / case_id).exists() and not overwrite:
             raise InputError(out_dir / case_id, "exists; pass --overwrite to replace it")
-        image, labels, affine = make_case(seed * 1000 + i, size, difficulty)
-        written.append(write_case(out_dir, case_id, image, labels, affine))
+        image, labels, affine = make_case(seed * 1000 + i, size, difficulty, family)
+        written.append(write_case(out_dir, case_id, image, labels, affine, *storage(seed * 1000 + i, family)))
     return written
