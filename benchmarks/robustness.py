@@ -35,7 +35,7 @@ from spikeseg.runtime.segment import Segmenter
 from spikeseg.runtime.system import cpu_model
 from spikeseg.runtime.atomic import write_text
 from spikeseg.runtime.tables import refuse_existing_results, rows_to_csv, write_results
-from spikeseg.training.phantoms import _thick_slices, generate
+from spikeseg.training.phantoms import generate, thick_slices
 
 #: a case under this WT Dice is a failure QC should flag (the issue's bar)
 FAILURE_WT_DICE = 0.7
@@ -78,7 +78,7 @@ def noise(volumes: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str,
 def thick(volumes: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
     brain = np.any([v != 0 for v in volumes.values()], axis=0)
     keys = list(volumes)
-    stack = _thick_slices(np.stack([volumes[k].astype(np.float32) for k in keys]), brain, 2, 3.0)
+    stack = thick_slices(np.stack([volumes[k].astype(np.float32) for k in keys]), brain, 2, 3.0)
     return dict(zip(keys, stack))
 
 

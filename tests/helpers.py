@@ -54,3 +54,17 @@ def exported_sliding_logits(model, window, image, tmp: Path):  # noqa: ANN001, A
     engines = (OrtEngine(ModelFile.local(tmp / "m.onnx"), "fp32", 2), OvEngine(ModelFile.local(tmp / "m.xml"), "fp32", 2))
     return blended_logits(TorchEngine(model), window, image), {e.backend: blended_logits(e, window, image)
                                                               for e in engines}
+
+
+def run_inprocess(capsys, *args: object) -> subprocess.CompletedProcess:  # noqa: ANN001 - pytest's capsys
+    """The CLI in this process (seconds of imports saved per call), with the same exit status and
+    output a subprocess would give; for tests whose point is not which packages the CLI imports."""
+    from spikeseg.cli import main
+
+    capsys.readouterr()
+    try:
+        rc = main([str(a) for a in args])
+    except SystemExit as exc:  # argparse refusals
+        rc = exc.code if isinstance(exc.code, int) else 2
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(list(map(str, args)), rc, out.out, out.err)

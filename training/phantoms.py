@@ -108,7 +108,7 @@ def family_contrast(rng: np.random.Generator, family: Family) -> np.ndarray:
     return c
 
 
-def _thick_slices(image: np.ndarray, brain: np.ndarray, axis: int, factor: float) -> np.ndarray:
+def thick_slices(image: np.ndarray, brain: np.ndarray, axis: int, factor: float) -> np.ndarray:
     """Slices ``factor`` voxels thick along ``axis``: down to fewer slices and back, linearly."""
     from spikeseg.runtime.preprocess import resample
 
@@ -296,7 +296,7 @@ def make_case(seed: int, size: str = "small", difficulty: float = 0.5,
         image[c] = np.where(brain, vol, 0.0)
 
     if fam:  # thick slices along one axis, resampled back to the grid (a 2D acquisition)
-        image = _thick_slices(image, brain, int(frng.integers(3)), frng.uniform(*fam.thickness_mm) / spacing)
+        image = thick_slices(image, brain, int(frng.integers(3)), frng.uniform(*fam.thickness_mm) / spacing)
     labels = np.zeros(shape, np.uint8)
     labels[edema] = 2
     labels[ncr] = 1
