@@ -264,18 +264,17 @@ def build_package(bundle_path: Path, target_name: str, out: Path, python: str = 
         links = [w for w in given if w.is_symlink() or not w.is_file()]
         if links:
             raise InputError(links[0], "is a link or not a regular file: wheels are copied as files only")
-        check_wheels(given, target, python)
+        fit = check_wheels(given, target, python)  # before anything is written
         check_requirements_present(given, reqs)
     with atomic_dir(out) as tmp:
         if wheels_from is not None:
             (tmp / "wheels").mkdir()
             for w in given:
                 shutil.copyfile(w, tmp / "wheels" / w.name)
-            wheels = sorted((tmp / "wheels").glob("*.whl"))
         else:
             wheels = download_wheels(tmp / "wheels", target, python, reqs)
+            fit = check_wheels(wheels, target, python)
             check_requirements_present(wheels, reqs)
-        fit = check_wheels(wheels, target, python)
         copy_runtime_source(tmp / "app")
         copy_bundle(bundle, tmp / "bundle")
         write_text(tmp / "requirements.txt", "\n".join(reqs) + "\n")

@@ -58,9 +58,13 @@ class CohortCase:
         return self.case_id or self.folder.name
 
 
+#: What follows the case id in the label map ``segment`` writes.
+PREDICTION_SUFFIX = "_pred.nii.gz"
+
+
 def prediction_name(case_id: str) -> str:
     """The label map ``segment`` writes; never a BraTS input name (``_seg`` is the reference)."""
-    return f"{case_id}_pred.nii.gz"
+    return f"{case_id}{PREDICTION_SUFFIX}"
 
 
 def report_name(case_id: str) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from spikeseg.runtime.case_io import check_case_id, label_file_id, load_label_file
-from spikeseg.runtime.cohort import prediction_name
+from spikeseg.runtime.cohort import PREDICTION_SUFFIX, prediction_name
 from spikeseg.runtime.errors import InputError
 from spikeseg.runtime.labels import REGIONS, LabelConvention, convention_for_scheme, labels_to_regions
 from spikeseg.runtime.lesionwise import CHALLENGES, lesion_wise
@@ -101,7 +101,7 @@ def summarise(rows: list[dict[str, float | str]]) -> list[dict[str, float | str]
 def unreferenced_predictions(pred_root: Path, case_ids: set[str]) -> list[tuple[str, Path]]:
     """Predictions ``segment`` wrote (``<id>_pred`` names, flat or in case folders) whose case
     has no reference: listed, so a missing reference is never silently left out of the mean."""
-    stem = prediction_name("X").removesuffix(".nii.gz").removeprefix("X")  # "_pred"
+    stem = PREDICTION_SUFFIX.removesuffix(".nii.gz")
     found = []
     if not pred_root.is_dir():
         return found
