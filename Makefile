@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.installed-$(HASH)
 NODEPS  := spikingjelly==2.0.0 neurobench==2.3.0
 PIP     := $(BIN)/pip install -q --disable-pip-version-check -c requirements/constraints.txt
 
-.PHONY: install test demo bench arm64-check gpu-wheels gpu-check clean
+.PHONY: install test demo docs bench pins arm64-check gpu-wheels gpu-check clean
 
 install: $(STAMP)
 
@@ -28,6 +28,20 @@ test: install
 
 demo: install
 	@$(BIN)/python -m spikeseg.benchmarks.demo --out demo
+
+# The documentation site into site/ (mkdocs build --strict: a broken link or reference fails).
+DOCS_STAMP := $(VENV)/.docs-$(HASH)
+docs: install $(DOCS_STAMP)
+	@NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site && echo "documentation site: site/index.html"
+
+$(DOCS_STAMP):
+	@$(PIP) -e '.[docs]' > $(VENV)/docs-install.log 2>&1 || { tail -n 40 $(VENV)/docs-install.log; exit 1; }
+	@touch $@
+
+# The runtime's exact pins shipped inside the package (runtime/runtime_pins.txt), regenerated from
+# setup.cfg and requirements/constraints.txt after either changes (a test fails until then).
+pins: install
+	@$(BIN)/python -c 'from spikeseg.export.package import write_checkout_pins as w; print(w())'
 
 # Cross-built linux-aarch64 package, installed and run under qemu user emulation (root, minutes).
 arm64-check: install
@@ -57,4 +71,4 @@ gpu-check:
 	fi
 
 clean:
-	rm -rf $(VENV) demo
+	rm -rf $(VENV) demo site

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from spikeseg.benchmarks.commands import BACKENDS
 from spikeseg.benchmarks.paired_gap import gap_rows
 from spikeseg.runtime.atomic import write_text
 from spikeseg.runtime.bundle import Bundle, load_bundle
@@ -246,7 +247,7 @@ def _preprocess_key(bundle: Bundle) -> str:
 
 def run_bench(data: Path, bundle_paths: list[Path], out: Path, threads: int = 2, repeats: int = 1,
               max_cases: int | None = None, training: str | None = None, overwrite: bool = False,
-              log=print) -> list[dict[str, Any]]:
+              log=print, backends: tuple[str, ...] = BACKENDS) -> list[dict[str, Any]]:
     from spikeseg.runtime.errors import InputError
 
     if (out / "results.csv").exists() and not overwrite:
@@ -266,9 +267,9 @@ def run_bench(data: Path, bundle_paths: list[Path], out: Path, threads: int = 2,
             prepared[key].append((m.case, m.image, m.space))
     configs = []
     for b in bundles:
-        if _torch_available(b):
+        if "torch" in backends and _torch_available(b):
             configs.append(Config(b, "torch", "fp32"))
-        for backend in ("onnxruntime", "openvino"):
+        for backend in (x for x in ("onnxruntime", "openvino") if x in backends):
             for precision in ("fp32", "int8"):
                 try:
                     b.model_file(b.views[0], "onnx" if backend == "onnxruntime" else "openvino", precision)

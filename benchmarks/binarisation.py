@@ -11,7 +11,7 @@ where one spike per neuron per slice loses most.
 
 Why a benchmark: on the hard phantoms at 4x the demo's budget the converted-then-fine-tuned
 SNN trails its twin on ET by about 10 points and longer fine-tuning does not close it
-(benchmarks/FIDELITY.md); this shows where in the network the twin's ET is lost at the start.
+(docs/results/fidelity-lab-record.md); this shows where in the network the twin's ET is lost at the start.
 Writes ``results.md`` and ``results.csv`` to ``--out``; its preprocessed cache goes to
 ``OUT/preprocessed``; the twin run is only read.
 """

@@ -6,12 +6,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+#: what ``bench`` can measure: the training framework and the two deployment runtimes (here, not in
+#: bench.py, so that building the CLI imports nothing heavy)
+BACKENDS = ("torch", "onnxruntime", "openvino")
+
 
 def _bench(args: argparse.Namespace) -> int:
     from spikeseg.benchmarks.bench import run_bench
 
     run_bench(args.data, args.bundles, args.out, args.threads, args.repeats, args.max_cases, args.training,
-              args.overwrite)
+              args.overwrite, backends=tuple(args.backends))
     return 0
 
 
@@ -32,5 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     be.add_argument("--max-cases", type=int, help="use only the first N cases")
     be.add_argument("--training", metavar="SLICES",
                     help="also measure FPTT vs BPTT training memory and time, e.g. 8,32,76,152")
+    be.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS),
+                    help="the backends to measure (default: all; torch only where the training runs are "
+                         "reachable). The torch rows give the x_vs_torch column")
     be.add_argument("--overwrite", action="store_true", help="replace existing results")
     be.set_defaults(handler=_bench)

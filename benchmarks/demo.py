@@ -1,30 +1,36 @@
-"""``make demo``: the whole toolkit end to end on built-in phantom data, in about 15 minutes on 2 cores.
+"""``make demo``: the whole toolkit end to end on built-in phantom data, in about 25 minutes on 2 cores.
 
 Steps 1-3 are skipped when their output is already there (a bundle made by an older spikeseg is
 exported again), so a second run is quick; steps 4-6 always run, over the demo's own folders:
-  1. phantoms: training cases and held-out test cases, both on the hard setting;
+  1. phantoms, all on the hard setting: training cases from the wide family (per-case contrasts,
+     tumour sizes, foci, bias, noise, slice thickness, storage), held-out test cases from the
+     standard family, and held-out cases from the heldout family (settings never trained on);
   2. train the tiny U-Seg-Net twin, then the Spiking U-Seg-Net converted from the twin (threshold
-     balancing) and trained with FPTT (the recipe that measured best; benchmarks/FIDELITY.md),
+     balancing) and trained with FPTT (the recipe that measured best; docs/results/fidelity-lab-record.md),
      one model per view, on a 2 mm grid (80x96x76) with a time budget per model; then the lite
      3D U-Net (one model on 3D patches) with the three views' budget;
   3. export all three to ONNX and OpenVINO, FP32 and INT8 (calibrated on training cases); the 3D
      bundle also gets the uncertainty-guided refinement fitted for two guides (the SNN's views,
      the twin's axial view over spherical projections);
-  4. segment the held-out cases with the torch-free runtime (uncertainty, reports, PNGs), and
-     the SNN refined by the 3D model where its views disagree;
-  5. evaluate against the reference labels; 6. benchmark FP32 vs INT8 vs SNN, and the refinement
-     (benchmarks/refinement.py); 7. say where it all is.
+  4. segment the test cases with the torch-free runtime (uncertainty, reports, QC verdicts,
+     PNGs), and the SNN refined by the 3D model where its views disagree; the heldout family's
+     cases with each model in FP32;
+  5. evaluate against the reference labels (with each case's QC verdict); 6. benchmark FP32 vs
+     INT8 vs SNN on OpenVINO (``spikeseg bench`` measures every backend), and the refinement
+     (benchmarks/refinement.py); 7. a table of it all, and where it is.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 import time
 from pathlib import Path
 
 from spikeseg.benchmarks.refinement import main as refinement_main
+from spikeseg.runtime.atomic import write_text
 from spikeseg.runtime.bundle import load_bundle
 from spikeseg.cli import main as cli
 from spikeseg.runtime.errors import InputError
@@ -32,6 +38,9 @@ from spikeseg.runtime.preprocess import VIEWS
 from spikeseg.snn.unet3d import ARCH as VOLUME_ARCH
 
 TRAIN_CASES, TEST_CASES = 12, 4
+#: (folder under data/, family, cases, seed): what the models train on, and the two test sets
+DATA = {"train": ("train-wide", "wide", TRAIN_CASES, 1), "test": ("test", "standard", TEST_CASES, 2),
+        "heldout": ("heldout", "heldout", TEST_CASES, 3)}
 #: 2 mm: with the same 80 s per model, 4 mm gave the SNN / twin WT Dice 0.74 / 0.81 and 2 mm
 #: 0.81 / 0.89 (benchmarks/fidelity.py --spacing 2, the README's "Measured here"); 4 mm is also
 #: too coarse for enhancing rims a few mm thick.
@@ -44,9 +53,15 @@ MINUTES_PER_MODEL = 1.3
 UNET3D_RECIPE = ["--preset", "small", "--patch", "32", "--patches-per-case", "8", "--lr", "2e-3"]
 
 
-def step(title: str) -> float:
+_STEP_START: list[float] = []
+
+
+def step(title: str) -> None:
+    """A step's heading, after the time the previous step took."""
+    if _STEP_START:
+        print(f"(took {(time.time() - _STEP_START[-1]) / 60:.1f} min)")
+    _STEP_START.append(time.time())
     print(f"\n== {title}", flush=True)
-    return time.time()
 
 
 def run_dirs(folder: Path, arch: str) -> list[Path]:
@@ -54,16 +69,16 @@ def run_dirs(folder: Path, arch: str) -> list[Path]:
     return [folder] if arch == VOLUME_ARCH else [folder / v for v in VIEWS]
 
 
-def grids(folder: Path, arch: str) -> set[float]:
-    """The grid spacings a model's runs were trained on (a demo folder from an older
-    spikeseg may hold runs on another grid: those are trained again, not silently reused)."""
-    return {float(json.loads((d / "config.json").read_text())["spacing_mm"])
-            for d in run_dirs(folder, arch) if (d / "config.json").is_file()}
+def trained_on(folder: Path, arch: str) -> set[tuple[float, str]]:
+    """The (grid spacing, data folder) pairs a model's runs were trained on (a demo folder from an
+    older spikeseg may hold runs on another grid or data: those are trained again, not reused)."""
+    configs = [json.loads((d / "config.json").read_text()) for d in run_dirs(folder, arch) if (d / "config.json").is_file()]
+    return {(float(c["spacing_mm"]), str(c["data"])) for c in configs}
 
 
-def finished(folder: Path, arch: str) -> bool:
+def finished(folder: Path, arch: str, data: Path) -> bool:
     return (all((d / "summary.json").is_file() for d in run_dirs(folder, arch))
-            and grids(folder, arch) == {float(SPACING_MM)})
+            and trained_on(folder, arch) == {(float(SPACING_MM), str(data))})
 
 
 def fitted_for(bundle, guides: list[str]) -> bool:
@@ -80,6 +95,28 @@ def fitted_for(bundle, guides: list[str]) -> bool:
     return True
 
 
+def metrics_csv(seg_out: Path) -> Path:
+    return seg_out.with_name(seg_out.name + ".metrics.csv")
+
+
+def results_table(seg_dirs: dict[Path, Path]) -> str:
+    """Mean Dice per region and the QC verdicts of every segmentation, from evaluate's CSVs."""
+    lines = [f"{'segmentation':<28}{'ET':>7}{'TC':>7}{'WT':>7}  QC review", "-" * 60]
+    for seg_out in seg_dirs:
+        path = metrics_csv(seg_out)
+        if not path.is_file():
+            lines.append(f"{seg_out.name:<28}  (not evaluated)")
+            continue
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        cases = [r for r in rows if r["status"] == "ok"]
+        mean = next(r for r in rows if r["case"] == "mean")
+        review = sum(r.get("qc") == "review" for r in cases)
+        lines.append(f"{seg_out.name:<28}" + "".join(f"{float(mean[f'{k}_dice']):7.3f}" for k in ("ET", "TC", "WT"))
+                     + f"  {review} of {len(cases)}")
+    return "\n".join(lines)
+
+
 def run(*args: str | Path) -> None:
     """One ``spikeseg`` command in this process; a failure ends the script naming it."""
     rc = cli([str(a) for a in args])
@@ -94,13 +131,16 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     out = a.out
     started = time.time()
-    data_train, data_test = out / "data" / "train", out / "data" / "test"
-    step("1/7 phantom cases (MNI152 anatomy, hard setting)")
-    for folder, n, seed in ((data_train, TRAIN_CASES, 1), (data_test, TEST_CASES, 2)):
-        if not folder.exists():
-            run("phantoms", folder, "--cases", n, "--seed", seed, "--difficulty", "hard", "--quiet")
+    data = {k: out / "data" / v[0] for k, v in DATA.items()}
+    data_train, data_test = data["train"], data["test"]
+    step("1/7 phantom cases (MNI152 anatomy, hard setting): training on the wide family, testing on the "
+         "standard family and on the heldout family")
+    for key, (_, family, n, seed) in DATA.items():
+        if not data[key].exists():
+            run("phantoms", data[key], "--cases", n, "--seed", seed, "--difficulty", "hard", "--family", family,
+                "--quiet")
         else:
-            print(f"{folder}: already there")
+            print(f"{data[key]}: already there")
 
     step("2/7 training: U-Seg-Net twin, then the Spiking U-Seg-Net started from it (FPTT), three views each; "
          "the lite 3D U-Net on patches with the three views' budget")
@@ -113,12 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     retrained: set[str] = set()
     for name, (arch, folder) in runs.items():
         stale_twin = name == "snn" and "twin" in retrained  # an SNN whose twin was just trained starts over
-        if finished(folder, arch) and not stale_twin:
+        if finished(folder, arch, data_train) and not stale_twin:
             print(f"{folder}: already trained")
             continue
-        other_grid = bool(grids(folder, arch) - {float(SPACING_MM)})
+        other_grid = bool(trained_on(folder, arch) - {(float(SPACING_MM), str(data_train))})
         if other_grid:
-            print(f"{folder}: trained on another grid; training it again at {SPACING_MM} mm")
+            print(f"{folder}: trained on another grid or other data; training it again")
         # a killed run resumes; a run on another grid starts over
         retrained.add(name)
         run("train", "--data", data_train, "--out", folder, "--arch", arch, "--spacing", SPACING_MM,
@@ -147,39 +187,45 @@ def main(argv: list[str] | None = None) -> int:
         run("export", *run_dirs(folder, arch), "--out", bundles[name], "--int8",
             "--calib", data_train, "--calib-items", "200", "--allow-accuracy-drop", *refine, *stale)
 
-    step("4/7 segment held-out cases with the torch-free runtime (OpenVINO FP32 and INT8)")
-    segmentations = {**{name: (bundles[name], []) for name in bundles},
-                     "snn-refined": (bundles["snn"], ["--refine", str(bundles["unet3d"]), "--guide", "views"])}
-    for name, (bundle, extra) in segmentations.items():
-        for precision in ("fp32", "int8"):
-            seg_out = out / "segment" / f"{name}-{precision}"
-            cli(["segment", str(bundle), str(data_test), str(seg_out), "--precision", precision, "--png",
-                 "--quiet", "--overwrite", *extra])  # the demo owns its folder; a re-export must not leave stale results
+    step("4/7 segment the test cases with the torch-free runtime (OpenVINO FP32 and INT8), and the "
+         "heldout family's cases (FP32)")
+    extra = {"snn-refined": ["--refine", str(bundles["unet3d"]), "--guide", "views"]}
+    # (name, bundle, precision, test set): the run folder is segment/<name>-<precision>[-heldout]
+    segmentations = [(name, bundles[name.removesuffix("-refined")], precision, "test")
+                     for name in [*bundles, "snn-refined"] for precision in ("fp32", "int8")]
+    segmentations += [(name, bundles[name], "fp32", "heldout") for name in bundles]
+    seg_dirs = {}
+    for name, bundle, precision, test_set in segmentations:
+        seg_out = out / "segment" / (f"{name}-{precision}" + ("-heldout" if test_set == "heldout" else ""))
+        seg_dirs[seg_out] = data[test_set]
+        cli(["segment", str(bundle), str(data[test_set]), str(seg_out), "--precision", precision, "--png",
+             "--quiet", "--overwrite", *extra.get(name, [])])  # the demo owns its folder; no stale results
 
-    step("5/7 evaluate against the reference labels")
-    for name in segmentations:
-        for precision in ("fp32", "int8"):
-            seg_out = out / "segment" / f"{name}-{precision}"
-            print(f"-- {name} {precision}")
-            # beside the predictions, never among them: evaluate's output stays out of its inputs
-            cli(["evaluate", str(seg_out), str(data_test), "--out", str(seg_out.with_name(seg_out.name + ".metrics.csv")),
-                 "--overwrite"])
+    step("5/7 evaluate against the reference labels (qc: the verdict segment gave each case)")
+    for seg_out, refs in seg_dirs.items():
+        print(f"-- {seg_out.name}")
+        # beside the predictions, never among them: evaluate's output stays out of its inputs
+        cli(["evaluate", str(seg_out), str(refs), "--out", str(metrics_csv(seg_out)), "--overwrite"])
 
-    step("6/7 benchmark: FP32 vs INT8 vs SNN on the same cases")
+    step("6/7 benchmark: FP32 vs INT8 vs SNN on the same cases (OpenVINO)")
     run("bench", "--data", data_test, "--bundles", bundles["snn"], bundles["twin"], bundles["unet3d"],
-        "--out", out / "bench",
-        "--repeats", "1", "--overwrite")
+        "--out", out / "bench", "--backends", "openvino", "--repeats", "1", "--overwrite")
     refinement_main(["--data", str(data_test), "--twin", str(bundles["twin"]), "--snn", str(bundles["snn"]),
                      "--refiner", str(bundles["unet3d"]), "--out", str(out / "refinement"), "--overwrite"])
 
-    step("7/7 where everything is")
-    print(f"phantom cases      {data_train}, {data_test}")
+    step("7/7 the results, and where everything is")
+    table = results_table(seg_dirs)
+    print(table)
+    write_text(out / "results.md", "# make demo: mean Dice per region (OpenVINO), and the QC verdicts\n\n"
+               "```\n" + table + "\n```\n")
+    print(f"phantom cases      {', '.join(map(str, data.values()))}")
     print(f"training runs      {out / 'runs'}  (metrics.csv, TensorBoard in tb/)")
     print(f"bundles            {out / 'bundles'}  (manifest.json with checksums)")
     print(f"segmentations      {out / 'segment'}  (<case>_pred / _uncertainty .nii.gz, report, quick-look PNG; "
           f"<run>.metrics.csv)")
     print(f"benchmark          {out / 'bench' / 'results.md'}  (+ results.csv, PNG plots)")
     print(f"refinement         {out / 'refinement' / 'results.md'}  (2D vs 3D vs 2D + uncertainty-guided 3D)")
+    print(f"this table         {out / 'results.md'}")
     print(f"demo took {(time.time() - started) / 60:.1f} min")
     return 0
 

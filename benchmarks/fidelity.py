@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="share of the warm-started models' budget spent training their twin (default 0.5; "
                         "use 0.75 from about 4x the default --minutes: measured there, 0.5 lost 7 ET points, "
                         "while at 1.3 min 0.75 leaves the SNN 3-4 epochs, too few at one seed of three; "
-                        "benchmarks/FIDELITY.md)")
+                        "docs/results/fidelity-lab-record.md)")
     p.add_argument("--one-way", action="store_true",
                    help="score stateful models front to back only (the paper's inference; `spikeseg export "
                         "--one-way`), not both ways averaged (the runtime's default)")

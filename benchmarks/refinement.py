@@ -29,6 +29,7 @@ import numpy as np
 from spikeseg.runtime.bundle import load_bundle
 from spikeseg.runtime.evaluate import evaluate_dirs, summarise
 from spikeseg.runtime.labels import REGIONS
+from spikeseg.runtime.options import SegmentOptions
 from spikeseg.runtime.segment import segment
 from spikeseg.runtime.tables import write_results
 
@@ -38,8 +39,8 @@ COMPUTE = ("view_", "refine")  # report timings that are model compute (not load
 def rows(a: argparse.Namespace) -> list[tuple[str, Path, dict]]:
     """(label, guide bundle, segment options) per row."""
     k = a.projections
-    return [("2D twin, axial", a.twin, {"views": "axial"}),
-            (f"2D twin, axial x {k} projections", a.twin, {"views": "axial", "projections": k}),
+    return [("2D twin, axial", a.twin, {"views": ("axial",)}),
+            (f"2D twin, axial x {k} projections", a.twin, {"views": ("axial",), "projections": k}),
             ("3D everywhere", a.refiner, {}),
             ("2D twin projections + 3D refinement", a.twin, {"refine": a.refiner, "guide_mode": "projections"}),
             ("SNN 3 views", a.snn, {}),
@@ -80,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     for i, (label, bundle, options) in enumerate(rows(a)):
         folder = a.out / f"row{i}"
         print(f"-- {label}", flush=True)
-        segment(bundle, a.data, folder, backend=a.backend, precision=a.precision, threads=a.threads,
-                overwrite=True, progress=False, **options)
+        segment(bundle, a.data, folder, SegmentOptions(backend=a.backend, precision=a.precision, threads=a.threads,
+                                                       **options), overwrite=True)
         scored, failures = evaluate_dirs(folder, a.data)
         if failures:
             sys.exit(f"{label}: could not score {failures}")

@@ -28,17 +28,16 @@ import numpy as np
 from scipy import ndimage
 
 from spikeseg.runtime.bundle import load_bundle
-from spikeseg.runtime.case_io import find_case, find_cases, load_case
-from spikeseg.runtime.evaluate import Reference, evaluate_case
+from spikeseg.runtime.case_io import find_case, find_cases
+from spikeseg.runtime.evaluate import FAILURE_WT_DICE, Reference, evaluate_case
 from spikeseg.runtime.labels import REGIONS
-from spikeseg.runtime.segment import Segmenter
+from spikeseg.runtime.options import SegmentOptions
+from spikeseg.runtime.predictor import Predictor
 from spikeseg.runtime.system import cpu_model
 from spikeseg.runtime.atomic import write_text
 from spikeseg.runtime.tables import refuse_existing_results, rows_to_csv, write_results
 from spikeseg.training.phantoms import generate, thick_slices
 
-#: a case under this WT Dice is a failure QC should flag (the issue's bar)
-FAILURE_WT_DICE = 0.7
 
 
 def _smooth(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
@@ -132,13 +131,13 @@ def run(bundle_paths: list[Path], conds: dict[str, list[Path]], backend: str, th
     rows, per_case = [], []
     for path in bundle_paths:
         bundle = load_bundle(path)
-        seg = Segmenter(bundle, backend, "fp32", None, threads)
+        seg = Predictor(bundle, SegmentOptions(backend=backend, threads=threads))
         for name, cases in conds.items():
             scores = {r: [] for r in REGIONS}
             verdicts = []
             for case_dir in cases:
                 out = work / "segment" / path.name / name.replace(" ", "-")
-                rep = seg.run(case_dir, out, png=False, save_prob=False)
+                rep = seg.run(case_dir, out)
                 files = find_case(case_dir)
                 row = evaluate_case(out / rep["case"] / f"{rep['case']}_pred.nii.gz",
                                     Reference(rep["case"], files.seg, files.convention))

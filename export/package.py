@@ -76,29 +76,55 @@ def copy_runtime_source(app: Path) -> None:
 
     (app / "spikeseg").mkdir(parents=True)
     root = Path(spikeseg.__file__).parent
-    for name in ("__init__.py", "cli.py"):
+    for name in ("__init__.py", "__main__.py", "cli.py"):
         shutil.copy2(root / name, app / "spikeseg" / name)
     shutil.copytree(Path(spikeseg.runtime.__file__).parent, app / "spikeseg" / "runtime",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 
+#: The runtime's exact pins, shipped inside the package (``spikeseg.runtime``'s data) so that
+#: ``spikeseg package`` works from an installed wheel, where no setup.cfg or constraints exist.
+RUNTIME_PINS = "runtime_pins.txt"
+
+
 def runtime_requirements() -> list[str]:
-    """The runtime layer's exact pins: its packages from setup.cfg's ``install_requires`` (which
-    holds ranges), each at the version ``requirements/constraints.txt`` tests. A board gets
-    exactly what CI ran, never whatever the registry has that day."""
+    """The runtime layer's exact pins, as the installed package ships them: a board gets exactly
+    what CI ran, never whatever the registry has that day."""
+    import spikeseg.runtime
+
+    path = Path(spikeseg.runtime.__file__).parent / RUNTIME_PINS
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise InputError(path, f"the runtime's pins are missing from this install ({exc.strerror or exc})") from exc
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def checkout_pins(repo: Path = REPO) -> list[str]:
+    """What :data:`RUNTIME_PINS` must hold, from a checkout: the packages of setup.cfg's
+    ``install_requires`` (ranges), each at the version ``requirements/constraints.txt`` tests."""
     cfg = configparser.ConfigParser()
-    cfg.read(REPO / "setup.cfg")
+    cfg.read(repo / "setup.cfg")
     names = [re.split(r"[<>=!~;\[ ]", r.strip(), maxsplit=1)[0]
              for r in cfg["options"]["install_requires"].strip().splitlines() if r.strip()]
     pins = {}
-    for line in (REPO / "requirements" / "constraints.txt").read_text().splitlines():
+    for line in (repo / "requirements" / "constraints.txt").read_text().splitlines():
         name, sep, ver = line.strip().partition("==")
         if sep:
             pins[_normal(name)] = f"{name}=={ver}"
     missing = [n for n in names if _normal(n) not in pins]
     if missing:
-        raise InputError(REPO / "requirements" / "constraints.txt", f"no pin for the runtime's {missing}")
+        raise InputError(repo / "requirements" / "constraints.txt", f"no pin for the runtime's {missing}")
     return [pins[_normal(n)] for n in names]
+
+
+def write_checkout_pins(repo: Path = REPO) -> Path:
+    """``make pins``: :data:`RUNTIME_PINS` regenerated from the checkout."""
+    dest = repo / "runtime" / RUNTIME_PINS
+    write_text(dest, "# The runtime's exact pins (setup.cfg install_requires at requirements/constraints.txt's "
+                     "versions);\n# tests/test_package.py fails when they drift apart. Regenerate: make pins\n"
+               + "".join(f"{p}\n" for p in checkout_pins(repo)))
+    return dest
 
 
 def _normal(name: str) -> str:

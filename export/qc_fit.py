@@ -11,6 +11,7 @@ the verdict then finds failures.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Callable
 
@@ -22,12 +23,17 @@ from spikeseg.runtime.guide import run_guide
 from spikeseg.runtime.inference import Engine
 from spikeseg.runtime.labels import labels_to_regions
 from spikeseg.runtime.preprocess import PreprocessParams, load_model_space
-from spikeseg.runtime.qc import QCReference, CaseMeasures, Limit, intensity_distance, measure_case
+from spikeseg.runtime.qc import PAIRS, QCReference, CaseMeasures, Limit, intensity_distance, measure_case
 
 #: a case's intensity distance may be this many times the largest among the reference cases
 INTENSITY_MARGIN = 1.5
 #: ... and at least this (normalised units: a distribution shifted by 3 % of the range)
 INTENSITY_FLOOR = 0.03
+#: a pair of modalities may correlate this much below the lowest or above the highest reference
+#: case (Pearson r inside the brain; the wide phantom family spans about 0.5 per pair)
+CORRELATION_MARGIN = 0.2
+#: ... but never above this: two files of one case correlating higher hold the same image
+SAME_IMAGE_CORRELATION = 0.99
 #: the brain volume may lie this far below the smallest and above the largest reference brain
 BRAIN_RANGE = (0.75, 1.25)
 #: the outer shell's non-background share may exceed the largest reference share by this much
@@ -67,13 +73,20 @@ def fit_reference(images: list[CaseMeasures], label_wt_ml: list[float], predicte
     uncertainties = [c.mean_uncertainty_in_wt for c in predicted if c.mean_uncertainty_in_wt is not None]
     outside = [c.et_outside_tc for c in predicted if c.et_outside_tc is not None]
     tumours = [v for v in label_wt_ml if v > 0]
+    correlation = {}
+    for pair in PAIRS:
+        rs = [r for c in images if not math.isnan(r := c.modality_correlation.get(pair, math.nan))]
+        correlation[pair] = (Limit(max(-1.0, min(rs) - CORRELATION_MARGIN),
+                                   min(SAME_IMAGE_CORRELATION, max(rs) + CORRELATION_MARGIN))
+                             if rs else Limit(None, SAME_IMAGE_CORRELATION))
     return QCReference(
         source=source, cases=len(images), intensity_reference=reference, intensity_distance=distance,
         brain_ml=Limit(BRAIN_RANGE[0] * min(brains), BRAIN_RANGE[1] * max(brains)),
         shell_share=Limit(None, max(c.shell_share for c in images) + SHELL_MARGIN),
         wt_ml=Limit(WT_RANGE[0] * min(tumours), WT_RANGE[1] * max(tumours)) if tumours else Limit(),
         mean_uncertainty_in_wt=Limit(None, UNCERTAINTY_MARGIN * max(uncertainties)) if uncertainties else Limit(),
-        et_outside_tc=Limit(None, min(1.0, max(outside) + ET_OUTSIDE_MARGIN)) if outside else Limit())
+        et_outside_tc=Limit(None, min(1.0, max(outside) + ET_OUTSIDE_MARGIN)) if outside else Limit(),
+        modality_correlation=correlation)
 
 
 def fit_bundle_qc(case_dirs: list[Path], validation_dirs: list[Path], params: PreprocessParams,

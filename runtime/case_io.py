@@ -335,44 +335,51 @@ def check_header(path: Path, img: nib.spatialimages.SpatialImage) -> None:
     A 93-byte file can claim 1200^3 float32 voxels; reading it drove the process to 6.9 GB.
     So the claimed size is bounded (:data:`MAX_VOXELS`) and checked against the file: exactly
     for ``.nii``, and for ``.nii.gz`` through deflate's largest possible ratio (1032:1)."""
-    shape = tuple(int(s) for s in img.shape)
-    spatial = shape[:3]
-    if len(spatial) < 3 or min(spatial) < MIN_DIM:
-        raise InputError(path, f"volume shape {shape} is too small for a brain MRI "
-                               f"(at least {MIN_DIM} voxels along each axis)")
-    if len(shape) > 3 and any(s != 1 for s in shape[3:]):
-        raise InputError(path, f"expected a 3D volume, got shape {shape}")
-    voxels = int(np.prod(shape, dtype=np.int64))
-    if voxels > MAX_VOXELS:
-        raise InputError(path, f"header claims {shape} = {voxels:,} voxels, over the limit of "
-                               f"{MAX_VOXELS:,} for one volume")
-    dtype = img.header.get_data_dtype()
-    if dtype.kind == "c":
-        raise InputError(path, f"complex data ({dtype}): expected real-valued intensities")
-    if dtype.kind not in "biuf":
-        raise InputError(path, f"unsupported data type {dtype}")
-    claimed = int(img.header.get("vox_offset", 0)) + voxels * dtype.itemsize
+    check_image(path, img)
+    voxels = int(np.prod(img.shape, dtype=np.int64))
+    claimed = int(img.header.get("vox_offset", 0)) + voxels * img.header.get_data_dtype().itemsize
     size = path.stat().st_size
     compressed = path.name.endswith(".gz")
     if (size < claimed) if not compressed else (size * _DEFLATE_MAX_RATIO < claimed):
         raise InputError(path, f"header claims {claimed:,} bytes of data but the file has {size:,}"
                                f"{' compressed' if compressed else ''} bytes (truncated or corrupt)")
+
+
+def check_image(where: str | Path, img: nib.spatialimages.SpatialImage) -> None:
+    """The checks of :func:`check_header` that need no file: size, data type, orientation and
+    geometry (an image handed over in memory passes the same ones)."""
+    shape = tuple(int(s) for s in img.shape)
+    spatial = shape[:3]
+    if len(spatial) < 3 or min(spatial) < MIN_DIM:
+        raise InputError(where, f"volume shape {shape} is too small for a brain MRI "
+                                f"(at least {MIN_DIM} voxels along each axis)")
+    if len(shape) > 3 and any(s != 1 for s in shape[3:]):
+        raise InputError(where, f"expected a 3D volume, got shape {shape}")
+    voxels = int(np.prod(shape, dtype=np.int64))
+    if voxels > MAX_VOXELS:
+        raise InputError(where, f"header claims {shape} = {voxels:,} voxels, over the limit of "
+                                f"{MAX_VOXELS:,} for one volume")
+    dtype = img.header.get_data_dtype()
+    if dtype.kind == "c":
+        raise InputError(where, f"complex data ({dtype}): expected real-valued intensities")
+    if dtype.kind not in "biuf":
+        raise InputError(where, f"unsupported data type {dtype}")
     if int(img.header["qform_code"]) == 0 and int(img.header["sform_code"]) == 0:
-        raise InputError(path, "header has no orientation (qform_code and sform_code are both 0), so "
-                               "left/right cannot be known; set them (e.g. fslorient -setsformcode 1)")
+        raise InputError(where, "header has no orientation (qform_code and sform_code are both 0), so "
+                                "left/right cannot be known; set them (e.g. fslorient -setsformcode 1)")
     affine = np.asarray(img.affine, dtype=float)
     if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-6:
-        raise InputError(path, "affine is singular or not finite: the header's geometry is broken")
+        raise InputError(where, "affine is singular or not finite: the header's geometry is broken")
     spacing = affine_spacing(affine)
     zooms = np.asarray(img.header.get_zooms()[:3], dtype=float)
     if not np.allclose(zooms, spacing, rtol=_SPACING_RTOL, atol=1e-5):
-        raise InputError(path, f"voxel size in the header (pixdim {tuple(round(float(z), 4) for z in zooms)} mm) "
-                               f"disagrees with the affine ({tuple(round(float(z), 4) for z in spacing)} mm, "
-                               f"{'sform' if int(img.header['sform_code']) else 'qform'}): which one is right "
-                               "cannot be known; fix the header")
+        raise InputError(where, f"voxel size in the header (pixdim {tuple(round(float(z), 4) for z in zooms)} mm) "
+                                f"disagrees with the affine ({tuple(round(float(z), 4) for z in spacing)} mm, "
+                                f"{'sform' if int(img.header['sform_code']) else 'qform'}): which one is right "
+                                "cannot be known; fix the header")
     if not all(_SPACING_RANGE_MM[0] <= z <= _SPACING_RANGE_MM[1] for z in spacing):
-        raise InputError(path, f"implausible voxel spacing {tuple(round(float(z), 4) for z in spacing)} mm "
-                               f"(expected {_SPACING_RANGE_MM[0]} to {_SPACING_RANGE_MM[1]} mm)")
+        raise InputError(where, f"implausible voxel spacing {tuple(round(float(z), 4) for z in spacing)} mm "
+                                f"(expected {_SPACING_RANGE_MM[0]} to {_SPACING_RANGE_MM[1]} mm)")
 
 
 def _open(path: Path) -> nib.spatialimages.SpatialImage:
@@ -419,12 +426,62 @@ def _check_same_grid(ref_path: Path, ref: Geometry, path: Path,
 
 
 def load_case(folder: str | Path, with_label: bool = True) -> Case:
-    """Load and check a case; ``image`` comes back in RAS, float32, scaling applied."""
-    files = find_case(folder)
+    """Load and check a case folder in a BraTS layout; ``image`` comes back in RAS, float32,
+    scaling applied."""
+    return load_files(find_case(folder), with_label)
+
+
+def load_files(files: CaseFiles, with_label: bool = True) -> Case:
+    """Load and check the files ``files`` names (a BraTS folder's, or any four paths)."""
     paths = [files.modalities[m] for m in MODALITIES]
     # Every header first, in file order (errors name the first bad file), and the grids compared,
     # before any voxel data is decompressed or allocated.
-    images = [_open(path) for path in paths]
+    return _assemble(files, paths, [_open(path) for path in paths], with_label)
+
+
+def case_from_images(images: dict[str, nib.spatialimages.SpatialImage], case_id: str = "case",
+                     scheme: str = "brats2021") -> Case:
+    """A case from four images in memory (nibabel images keyed by :data:`MODALITIES`), checked as
+    files are; ``scheme`` picks the label convention of the outputs."""
+    _check_keys(images)
+    if scheme not in SCHEMES:
+        raise InputError(None, f"unknown label scheme {scheme!r}; choose from {list(SCHEMES)}")
+    names = {m: Path(f"<{m} image>") for m in MODALITIES}
+    for m in MODALITIES:
+        if not isinstance(images[m], nib.spatialimages.SpatialImage):
+            raise InputError(names[m], f"expected a nibabel image, got {type(images[m]).__name__}")
+        check_image(names[m], images[m])
+    files = CaseFiles(check_case_id(case_id, None), Path("."), scheme, names, None)
+    return _assemble(files, [names[m] for m in MODALITIES], [images[m] for m in MODALITIES], with_label=False)
+
+
+def case_from_arrays(volumes: dict[str, np.ndarray] | np.ndarray, affine: np.ndarray, case_id: str = "case",
+                     scheme: str = "brats2021") -> Case:
+    """A case from arrays on one grid: a (4, X, Y, Z) array in :data:`MODALITIES` order or one
+    volume per modality, with the voxel-to-world ``affine`` (RAS mm, as nibabel's)."""
+    if isinstance(volumes, np.ndarray):
+        if volumes.ndim != 4 or volumes.shape[0] != len(MODALITIES):
+            raise InputError(None, f"expected a (4, X, Y, Z) array in {list(MODALITIES)} order, got shape "
+                                   f"{volumes.shape}")
+        volumes = dict(zip(MODALITIES, volumes))
+    _check_keys(volumes)
+    affine = np.asarray(affine, dtype=float)
+    if affine.shape != (4, 4):
+        raise InputError(None, f"expected a 4x4 affine, got shape {affine.shape}")
+    images = {m: nib.Nifti1Image(np.asarray(volumes[m], dtype=np.float32), affine) for m in MODALITIES}
+    return case_from_images(images, case_id, scheme)
+
+
+def _check_keys(given: dict) -> None:
+    missing, unknown = [m for m in MODALITIES if m not in given], sorted(set(given) - set(MODALITIES))
+    if missing or unknown:
+        raise InputError(None, f"expected one image per modality {list(MODALITIES)}"
+                               + (f"; missing {missing}" if missing else "") + (f"; unknown {unknown}" if unknown else ""))
+
+
+def _assemble(files: CaseFiles, paths: list[Path], images: list[nib.spatialimages.SpatialImage],
+              with_label: bool) -> Case:
+    """Opened, checked images to a case: grids compared, data read, every voxel finite."""
     geometry, first = Geometry.of(images[0]), paths[0]
     for path, img in zip(paths[1:], images[1:]):
         _check_same_grid(first, geometry, path, img, img.shape)
@@ -439,7 +496,6 @@ def load_case(folder: str | Path, with_label: bool = True) -> Case:
             n = int((~np.isfinite(data)).sum())
             raise InputError(path, f"{n} voxels are NaN or infinite")
         channels.append(geometry.to_canonical(data))
-    assert geometry is not None and first is not None
     label = None
     if with_label and files.seg is not None:
         label = read_label(files.seg, files.convention, geometry, first)
@@ -472,17 +528,13 @@ def load_label_file(path: str | Path, convention: LabelConvention,
     return read_label(path, convention, geometry, path), geometry
 
 
-def save_like(data: np.ndarray, geometry: Geometry, dest: str | Path, dtype: type,
-              overwrite: bool = False, slope: float = 1.0) -> Path:
-    """Write a RAS volume (spatial axes last) in the input's exact on-disk geometry, atomically.
+def image_like(data: np.ndarray, geometry: Geometry, dtype: type, slope: float = 1.0) -> nib.spatialimages.SpatialImage:
+    """A RAS volume (spatial axes last) as an image in the input's exact on-disk geometry.
 
     Extra leading axes (e.g. 3 region probabilities) become the 4th NIfTI dimension. With an
     integer ``dtype`` and a ``slope``, ``data`` is stored as round(data / slope) with the NIfTI
     scale factor ``scl_slope = slope``, which viewers and nibabel apply when they read it.
     """
-    dest = Path(dest)
-    if dest.exists() and not overwrite:
-        raise InputError(dest, "exists; pass --overwrite to replace it")
     out = geometry.from_canonical(np.asarray(data))
     if slope != 1.0:
         info = np.iinfo(dtype)
@@ -497,6 +549,16 @@ def save_like(data: np.ndarray, geometry: Geometry, dest: str | Path, dtype: typ
     src = geometry.header
     img.set_qform(src.get_qform(), code=int(src["qform_code"]))
     img.set_sform(src.get_sform(), code=int(src["sform_code"]))
+    return img
+
+
+def save_like(data: np.ndarray, geometry: Geometry, dest: str | Path, dtype: type,
+              overwrite: bool = False, slope: float = 1.0) -> Path:
+    """Write a RAS volume in the input's exact on-disk geometry (:func:`image_like`), atomically."""
+    dest = Path(dest)
+    if dest.exists() and not overwrite:
+        raise InputError(dest, "exists; pass --overwrite to replace it")
+    img = image_like(data, geometry, dtype, slope)
     with atomic_path(dest, suffix=nifti_suffix(dest)) as tmp:
         nib.save(img, str(tmp))
     return dest

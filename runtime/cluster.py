@@ -12,35 +12,31 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from spikeseg.runtime.cohort import CohortCase
 from spikeseg.runtime.errors import InputError
 
-#: (bundle folder, backend, precision, views (None: the bundle's), inference threads, ET minimum voxels,
-#: count operations, spherical projections, refiner bundle folder, guide mode): Segmenter's arguments
-SegmenterKey = tuple[str, str, str, tuple[str, ...] | None, int, int, bool, int, str | None, str | None]
-_SEGMENTERS: dict[SegmenterKey, Any] = {}
+if TYPE_CHECKING:
+    from spikeseg.runtime.options import SegmentOptions
+
+#: this worker process's predictors, one per bundle folder and options: compiled once, then reused
+_PREDICTORS: dict[tuple[str, "SegmentOptions"], Any] = {}
 
 
-def _segmenter(key: SegmenterKey) -> Any:
-    """This worker process's segmenter for a bundle and settings: compiled once, then reused."""
-    from spikeseg.runtime.bundle import load_bundle
-    from spikeseg.runtime.segment import Segmenter
+def _predictor(bundle: str, options: "SegmentOptions") -> Any:
+    from spikeseg.runtime.predictor import Predictor
 
-    if key not in _SEGMENTERS:
-        bundle, backend, precision, views, threads, et_min_voxels, count_ops, projections, refine, guide = key
-        _SEGMENTERS[key] = Segmenter(load_bundle(bundle), backend, precision, list(views) if views else None, threads,
-                                     et_min_voxels, count_ops=count_ops, projections=projections,
-                                     refine=load_bundle(refine) if refine else None, guide_mode=guide)
-    return _SEGMENTERS[key]
+    if (bundle, options) not in _PREDICTORS:
+        _PREDICTORS[bundle, options] = Predictor(bundle, options)
+    return _PREDICTORS[bundle, options]
 
 
-def _segment_task(key: SegmenterKey, case: CohortCase, out: Path, overwrite: bool, png: bool,
-                  save_prob: bool) -> tuple[str, str]:
+def _segment_task(bundle: str, options: "SegmentOptions", case: CohortCase, out: Path,
+                  overwrite: bool) -> tuple[str, str]:
     from spikeseg.runtime.segment import run_case
 
-    return run_case(_segmenter(key), case, out, overwrite, png, save_prob, single=False)
+    return run_case(_predictor(bundle, options), case, out, overwrite, single=False)
 
 
 def _client(address: str, threads: int):
@@ -58,8 +54,8 @@ def _client(address: str, threads: int):
         raise InputError(None, f"cannot reach the Dask scheduler at {address}: {exc}") from exc
 
 
-def run_on_dask(address: str, key: SegmenterKey, cases: list[CohortCase], out: Path, overwrite: bool,
-                png: bool, save_prob: bool, task: Callable[..., tuple[str, str]] = _segment_task
+def run_on_dask(address: str, bundle: str, options: "SegmentOptions", cases: list[CohortCase], out: Path,
+                overwrite: bool, task: Callable[..., tuple[str, str]] = _segment_task
                 ) -> Iterator[tuple[CohortCase, tuple[str, str]]]:
     """(case, (status, message)) for every case, as they finish. A task that fails outside
     the segmenter's own error handling (a worker that died more often than the scheduler's
@@ -67,9 +63,9 @@ def run_on_dask(address: str, key: SegmenterKey, cases: list[CohortCase], out: P
     segmenter here, a stand-in that kills its worker in the tests."""
     from distributed import as_completed
 
-    client, cluster = _client(address, key[4])
+    client, cluster = _client(address, options.threads or 1)
     try:
-        futures = {client.submit(task, key, case, out, overwrite, png, save_prob, pure=False, retries=1,
+        futures = {client.submit(task, bundle, options, case, out, overwrite, pure=False, retries=1,
                                  key=f"segment-{case.case_id or case.name}"): case for case in cases}
         for future in as_completed(futures):
             try:

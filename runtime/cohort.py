@@ -58,7 +58,8 @@ class CohortCase:
         return self.case_id or self.folder.name
 
 
-#: What follows the case id in the label map ``segment`` writes.
+#: The names of a case's outputs, here and nowhere else. What follows the case id in the label
+#: map ``segment`` writes:
 PREDICTION_SUFFIX = "_pred.nii.gz"
 
 
@@ -67,9 +68,25 @@ def prediction_name(case_id: str) -> str:
     return f"{case_id}{PREDICTION_SUFFIX}"
 
 
+def uncertainty_name(case_id: str) -> str:
+    return f"{case_id}_uncertainty.nii.gz"
+
+
+def probability_name(case_id: str) -> str:
+    return f"{case_id}_prob.nii.gz"
+
+
+def quicklook_name(case_id: str) -> str:
+    return f"{case_id}_quicklook.png"
+
+
 def report_name(case_id: str) -> str:
     """Written last into a case's output folder: its presence means the case is complete."""
     return f"{case_id}_report.json"
+
+
+#: a report is a few kB; anything far bigger in its place is not one and is not parsed
+MAX_REPORT_BYTES = 16 << 20
 
 
 def report_path(out: Path, case_id: str) -> Path:
@@ -244,8 +261,15 @@ def _row_from_report(out: Path, case: CohortCase, fresh: bool) -> dict[str, Any]
 
 def report_qc(out: Path, case_id: str) -> str | None:
     """The QC verdict in a case's report on disk (None: no readable report)."""
+    return qc_verdict(report_path(out, case_id))
+
+
+def qc_verdict(report: Path) -> str | None:
+    """The QC verdict a report file holds (None: no such file, too big for a report, or unreadable)."""
     try:
-        return str(json.loads(report_path(out, case_id).read_text())["qc"]["verdict"])
+        if report.stat().st_size > MAX_REPORT_BYTES:
+            return None
+        return str(json.loads(report.read_text())["qc"]["verdict"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

@@ -13,7 +13,7 @@ from spikeseg.runtime.errors import InputError
 
 def _evaluate(args: argparse.Namespace) -> int:
     from spikeseg.runtime.atomic import write_text
-    from spikeseg.runtime.evaluate import (evaluate_dirs, format_table, is_metrics_csv, status_table,
+    from spikeseg.runtime.evaluate import (evaluate_dirs, format_table, is_metrics_csv, qc_line, status_table,
                                            unreferenced_predictions)
     from spikeseg.runtime.outputs import check_apart, check_replaceable
     from spikeseg.runtime.tables import rows_to_csv
@@ -32,6 +32,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     table = status_table(rows, failures, orphans)
     print(format_table([r for r in table if r["status"] == "ok" or r["case"] in ("mean", "median")]))
     print(next(r["status"] for r in table if r["case"] == "mean"))
+    if (line := qc_line(rows)) is not None:
+        print(line)
     if args.out:
         write_text(args.out, rows_to_csv(table))
         print(f"metrics written to {args.out}")
@@ -39,13 +41,17 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _segment(args: argparse.Namespace) -> int:
+    from spikeseg.runtime.options import SegmentOptions
+    from spikeseg.runtime.preprocess import parse_views
     from spikeseg.runtime.segment import segment
 
-    return segment(args.bundle, args.input, args.out, backend=args.backend, precision=args.precision,
-                   views=args.views, threads=args.threads, png=args.png, save_prob=args.save_prob,
-                   overwrite=args.overwrite, et_min_voxels=args.et_min_voxels, progress=not args.quiet,
-                   shard=args.shard, dask=args.dask, count_ops=args.count_ops, projections=args.projections,
-                   refine=args.refine, guide_mode=args.guide, qc_strict=args.qc_strict)
+    options = SegmentOptions(backend=args.backend, precision=args.precision,
+                             views=None if args.views == "all" else tuple(parse_views(args.views)),
+                             threads=args.threads, et_min_voxels=args.et_min_voxels, count_ops=args.count_ops,
+                             projections=args.projections, refine=args.refine, guide_mode=args.guide, png=args.png,
+                             save_prob=args.save_prob, progress=not args.quiet)
+    return segment(args.bundle, args.input, args.out, options, overwrite=args.overwrite, shard=args.shard,
+                   dask=args.dask, qc_strict=args.qc_strict)
 
 
 def _profile(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from spikeseg.runtime.case_io import check_case_id, label_file_id, load_label_file
-from spikeseg.runtime.cohort import PREDICTION_SUFFIX, prediction_name
+from spikeseg.runtime.cohort import PREDICTION_SUFFIX, prediction_name, qc_verdict, report_name
 from spikeseg.runtime.errors import InputError
 from spikeseg.runtime.labels import REGIONS, LabelConvention, convention_for_scheme, labels_to_regions
 from spikeseg.runtime.lesionwise import CHALLENGES, lesion_wise
@@ -115,8 +115,11 @@ def unreferenced_predictions(pred_root: Path, case_ids: set[str]) -> list[tuple[
     return found
 
 
-#: The columns before the metrics in evaluate's CSV: every case is listed with what became of it.
-STATUS_COLUMNS = ("case", "status", "message")
+#: The columns before the metrics in evaluate's CSV: every case is listed with what became of it,
+#: and with the QC verdict ``segment`` gave it (empty where no report lies beside the prediction).
+STATUS_COLUMNS = ("case", "status", "qc", "message")
+#: a case under this WT Dice counts as a failure the QC verdict should have flagged
+FAILURE_WT_DICE = 0.7
 
 
 def status_table(rows: list[dict[str, float | str]], failures: list[tuple[str, str]],
@@ -124,14 +127,14 @@ def status_table(rows: list[dict[str, float | str]], failures: list[tuple[str, s
     """Every case in one table: scored ones (``ok``), references that could not be scored
     (``failed``, with why), predictions without a reference (``no reference``), then the summary
     rows, whose ``status`` says how many cases the means cover and how many were left out."""
-    table: list[dict[str, float | str]] = [{"case": r["case"], "status": "ok", "message": "", **r} for r in rows]
-    table += [{"case": case, "status": "failed", "message": msg} for case, msg in failures]
-    table += [{"case": case, "status": "no reference", "message": f"{path}: no reference label map for this "
-                                                                    "prediction; not scored"}
-              for case, path in orphans]
+    table: list[dict[str, float | str]] = [{"case": r["case"], "status": "ok", "qc": r.get("qc", ""), "message": "",
+                                            **r} for r in rows]
+    table += [{"case": case, "status": "failed", "qc": "", "message": msg} for case, msg in failures]
+    table += [{"case": case, "status": "no reference", "qc": "",
+               "message": f"{path}: no reference label map for this prediction; not scored"} for case, path in orphans]
     counts = f"{len(rows)} scored, {len(failures)} failed, {len(orphans)} without reference"
     for summary in summarise(rows) if rows else [{"case": "mean"}]:
-        table.append({"case": summary["case"], "status": counts, "message": "", **summary})
+        table.append({"case": summary["case"], "status": counts, "qc": "", "message": "", **summary})
     return table
 
 
@@ -154,17 +157,35 @@ def evaluate_dirs(pred_root: str | Path, ref_root: str | Path,
     rows, failures = [], []
     for ref in find_references(ref_root):
         try:
-            rows.append(evaluate_case(find_prediction(pred_root, ref.case_id), ref, challenge))
+            pred = find_prediction(pred_root, ref.case_id)
+            row = evaluate_case(pred, ref, challenge)
         except InputError as exc:
             failures.append((ref.case_id, str(exc)))
+            continue
+        rows.append({**row, "qc": qc_verdict(pred.parent / report_name(ref.case_id)) or ""})
     return rows, failures
+
+
+def qc_line(rows: list[dict[str, float | str]]) -> str | None:
+    """How the QC verdicts ``segment`` gave stand against the scores: the cases flagged, and the
+    failures (WT Dice under :data:`FAILURE_WT_DICE`) among them; None where no case has a verdict."""
+    judged = [r for r in rows if r.get("qc")]
+    if not judged:
+        return None
+    review = [r for r in judged if r["qc"] == "review"]
+    failed = [r for r in judged if float(r["WT_dice"]) < FAILURE_WT_DICE]
+    caught = [r for r in failed if r["qc"] == "review"]
+    return (f"QC: {len(review)} of {len(judged)} cases flagged review; {len(failed)} with WT Dice under "
+            f"{FAILURE_WT_DICE}, {len(caught)} of them flagged")
 
 
 def format_table(rows: list[dict[str, float | str]], metrics: tuple[str, ...] = ("dice", "hd95", "lw_dice")) -> str:
     """A compact text table for the terminal: voxel-wise Dice and HD95, lesion-wise Dice per region."""
     cols = [f"{r}_{m}" for m in metrics for r in REGIONS]
     width = max(len(str(r["case"])) for r in rows) + 2
-    lines = ["case".ljust(width) + "".join(c.rjust(12) for c in cols)]
+    qc = any(r.get("qc") for r in rows)  # the verdict column, where segment's reports were found
+    lines = ["case".ljust(width) + "".join(c.rjust(12) for c in cols) + ("  qc" if qc else "")]
     for r in rows:
-        lines.append(str(r["case"]).ljust(width) + "".join(f"{float(r[c]):12.4f}" for c in cols))
+        lines.append(str(r["case"]).ljust(width) + "".join(f"{float(r[c]):12.4f}" for c in cols)
+                     + (f"  {r.get('qc', '')}" if qc else ""))
     return "\n".join(lines)

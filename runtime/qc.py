@@ -7,7 +7,8 @@ and every one of those cases said ``ok``. A wrong answer must not look like a ri
 
 How: at export the bundle records what its data looked like (:class:`QCReference`, in the
 manifest's ``"qc"``): per modality the normalised intensities inside the brain (quantiles), the
-brain volume, the share of the volume's outer shell that is not background, the reference
+brain volume, the share of the volume's outer shell that is not background, the correlation of
+every pair of modalities inside the brain (a file holding another modality's image), the reference
 tumour volumes, and on the runs' validation cases the ensemble's uncertainty inside the predicted
 whole tumour and the share of enhancing tumour predicted outside the tumour core. The limits
 are set from those cases (with the margins in :mod:`spikeseg.export.qc_fit`), never hard-coded
@@ -16,10 +17,14 @@ here. At run time :func:`measure_case` measures the same on the case and
 
 Min-max normalisation makes intensities scaled by x0.01 or x100 identical to the model, so
 they pass; a FLAIR file holding a T1 image does not.
+
+Version 2 added the modality correlations; a version-1 record (no correlations) is still read,
+and that check is then skipped.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,12 +35,16 @@ import numpy as np
 from spikeseg.runtime.case_io import MODALITIES
 from spikeseg.runtime.errors import InputError
 
-QC_VERSION = 1
+QC_VERSION = 2
+#: the versions this spikeseg reads (version 1 has no modality correlations)
+QC_READS = (1, 2)
 #: the quantiles of the normalised brain intensities compared per modality
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 #: the outer shell whose non-background share is measured, in mm (skull-stripped scans are 0 there)
 SHELL_MM = 6.0
 VERDICTS = ("ok", "review", "unchecked")
+#: every pair of modalities, named ``a-b`` (no modality name holds a hyphen)
+PAIRS = tuple(f"{a}-{b}" for a, b in itertools.combinations(MODALITIES, 2))
 
 
 @dataclass(frozen=True)
@@ -46,12 +55,24 @@ class CaseMeasures:
     intensity_quantiles: dict[str, list[float]]
     brain_ml: float
     shell_share: float
+    modality_correlation: dict[str, float] = field(default_factory=dict)
     wt_ml: float | None = None
     mean_uncertainty_in_wt: float | None = None
     et_outside_tc: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """As JSON takes it: NaN (no value) becomes null."""
+        return _nan_to_none(asdict(self))
+
+
+def _nan_to_none(v: Any) -> Any:
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _nan_to_none(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_nan_to_none(x) for x in v]
+    return v
 
 
 def brain_mask(image: np.ndarray) -> np.ndarray:
@@ -78,6 +99,20 @@ def intensity_quantiles(model_image: np.ndarray) -> dict[str, list[float]]:
     return out
 
 
+def modality_correlation(model_image: np.ndarray) -> dict[str, float]:
+    """Pearson correlation of every pair of modalities (:data:`PAIRS`) over the brain's voxels on
+    the model grid: two files holding the same image correlate at 1, whatever their scaling.
+    NaN where a modality is constant or there is no brain."""
+    mask = np.any(model_image != 0, axis=0)
+    vals = model_image[:, mask].astype(np.float64)
+    vals -= vals.mean(axis=1, keepdims=True) if vals.shape[1] else 0.0
+    out = {}
+    for pair, (i, j) in zip(PAIRS, itertools.combinations(range(len(MODALITIES)), 2)):
+        den = math.sqrt(float(vals[i] @ vals[i]) * float(vals[j] @ vals[j]))
+        out[pair] = float(vals[i] @ vals[j]) / den if den > 0 else math.nan
+    return out
+
+
 def measure_case(image: np.ndarray, spacing: tuple[float, ...], model_image: np.ndarray,
                  prob: np.ndarray | None = None, uncertainty: np.ndarray | None = None) -> CaseMeasures:
     """``image``: the native (4, X, Y, Z) RAS image; ``model_image``: the same case on the model
@@ -87,6 +122,7 @@ def measure_case(image: np.ndarray, spacing: tuple[float, ...], model_image: np.
     brain = brain_mask(image)
     edge = shell(brain.shape, spacing)
     measures: dict[str, Any] = {"intensity_quantiles": intensity_quantiles(model_image),
+                                "modality_correlation": modality_correlation(model_image),
                                 "brain_ml": float(brain.sum()) * voxel_ml,
                                 "shell_share": float(brain[edge].mean()) if edge.any() else 0.0}
     if prob is not None:
@@ -152,6 +188,8 @@ class QCReference:
     wt_ml: Limit
     mean_uncertainty_in_wt: Limit
     et_outside_tc: Limit
+    #: per pair of modalities; empty for a version-1 record (the check is skipped)
+    modality_correlation: dict[str, Limit] = field(default_factory=dict)
     version: int = QC_VERSION
 
     def verdict(self, m: CaseMeasures) -> QCResult:
@@ -166,6 +204,13 @@ class QCReference:
             if self.intensity_distance[mod].outside(d):
                 reasons.append(f"{mod} intensities unlike the training data's (distance {d:.3f}, accepted "
                                f"{self.intensity_distance[mod].text()}): another contrast or protocol?")
+        for pair, limit in self.modality_correlation.items():
+            r = m.modality_correlation.get(pair, math.nan)
+            if not math.isnan(r) and limit.outside(r):
+                a, b = pair.split("-")
+                reasons.append(f"{a} and {b} correlate at {r:.2f} inside the brain (accepted {limit.text()})"
+                               + (": the same image in two files?" if r > (limit.high or 1.0)
+                                  else ": a file holding another modality?"))
         if self.brain_ml.outside(m.brain_ml):
             reasons.append(f"brain volume {m.brain_ml:.0f} mL outside {self.brain_ml.text(' mL')}"
                            + (": not skull-stripped, or background noise?" if m.brain_ml > (self.brain_ml.high or 0)
@@ -186,6 +231,8 @@ class QCReference:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["intensity_reference"] = {k: list(v) for k, v in self.intensity_reference.items()}
+        if self.version == 1:  # a migrated record is written back as it was read
+            d.pop("modality_correlation")
         d["quantiles"] = list(QUANTILES)
         return d
 
@@ -209,8 +256,9 @@ class QCReference:
 
         if not isinstance(d, dict):
             raise bad("must be an object")
-        if d.get("version") != QC_VERSION:
-            raise bad(f"version {d.get('version')!r}; this spikeseg reads version {QC_VERSION}")
+        version = d.get("version")
+        if isinstance(version, bool) or version not in QC_READS:
+            raise bad(f"version {version!r}; this spikeseg reads versions {list(QC_READS)}")
         if d.get("quantiles") != list(QUANTILES):
             raise bad(f"quantiles {d.get('quantiles')!r}; this spikeseg compares {list(QUANTILES)}")
         ref, dist = d.get("intensity_reference"), d.get("intensity_distance")
@@ -222,10 +270,17 @@ class QCReference:
             if not isinstance(ref[m], list) or len(ref[m]) != len(QUANTILES):
                 raise bad(f"needs {len(QUANTILES)} quantiles for {m}")
             reference[m] = tuple(number(v, f"{m} quantiles") for v in ref[m])  # type: ignore[misc]
+        correlation: dict[str, Limit] = {}
+        if version >= 2:
+            corr = d.get("modality_correlation")
+            if not isinstance(corr, dict) or set(corr) != set(PAIRS):
+                raise bad(f"needs modality_correlation for {list(PAIRS)}")
+            correlation = {p: limit(corr[p], f"modality_correlation.{p}") for p in PAIRS}
         cases = d.get("cases")
         if isinstance(cases, bool) or not isinstance(cases, int) or cases < 1:
             raise bad(f"needs a count of reference cases, not {cases!r}")
         return cls(str(d.get("source", "")), cases, reference,
                    {m: limit(dist[m], f"intensity_distance.{m}") for m in MODALITIES},
                    *(limit(d.get(k), k) for k in ("brain_ml", "shell_share", "wt_ml", "mean_uncertainty_in_wt",
-                                                  "et_outside_tc")))
+                                                  "et_outside_tc")),
+                   modality_correlation=correlation, version=version)

@@ -11,4 +11,19 @@ carries a generic name such as ``runtime`` or ``training``:
 - ``spikeseg.benchmarks`` benchmarks and the demo
 """
 
-__version__ = "0.2.0"  # 0.2: one spikeseg namespace, bundle schema 3
+__version__ = "0.3.0"  # 0.3: QC verdicts, the Python API, phantom families (CHANGELOG.md)
+
+#: The Python API (torch-free), imported on first use so that ``import spikeseg`` and the CLI stay
+#: quick: ``spikeseg.segment(bundle, case, out)``, ``spikeseg.Predictor``, ``spikeseg.SegmentOptions``.
+_API = {"segment": "spikeseg.runtime.predictor", "Predictor": "spikeseg.runtime.predictor",
+        "Prediction": "spikeseg.runtime.predictor", "SegmentOptions": "spikeseg.runtime.options",
+        "InputError": "spikeseg.runtime.errors"}
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str):  # PEP 562: the API's modules load when first asked for
+    if name in _API:
+        import importlib
+
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'spikeseg' has no attribute {name!r}")

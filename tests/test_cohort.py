@@ -19,6 +19,7 @@ import pytest
 
 from spikeseg.runtime.atomic import atomic_dir
 from spikeseg.runtime.errors import InputError
+from spikeseg.runtime.options import SegmentOptions
 from tests.helpers import run_cli
 
 FAST = ("--views", "axial", "--quiet")
@@ -363,19 +364,19 @@ def test_a_killed_dask_worker_has_its_case_run_elsewhere(bundles, cohort: Path, 
     victim = sorted(cohort.iterdir())[0].name
     marker = tmp_path / "killed-once"
 
-    def dies_once(key, case, out, *args):  # local: cloudpickle ships it to the workers by value
+    def dies_once(bundle, options, case, out, *args):  # local: cloudpickle ships it to the workers by value
         if case.name == victim and not marker.exists():
             marker.touch()
             with case_lock(out, case.case_id):  # dies holding the case's lock
                 os._exit(9)
-        return _segment_task(key, case, out, *args)
+        return _segment_task(bundle, options, case, out, *args)
 
     single, clustered = tmp_path / "single", tmp_path / "dask"
     assert run_cli("segment", bundles["useg"], cohort, single, *FAST).returncode == 0
     clustered.mkdir()
-    key = (str(load_bundle(bundles["useg"]).root.resolve()), "openvino", "fp32", ("axial",), 1, 0, False, 0, None, None)
-    outcomes = {c.name: s for c, s in run_on_dask("local", key, discover(cohort), clustered, False, False, False,
-                                                  task=dies_once)}
+    options = SegmentOptions(views=("axial",), threads=1)
+    outcomes = {c.name: s for c, s in run_on_dask("local", str(load_bundle(bundles["useg"]).root.resolve()), options,
+                                                  discover(cohort), clustered, False, task=dies_once)}
     assert marker.exists()  # the worker really died
     assert all(s[0] == "ok" for s in outcomes.values()), outcomes
     for case in outcomes:
@@ -389,12 +390,13 @@ def test_a_write_failure_mid_case_leaves_nothing_of_that_case(bundles, cohort: P
     failed with the reason, nothing of it is left (no folder, no partial, no lock), the run stops
     there with one message (every later case would fail the same way; they stay pending for the
     next run), the summary is written, and the inputs are untouched."""
-    import spikeseg.runtime.segment as segment_module
-
     import threading
 
+    import spikeseg.runtime.predictor as predictor_module
+    import spikeseg.runtime.segment as segment_module
+
     victim = sorted(cohort.iterdir())[0].name
-    real, written = segment_module.save_like, []
+    real, written = predictor_module.save_like, []
     label_written = threading.Event()  # the files are written side by side: fail after the first
 
     def fills_up(data, geometry, path, dtype, **kw):
@@ -406,11 +408,11 @@ def test_a_write_failure_mid_case_leaves_nothing_of_that_case(bundles, cohort: P
             written.append(path)
             label_written.set()
 
-    monkeypatch.setattr(segment_module, "save_like", fills_up)
+    monkeypatch.setattr(predictor_module, "save_like", fills_up)
     before = tree_digest(cohort)
     out = tmp_path / "out"
     with pytest.raises(InputError, match="disk full, run stopped"):
-        segment_module.segment(bundles["useg"], cohort, out, progress=False)
+        segment_module.segment(bundles["useg"], cohort, out)
     assert written  # the first file of the case was written before the failure
     rows = summary(out)
     assert rows[victim]["status"] == "failed" and "No space left" in rows[victim]["message"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 from spikeseg.runtime.bundle import load_bundle
 from spikeseg.runtime.energy import builtin_profiles, case_energy, roofline_seconds
 from spikeseg.runtime.opcount import static_counts
-from tests.helpers import run_cli
+from tests.helpers import run_cli, run_inprocess
 
 
 #: how far an INT8 graph's counts may sit from the FP32 torch model's (measured on the test
@@ -111,15 +112,21 @@ def test_energy_arithmetic_by_hand() -> None:
         assert prof["sources"], "every number needs a source"
 
 
-def test_profile_command_compares_snn_and_twin_without_torch(bundles, phantom_root: Path) -> None:
+def test_profile_command_compares_snn_and_twin_without_torch(bundles, phantom_root: Path, capsys) -> None:
     case = sorted(phantom_root.iterdir())[0]
     r = run_cli("profile", bundles["spiking-useg"], "--twin", bundles["useg"], "--case", case,
                 "--hardware", "asic-45nm,rpi4-cortex-a72", block_torch=True)
     assert r.returncode == 0, r.stderr
     assert "effective ACs (spikes in)" in r.stdout and "energy J, asic-45nm" in r.stdout
-    assert "fewer (the paper's Table 3 measure" in r.stdout
+    snn_ops = re.search(r"model synaptic operations \(MACs \+ ACs\): ([0-9.e+-]+)x the twin's dense MACs", r.stdout)
+    dense = re.search(r"model dense MACs: ([0-9.e+-]+)x the twin's", r.stdout)
+    assert snn_ops and dense and "%" not in r.stdout.split("the twin's dense MACs")[0].splitlines()[-1]
+    ens = [float(line.split()[-1]) for line in r.stdout.splitlines() if line.startswith("dense MACs per case")]
+    assert float(dense.group(1)) == pytest.approx(ens[0] / ens[1], rel=1e-2)  # the SNN's over the twin's, not inverted
     mem_rows = [l.split()[-1] for l in r.stdout.splitlines() if l.startswith("membrane updates (NeuroBench)")]
     assert len(mem_rows) == 2 and float(mem_rows[0]) > 0 and float(mem_rows[1]) == 0  # SNN, then twin
+    plain = run_inprocess(capsys, "profile", bundles["useg"])
+    assert plain.returncode == 0 and "add --case CASE_FOLDER" in plain.stdout
     bad = run_cli("profile", bundles["useg"], "--hardware", "tpu-v9")
     assert bad.returncode == 2 and "tpu-v9" in bad.stderr
 

@@ -375,13 +375,14 @@ class _Terminal(io.StringIO):
 def test_a_case_shows_a_bar_over_views_and_slices_only_on_a_terminal(bundles, phantom_root: Path, tmp_path: Path,
                                                                      monkeypatch, attached: bool) -> None:
     from spikeseg.runtime.preprocess import VIEWS
-    from spikeseg.runtime.segment import Segmenter
+    from spikeseg.runtime.options import SegmentOptions
+    from spikeseg.runtime.predictor import Predictor
 
     err = _Terminal() if attached else io.StringIO()
     monkeypatch.setattr(sys, "stderr", err)
     b = load_bundle(bundles["spiking-useg"])
-    Segmenter(b, "onnxruntime", "fp32", b.views, 1, progress=True).run(sorted(phantom_root.iterdir())[0],
-                                                                       tmp_path / "o", False, False)
+    Predictor(b, SegmentOptions(backend="onnxruntime", threads=1, progress=True)).run(sorted(phantom_root.iterdir())[0],
+                                                                                     tmp_path / "o")
     # every pass along each view's axis: front to back and back to front
     slices = sum(b.view(v).passes * b.preprocess.model_shape[VIEWS[v]] for v in b.views)
     assert slices == 2 * sum(b.preprocess.model_shape[VIEWS[v]] for v in b.views)
@@ -441,8 +442,11 @@ def test_segment_refuses_existing_output_and_tampered_bundle(bundles, phantom_ro
     case = sorted(phantom_root.iterdir())[0]
     out = tmp_path / "out"
     assert run_cli("segment", bundles["useg"], case, out, "--views", "axial").returncode == 0
-    r = run_cli("segment", bundles["useg"], case, out, "--views", "axial")
-    assert r.returncode == 2 and "--overwrite" in r.stderr and case.name in r.stderr
+    pred = out / case.name / f"{case.name}_pred.nii.gz"
+    before = (pred.read_bytes(), pred.stat().st_mtime_ns)
+    r = run_cli("segment", bundles["useg"], case, out, "--views", "axial")  # a re-run keeps what is there
+    assert r.returncode == 0 and f"{case.name}: done earlier" in r.stdout and "--overwrite" in r.stdout
+    assert (pred.read_bytes(), pred.stat().st_mtime_ns) == before
     assert run_cli("segment", bundles["useg"], case, out, "--views", "axial", "--overwrite").returncode == 0
     bad = tmp_path / "bad"
     shutil.copytree(bundles["useg"], bad)
@@ -682,7 +686,7 @@ def test_volumes_and_uncertainty_match_an_independent_recomputation(bundles, pha
     from spikeseg.runtime.inference import open_engine, run_view
     from spikeseg.runtime.labels import BRATS2021, labels_to_regions
     from spikeseg.runtime.preprocess import load_model_space, to_native_space
-    from spikeseg.runtime.segment import UNCERTAINTY_STEP
+    from spikeseg.runtime.predictor import UNCERTAINTY_STEP
 
     case = sorted(phantom_root.iterdir())[0]
     out = tmp_path / "out"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import json
+import os
 from pathlib import Path
 
 from tests.helpers import REPO
@@ -55,3 +57,17 @@ def test_the_wheel_installs_one_import_package(tmp_path: Path) -> None:
     assert "spikeseg/runtime/hardware_profiles.json" in names and "spikeseg/cli.py" in names
     entry = zipfile.ZipFile(wheel).read(f"{wheel.name.split('-py')[0]}.dist-info/entry_points.txt").decode()
     assert "spikeseg = spikeseg.cli:main" in entry
+    assert any(n.endswith(".dist-info/licenses/LICENSE") or n.endswith(".dist-info/LICENSE") for n in names)
+    # installed from the wheel, away from the checkout, ``spikeseg package`` finds its pins (it once
+    # crashed reading setup.cfg, which an install does not have)
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--disable-pip-version-check",
+                    "--target", str(site), str(wheel)], check=True)
+    code = "import json, spikeseg.export.package as p; print(p.__file__); print(json.dumps(p.runtime_requirements()))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": str(site), "PYTHONSAFEPATH": "1"})
+    assert r.returncode == 0, r.stderr
+    where, pins = r.stdout.splitlines()
+    from spikeseg.export.package import runtime_requirements
+
+    assert where.startswith(str(site)) and json.loads(pins) == runtime_requirements()

@@ -14,6 +14,8 @@ import os
 import shutil
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 
 import spikeseg.runtime.segment as segment_module
@@ -44,7 +46,7 @@ class StubSegmenter:
     def __init__(self, *args, **kwargs) -> None:
         pass
 
-    def run(self, case_dir: Path, out_root: Path, png: bool, save_prob: bool) -> dict:
+    def run(self, case_dir: Path, out_root: Path) -> dict:
         cid = case_dir.name
         StubSegmenter.runs.append(cid)
         if cid in self.fail:
@@ -59,13 +61,13 @@ class StubSegmenter:
 @pytest.fixture()
 def stub(monkeypatch: pytest.MonkeyPatch):
     StubSegmenter.runs, StubSegmenter.fail = [], {}
-    monkeypatch.setattr(segment_module, "Segmenter", StubSegmenter)
+    monkeypatch.setattr(segment_module, "Predictor", StubSegmenter)
     monkeypatch.setattr(segment_module, "load_bundle", lambda path: object())
     return StubSegmenter
 
 
 def _segment(inp: Path, out: Path, **kw) -> int:
-    return segment_module.segment(Path("bundle"), inp, out, progress=False, **kw)
+    return segment_module.segment(Path("bundle"), inp, out, **kw)
 
 
 def _summary(out: Path) -> dict[str, dict[str, str]]:
@@ -220,3 +222,25 @@ def test_export_never_replaces_a_folder_it_did_not_make(bundles, tmp_path: Path,
         r = run_inprocess(capsys, "export", run, "--out", out, "--overwrite")
         assert r.returncode == 2 and why in r.stderr, r.stderr
     assert (user / "other" / "keep.txt").read_text() == "x" and (run / "config.json").exists()
+
+
+def test_evaluate_shows_each_case_s_qc_verdict_against_its_score(phantom_root: Path, tmp_path: Path, capsys) -> None:
+    """The verdict ``segment`` wrote in a case's report is a column of the table and the CSV, and
+    one line counts the flagged cases and the failures (WT Dice < 0.7) among them."""
+    preds = _predictions(phantom_root, tmp_path / "preds")
+    cases = sorted(p.name for p in preds.iterdir())
+    bad = cases[0]  # a wrong answer: an empty label map, flagged review
+    pred = preds / bad / f"{bad}_pred.nii.gz"
+    img = nib.load(str(pred))
+    nib.save(nib.Nifti1Image(np.zeros(img.shape, np.uint8), img.affine, img.header), str(pred))
+    for cid in cases[:2]:
+        (preds / cid / f"{cid}_report.json").write_text(
+            json.dumps({"qc": {"verdict": "review" if cid == bad else "ok", "reasons": []}}))
+    out = tmp_path / "m.csv"
+    r = run_inprocess(capsys, "evaluate", preds, phantom_root, "--out", out)
+    assert r.returncode == 0, r.stderr
+    rows = {row["case"]: row for row in csv.DictReader(out.open())}
+    assert rows[bad]["qc"] == "review" and rows[cases[1]]["qc"] == "ok"
+    assert all(rows[c]["qc"] == "" for c in cases[2:])  # no report beside the prediction
+    assert "QC: 1 of 2 cases flagged review; 1 with WT Dice under 0.7, 1 of them flagged" in r.stdout
+    assert any(line.startswith(bad) and line.rstrip().endswith("review") for line in r.stdout.splitlines())

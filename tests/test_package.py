@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from spikeseg.export.package import TARGETS, check_wheels, runtime_requirements, wheel_glibc
+from spikeseg.export.package import TARGETS, check_wheels, checkout_pins, runtime_requirements, wheel_glibc
 from spikeseg.runtime.bundle import sha256_file
 from spikeseg.runtime.errors import InputError
 from tests.helpers import run_cli, run_inprocess
@@ -35,6 +35,12 @@ def board_wheels(folder: Path) -> Path:
     rest = [f"{r.split('==')[0].replace('-', '_')}-{r.split('==')[1]}-py3-none-any.whl"
             for r in runtime_requirements() if r.split("==")[0].lower() not in have]
     return _fake_wheels(folder, AARCH64_WHEELS + rest)
+
+
+def test_the_shipped_pins_match_the_checkout() -> None:
+    """runtime/runtime_pins.txt (package data, read by ``spikeseg package`` from the install) is
+    what setup.cfg and the constraints give (tests/test_layers.py installs the wheel and reads it)."""
+    assert runtime_requirements() == checkout_pins(), "runtime/runtime_pins.txt is stale: run make pins"
 
 
 def test_wheel_tags() -> None:
@@ -70,7 +76,7 @@ def test_package_contents_manifest_and_scripts(bundles, tmp_path: Path) -> None:
         assert must in listed, must
         assert sha256_file(out / must) == listed[must]
     app = [p for p in listed if p.startswith("app/")]
-    assert all(p in ("app/spikeseg/__init__.py", "app/spikeseg/cli.py") or p.startswith("app/spikeseg/runtime/")
+    assert all(p in ("app/spikeseg/__init__.py", "app/spikeseg/__main__.py", "app/spikeseg/cli.py") or p.startswith("app/spikeseg/runtime/")
                for p in app), app
     assert not any("torch" in p or "phantoms" in p for p in listed)
     # the board's own `spikeseg --help` (no site-packages: only the package's code) lists only

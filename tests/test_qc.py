@@ -5,7 +5,10 @@ scaled x0.01 and x100, a FLAIR file holding the T1 image, an empty brain."""
 from __future__ import annotations
 
 import csv
+import dataclasses
+import itertools
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -14,13 +17,13 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from spikeseg.export.qc_fit import fit_reference
+from spikeseg.export.qc_fit import SAME_IMAGE_CORRELATION, fit_reference
 from spikeseg.runtime.bundle import MANIFEST, load_bundle
 from spikeseg.runtime.case_io import load_case
 from spikeseg.runtime.errors import InputError
 from spikeseg.runtime.labels import labels_to_regions
 from spikeseg.runtime.preprocess import PreprocessParams, to_model_space
-from spikeseg.runtime.qc import QCReference, measure_case
+from spikeseg.runtime.qc import PAIRS, Limit, QCReference, measure_case, modality_correlation
 from tests.helpers import run_cli
 
 PARAMS = PreprocessParams(spacing_mm=(4.0, 4.0, 4.0))
@@ -81,6 +84,31 @@ def test_a_flair_file_holding_the_t1_image_is_flagged(reference) -> None:
     image[3] = image[0]
     result = qc.verdict(_measure(image, cases[0]))
     assert result.verdict == "review" and any(r.startswith("flair intensities unlike") for r in result.reasons)
+    assert any(r.startswith("t1 and flair correlate at 1.00") for r in result.reasons)
+
+
+def test_the_same_image_in_two_files_is_flagged_even_where_the_pair_correlates_highly(reference) -> None:
+    """T1 and T1ce correlate highly in healthy tissue (up to 0.98 in the wide phantom family), so the
+    range check alone could let a T1ce file holding the T1 image pass; the same-image cap does not."""
+    cases, qc = reference
+    loose = dataclasses.replace(qc, modality_correlation={**qc.modality_correlation, "t1-t1ce": Limit(-1.0, 1.5)})
+    image = cases[0].image.copy()
+    image[1] = image[0] * np.float32(3.0)
+    assert qc.modality_correlation["t1-t1ce"].high == SAME_IMAGE_CORRELATION
+    result = qc.verdict(_measure(image, cases[0]))
+    assert result.verdict == "review" and any("the same image in two files" in r for r in result.reasons)
+    assert not any(r.startswith("t1 and t1ce") for r in loose.verdict(_measure(image, cases[0])).reasons)
+
+
+def test_modality_correlations_match_numpy(reference) -> None:
+    cases, _ = reference
+    model, _ = to_model_space(cases[1].image, cases[1].spacing, PARAMS)
+    brain = np.any(model != 0, axis=0)
+    expected = np.corrcoef(model[:, brain])
+    got = modality_correlation(model)
+    for pair, (i, j) in zip(PAIRS, itertools.combinations(range(4), 2)):
+        assert got[pair] == pytest.approx(expected[i, j], abs=1e-9)
+    assert all(math.isnan(v) for v in modality_correlation(np.zeros_like(model)).values())
 
 
 def test_an_empty_brain_is_flagged(reference) -> None:
@@ -115,6 +143,25 @@ def test_the_reference_round_trips_through_its_owner_and_refuses_damage(referenc
         damage(bad)
         with pytest.raises(InputError, match=message):
             QCReference.parse(bad, "m.json")
+
+
+def test_a_version_1_record_is_read_without_the_correlation_check(reference) -> None:
+    """Bundles exported before the correlation check keep working: their record is read, the
+    check skipped, and it is written back as version 1."""
+    cases, qc = reference
+    old = json.loads(json.dumps(qc.to_dict()))
+    old.pop("modality_correlation")
+    old["version"] = 1
+    parsed = QCReference.parse(old, "m.json")
+    assert parsed.version == 1 and parsed.modality_correlation == {}
+    assert parsed.to_dict() == old
+    image = cases[0].image.copy()
+    image[3] = image[0]
+    assert not any("correlate" in r for r in parsed.verdict(_measure(image, cases[0])).reasons)
+    v2 = json.loads(json.dumps(qc.to_dict()))
+    v2.pop("modality_correlation")
+    with pytest.raises(InputError, match="modality_correlation"):
+        QCReference.parse(v2, "m.json")
 
 
 # -- with exported bundles -----------------------------------------------------------------------
@@ -156,8 +203,7 @@ def test_export_writes_the_reference_and_segment_reports_the_verdict(bundles, ph
     rep = json.loads((out / "Skull_1" / "Skull_1_report.json").read_text())
     assert rep["qc"]["verdict"] == "review" and rep["qc"]["measures"]["brain_ml"] > qc.brain_ml.high
     assert "Skull_1: segmented" in r.stderr + r.stdout and "QC REVIEW" in r.stderr + r.stdout
-    png = nib.load  # the banner: the PNG's first rows are the review colour
-    import zlib
+    import zlib  # the banner: the PNG's first rows are the review colour
     raw = (out / "Skull_1" / "Skull_1_quicklook.png").read_bytes()
     assert raw[:8] == b"\x89PNG\r\n\x1a\n"
     idat = raw[raw.index(b"IDAT") + 4:raw.index(b"IEND") - 8]
