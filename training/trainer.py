@@ -10,7 +10,7 @@ preprocessed cache in ``RUN/preprocessed``) holds:
     tb/               TensorBoard events
     checkpoints/last.pt, best.pt   atomic writes; best by mean validation Dice
 
-Trainers (paper section 3.2; benchmarks/FIDELITY.md for what each measured here):
+Trainers (paper section 3.2; docs/results/fidelity-lab-record.md for what each measured here):
 - ``fptt``: an update every ``--window`` K slices (K=1 is the paper's per-slice update), the
   state detached between windows, FPTT's regulariser and running mean (``training.fptt``).
   Memory stays flat in the sequence length.
@@ -284,7 +284,7 @@ class ViewTrainer:
         are warm and the update is per slice (FPTT's K = 1), with no state carried between
         updates. Why not windows front to back: consecutive updates then see near copies of one
         slice position, and ET, under 0.1 % of the grid, sits in few of them; sampled this way
-        the converted SNN learned ET 6 points further in the same 34-36 epochs (benchmarks/FIDELITY.md)."""
+        the converted SNN learned ET 6 points further in the same 34-36 epochs (docs/results/fidelity-lab-record.md)."""
         b, t = x.shape[:2]
         xs, ys = x.flatten(0, 1), y.flatten(0, 1)
         perm = torch.from_numpy(rng.permutation(b * t)).to(self.device)
