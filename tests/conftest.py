@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from spikeseg.training.phantoms import make_case, write_case
-from tests.helpers import run_cli
 
 
 def _phantoms(root: Path, seeds: range) -> Path:
@@ -48,15 +47,17 @@ TRAIN = ["--preset", "tiny", "--spacing", "6", "--batch-size", "2", "--epochs", 
 @pytest.fixture(scope="session")
 def bundles(phantom5: Path, phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A spiking and a twin bundle (axial + coronal), FP32 and INT8, from 2-epoch runs."""
+    from spikeseg.cli import main as cli  # in this process: six CLI start-ups (torch imports) saved
+
     root = tmp_path_factory.mktemp("bundles")
     out = {}
     for arch in ("spiking-useg", "useg"):
         for view in ("axial", "coronal"):
-            r = run_cli("train", "--data", phantom5, "--out", root / arch / view, "--arch", arch, "--view", view, *TRAIN)
-            assert r.returncode == 0, r.stderr
-        r = run_cli("export", root / arch / "axial", root / arch / "coronal", "--out", root / f"{arch}.bundle",
-                    "--int8", "--calib", phantom_root, "--calib-items", "60", "--allow-accuracy-drop")
-        assert r.returncode == 0, r.stderr
+            args = ["train", "--data", phantom5, "--out", root / arch / view, "--arch", arch, "--view", view, *TRAIN]
+            assert cli([str(a) for a in args]) == 0, args
+        args = ["export", root / arch / "axial", root / arch / "coronal", "--out", root / f"{arch}.bundle",
+                "--int8", "--calib", phantom_root, "--calib-items", "60", "--allow-accuracy-drop"]
+        assert cli([str(a) for a in args]) == 0, args
         out[arch] = root / f"{arch}.bundle"
     out["runs"] = root
     return out
