@@ -57,7 +57,8 @@ def _segment(args: argparse.Namespace) -> int:
 def _profile(args: argparse.Namespace) -> int:
     from spikeseg.runtime.profile import run_profile
 
-    print(run_profile(args.bundle, args.case, args.twin, args.hardware, args.backend, args.precision, args.threads))
+    print(run_profile(args.bundle, args.case, args.twin, args.hardware, args.backend, args.precision, args.threads,
+                      args.profiles, args.json))
     return 0
 
 
@@ -145,5 +146,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--backend", choices=["openvino", "onnxruntime"], default="openvino",
                     help="inference engine (default openvino; onnxruntime also runs on boards without OpenVINO)")
     pr.add_argument("--precision", choices=["fp32", "int8"], default="fp32", help="model precision (default fp32)")
+    pr.add_argument("--profiles", type=Path, metavar="FILE",
+                    help="add hardware profiles from a JSON file in the built-in file's schema (runtime/"
+                         "hardware_profiles.json: execution, energy_pj per precision, sources); checked, "
+                         "never replacing a built-in name")
+    pr.add_argument("--json", action="store_true", help="print the counts, energies and ratios as JSON")
     add_threads_argument(pr, "inference threads")
     pr.set_defaults(handler=_profile)

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import platform
+import re
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -156,10 +157,80 @@ def host_profile() -> dict[str, Any]:
     return prof
 
 
-def profiles(names: str = "all") -> dict[str, dict[str, Any]]:
+#: what a profile's name may be (it becomes a column and a report key)
+_PROFILE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}\Z")
+EXECUTIONS = ("dense", "event-driven")
+#: a profiles file is a few kB; far more is not one
+MAX_PROFILES_BYTES = 1 << 20
+
+
+def load_profiles_file(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Hardware profiles a user adds (``spikeseg profile --profiles FILE``), in the built-in
+    file's schema (``runtime/hardware_profiles.json``), every field checked: a wrong energy must
+    not look like a right one, and every number needs its source."""
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_PROFILES_BYTES:
+            raise InputError(path, f"over {MAX_PROFILES_BYTES} bytes: not a hardware profiles file")
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise InputError(path, f"cannot read: {exc.strerror or exc}") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"not JSON: {exc}") from exc
+    if not isinstance(data, dict) or data.get("schema_version") != 1 or not isinstance(data.get("profiles"), dict):
+        raise InputError(path, 'expected {"schema_version": 1, "profiles": {NAME: {...}}} as in the built-in '
+                               "hardware_profiles.json")
+    builtin = set(builtin_profiles()) | {"host"}
+    out = {}
+    for name, prof in data["profiles"].items():
+        if not isinstance(name, str) or not _PROFILE_NAME.match(name):
+            raise InputError(path, f"profile name {name!r}: lower-case letters, digits and . _ - only")
+        if name in builtin:
+            raise InputError(path, f"profile {name!r} would shadow the built-in one: choose another name")
+        out[name] = check_profile(prof, f"{path}: profile {name!r}")
+    return out
+
+
+def check_profile(prof: Any, where: str) -> dict[str, Any]:
+    """One profile's fields: execution, energies (pJ per MAC and per AC, per precision, >= 0 or
+    null), optional peaks and bandwidth, and a source for the energies."""
+    def bad(problem: str) -> InputError:
+        return InputError(None, f"{where}: {problem}")
+
+    def number(v: Any, what: str) -> float | None:
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise bad(f"{what} must be a number >= 0 or null, not {v!r}")
+        return float(v)
+
+    if not isinstance(prof, dict):
+        raise bad("must be an object")
+    if prof.get("execution") not in EXECUTIONS:
+        raise bad(f"execution must be one of {list(EXECUTIONS)}, not {prof.get('execution')!r}")
+    energy, peaks = prof.get("energy_pj"), prof.get("peak_macs_per_s", {"fp32": None, "int8": None})
+    if not isinstance(energy, dict) or set(energy) != {"fp32", "int8"} or not all(
+            isinstance(energy[p], dict) and set(energy[p]) == {"mac", "ac"} for p in energy):
+        raise bad('energy_pj must be {"fp32": {"mac": .., "ac": ..}, "int8": {"mac": .., "ac": ..}}')
+    if not isinstance(peaks, dict) or set(peaks) != {"fp32", "int8"}:
+        raise bad('peak_macs_per_s must be {"fp32": .., "int8": ..} (null where unknown)')
+    sources = prof.get("sources")
+    if not isinstance(sources, dict) or not isinstance(sources.get("energy_pj"), str) or not sources["energy_pj"].strip():
+        raise bad("sources.energy_pj must say where the energies come from")
+    return {"description": str(prof.get("description", "")), "architecture": str(prof.get("architecture", "")),
+            "execution": prof["execution"],
+            "energy_pj": {p: {k: number(energy[p][k], f"energy_pj.{p}.{k}") for k in ("mac", "ac")} for p in energy},
+            "peak_macs_per_s": {p: number(peaks[p], f"peak_macs_per_s.{p}") for p in peaks},
+            "memory_bandwidth_gb_s": number(prof.get("memory_bandwidth_gb_s"), "memory_bandwidth_gb_s"),
+            "power_w": number(prof.get("power_w"), "power_w"),
+            "sources": {str(k): str(v) for k, v in sources.items()}, "user_defined": True}
+
+
+def profiles(names: str = "all", extra: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
     """``all``, ``builtin`` (all but ``host``) or a comma list of profile names (``host`` is
-    measured on first use)."""
-    table = dict(builtin_profiles())
+    measured on first use); ``extra``: profiles from :func:`load_profiles_file`, offered beside
+    the built-in ones (``all`` includes them)."""
+    table = {**builtin_profiles(), **(extra or {})}
     if names in ("all", "builtin"):
         wanted = list(table) + (["host"] if names == "all" else [])
     else:
@@ -227,10 +298,10 @@ def bytes_per_slice(layers: Iterable[LayerSpec], precision: str) -> float:
 
 
 def energy_table(view_counts: dict[str, dict[str, Any]], view_specs: dict[str, ViewSpec], precision: str,
-                 names: str = "all") -> dict[str, Any]:
+                 names: str = "all", extra: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Per profile: energy per view and for the ensemble, and the roofline latency."""
     out: dict[str, Any] = {}
-    for name, prof in profiles(names).items():
+    for name, prof in profiles(names, extra).items():
         per_view, total, latency = {}, 0.0, 0.0
         complete = True
         for view, counts in view_counts.items():

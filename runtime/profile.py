@@ -4,11 +4,12 @@ the ensemble, in the shape of the paper's Table 3; with ``--twin`` the SNN-vs-tw
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from spikeseg.runtime.bundle import Bundle, load_bundle
-from spikeseg.runtime.energy import energy_table, profiles
+from spikeseg.runtime.energy import energy_table, load_profiles_file, profiles
 from spikeseg.runtime.errors import InputError
 from spikeseg.runtime.inference import open_engine, run_view
 from spikeseg.runtime.opcount import static_counts, view_operations
@@ -65,7 +66,8 @@ def ratio(a: float, b: float) -> str:
     return f"{a / b:.3g}x"
 
 
-def profile_table(bundles: dict[str, tuple[Bundle, dict]], precision: str, hardware: str) -> str:
+def profile_table(bundles: dict[str, tuple[Bundle, dict]], precision: str, hardware: str,
+                  extra: dict[str, dict[str, Any]] | None = None) -> str:
     lines = []
     views = None
     for label, (bundle, counts) in bundles.items():
@@ -86,7 +88,7 @@ def profile_table(bundles: dict[str, tuple[Bundle, dict]], precision: str, hardw
         have_eff = all(c["effective_macs"] is not None for c in counts.values())
         table = energy_table(counts if have_eff else {v: {**c, "effective_macs": 0.0, "effective_acs": 0.0}
                                                       for v, c in counts.items()},
-                             {v: bundle.view(v) for v in views}, precision, hardware)
+                             {v: bundle.view(v) for v in views}, precision, hardware, extra)
         for name, row in table.items():
             event = row["execution"] == "event-driven"
             per = [None if (event and not have_eff) else row["per_view"][v] for v in views]
@@ -114,9 +116,34 @@ def profile_table(bundles: dict[str, tuple[Bundle, dict]], precision: str, hardw
     return "\n".join(lines)
 
 
+def profile_json(bundles: dict[str, tuple[Bundle, dict]], precision: str, hardware: str,
+                 extra: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """What the table shows, as data: per bundle the counts per view and for the ensemble and the
+    energy per profile; with a twin, the two ratios."""
+    out: dict[str, Any] = {"precision": precision, "bundles": {}}
+    for label, (bundle, counts) in bundles.items():
+        counted = all(c["effective_macs"] is not None for c in counts.values())
+        energy = energy_table(counts if counted else {v: {**c, "effective_macs": 0.0, "effective_acs": 0.0}
+                                                      for v, c in counts.items()},
+                              {v: bundle.view(v) for v in counts}, precision, hardware, extra)
+        if not counted:  # event-driven energy needs the spikes of a case (--case): left out, not zero
+            energy = {k: row for k, row in energy.items() if row["execution"] == "dense"}
+        out["bundles"][label] = {"path": str(bundle.root), "architecture": bundle.architecture, "views": counts,
+                                 "ensemble": _ensemble(counts), "counted_on_a_case": counted, "energy": energy}
+    if len(bundles) == 2:
+        (la, (_, ca)), (lb, (_, cb)) = bundles.items()
+        ea, eb = _ensemble(ca), _ensemble(cb)
+        ops_a = (ea["effective_macs"] or 0) + (ea["effective_acs"] or 0) if ea["effective_macs"] is not None else None
+        out["ratios"] = {f"{la}_dense_macs_over_{lb}_dense_macs": ea["dense_macs"] / eb["dense_macs"],
+                         f"{la}_synaptic_ops_over_{lb}_dense_macs": None if ops_a is None else ops_a / eb["dense_macs"]}
+    return out
+
+
 def run_profile(bundle_path: Path, case_dir: Path | None, twin: Path | None, hardware: str, backend: str,
-                precision: str, threads: int) -> str:
-    profiles(hardware)  # validate names early
+                precision: str, threads: int, profiles_file: Path | None = None, as_json: bool = False) -> str:
+    """The table (or, ``as_json``, the same as JSON); ``profiles_file`` adds hardware profiles."""
+    extra = load_profiles_file(profiles_file) if profiles_file is not None else None
+    profiles(hardware, extra)  # validate names early
     items: dict[str, tuple[Bundle, dict]] = {}
     for label, path in (("model", bundle_path), ("twin", twin)):
         if path is None:
@@ -125,4 +152,6 @@ def run_profile(bundle_path: Path, case_dir: Path | None, twin: Path | None, har
         items[label] = (b, bundle_counts(b, case_dir, backend, precision, threads))
     if twin is not None and set(items["model"][1]) != set(items["twin"][1]):
         raise InputError(twin, "the twin bundle has other views than the model bundle")
-    return profile_table(items, precision, hardware)
+    if as_json:
+        return json.dumps(profile_json(items, precision, hardware, extra), indent=2)
+    return profile_table(items, precision, hardware, extra)

@@ -131,6 +131,47 @@ def test_profile_command_compares_snn_and_twin_without_torch(bundles, phantom_ro
     assert bad.returncode == 2 and "tpu-v9" in bad.stderr
 
 
+def _profile_file(path: Path, **changes) -> Path:
+    prof = {"description": "a board", "architecture": "aarch64", "execution": "dense",
+            "energy_pj": {"fp32": {"mac": 50.0, "ac": 50.0}, "int8": {"mac": 20.0, "ac": 20.0}},
+            "peak_macs_per_s": {"fp32": 1e10, "int8": 4e10}, "memory_bandwidth_gb_s": 8.0, "power_w": 2.5,
+            "sources": {"energy_pj": "2.5 W over 1e10 MAC/s (vendor datasheet)"}}
+    name = changes.pop("name", "my-board")
+    prof.update(changes)
+    path.write_text(json.dumps({"schema_version": 1, "profiles": {name: prof}}))
+    return path
+
+
+def test_added_hardware_profiles_are_checked(tmp_path: Path) -> None:
+    from spikeseg.runtime.energy import load_profiles_file, profiles
+    from spikeseg.runtime.errors import InputError
+
+    good = load_profiles_file(_profile_file(tmp_path / "p.json"))
+    assert profiles("my-board", good)["my-board"]["energy_pj"]["int8"]["mac"] == 20.0
+    assert "my-board" in profiles("builtin", good) and "my-board" not in profiles("builtin")
+    for changes, message in [({"name": "loihi"}, "shadow the built-in"), ({"name": "My Board"}, "profile name"),
+                             ({"execution": "quantum"}, "execution must be"),
+                             ({"energy_pj": {"fp32": {"mac": -1, "ac": 1}, "int8": {"mac": 1, "ac": 1}}}, ">= 0"),
+                             ({"sources": {}}, "where the energies come from")]:
+        with pytest.raises(InputError, match=message):
+            load_profiles_file(_profile_file(tmp_path / "bad.json", **changes))
+    (tmp_path / "x.json").write_text("{not json")
+    with pytest.raises(InputError, match="not JSON"):
+        load_profiles_file(tmp_path / "x.json")
+
+
+def test_profile_json_with_an_added_profile(bundles, tmp_path: Path, capsys) -> None:
+    """Without a case: the dense MACs from the graph and a dense profile's energy (MACs x E_MAC);
+    event-driven profiles are left out, not zero."""
+    r = run_inprocess(capsys, "profile", bundles["useg"], "--profiles", _profile_file(tmp_path / "p.json"),
+                      "--json", "--precision", "int8")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)["bundles"]["model"]
+    energy = out["energy"]
+    assert out["counted_on_a_case"] is False and "loihi" not in energy and "asic-45nm" not in energy
+    assert energy["my-board"]["joules_per_case"] == pytest.approx(out["ensemble"]["dense_macs"] * 20e-12, rel=1e-9)
+
+
 def test_the_int8_peak_probe_runs_an_integer_kernel() -> None:
     """The INT8 peak is only reported when OpenVINO's compiled model says the convolution runs
     in u8/i8 (read back, the way the runtime reads back its compute precision)."""
