@@ -41,15 +41,12 @@ TRAIN_CASES, TEST_CASES = 12, 4
 #: (folder under data/, family, cases, seed): what the models train on, and the two test sets
 DATA = {"train": ("train-wide", "wide", TRAIN_CASES, 1), "test": ("test", "standard", TEST_CASES, 2),
         "heldout": ("heldout", "heldout", TEST_CASES, 3)}
-#: 2 mm: with the same 80 s per model, 4 mm gave the SNN / twin WT Dice 0.74 / 0.81 and 2 mm
-#: 0.81 / 0.89 (benchmarks/fidelity.py --spacing 2, the README's "Measured here"); 4 mm is also
-#: too coarse for enhancing rims a few mm thick.
+#: 2 mm: at the demo's budget both models scored higher than at 4 mm, and 4 mm is too coarse for
+#: enhancing rims a few mm thick (docs/results/2026-12-06-lab-record.md).
 SPACING_MM = "2"
 MINUTES_PER_MODEL = 1.3
-#: the lite 3D U-Net (one model, no views) gets the three views' budget. Measured at that budget on
-#: the demo's cases (held-out ET/TC/WT): tiny, 32^3 patches, lr 2e-3: 0.00/0.00/0.59; small, the
-#: same: 0.00/0.64/0.85; with the paper's lr 5e-4 the tiny model's validation WT Dice after 8
-#: epochs was 0.034, with 2e-3 0.089. A 32^3 patch trains ~3x faster than a 48^3 one (torch, CPU).
+#: the lite 3D U-Net (one model, no views) gets the three views' budget; the small preset on 32^3
+#: patches at lr 2e-3 learned fastest at that budget (docs/results/2026-12-06-lab-record.md).
 UNET3D_RECIPE = ["--preset", "small", "--patch", "32", "--patches-per-case", "8", "--lr", "2e-3"]
 
 

@@ -30,36 +30,23 @@ ARCH_DEFAULTS: dict[str, dict[str, object]] = {
               "normalisation": "zscore-clip", "view": "volume"} for arch in CASCADE_ARCHS},
 }
 RUN_VERSION = 1
-#: The SNN recipe's one measured departure from the paper's settings (benchmarks/fidelity.py,
-#: docs/results/fidelity-lab-record.md): the readout at 10x the learning rate. Hard phantoms, 4 mm, tiny, axial,
-#: 80 s: the SNN's validation Dice stayed at 0 for ~8 epochs (~240 updates) with the readout at
-#: 1x and was 0.21 WT after 2 epochs at 10x.
+#: The SNN recipe's readout learns at 10x the learning rate: at 1x the SNN's validation Dice
+#: stayed at 0 for its first epochs (docs/results/fidelity-lab-record.md).
 RECIPE_READOUT_LR_SCALE = 10.0
-#: The recipe's learning rate after converting a twin (``--init-from``): decayed exponentially to
-#: this share of ``--lr`` over the run's budget (``--lr-decay-to``). Why: at a constant rate the
-#: fine-tuned SNN's validation Dice swung from 0.76 to 0.23 between epochs and the best epoch was
-#: a lottery on 3 validation cases (docs/results/fidelity-lab-record.md); 0.075 is 1 - 0.25 per epoch over the 9
-#: epochs of the fixed-epoch comparison that chose it.
+#: After converting a twin (``--init-from``) the learning rate decays exponentially to this share
+#: of ``--lr`` over the run's budget (``--lr-decay-to``): at a constant rate the fine-tuned SNN's
+#: validation Dice swung between epochs (docs/results/fidelity-lab-record.md).
 RECIPE_LR_DECAY_TO = 0.075
-#: The recipe's PLIF time constant at the start after converting a twin, as a multiple of
-#: ``--tau-min`` (1.25 with the default floor of 1): the membrane keeps 1 - 1/tau = 20 % of its
-#: charge from one slice to the next instead of tau 2's 50 %, closer to the stateless twin it
-#: was converted from; tau stays learnable. Measured over the fixed-epoch protocol, two seeds,
-#: both ways (docs/results/fidelity-lab-record.md): ensemble WT 0.882 / 0.885 against tau 2's 0.877 / 0.877 (twin
-#: 0.894), the ensemble NLL 36-38 % below the best view's against 31 %; tau 1.05 (nearly
-#: memoryless) 0.880 / 0.882 but TC 3 points lower at one seed.
+#: PLIF's starting time constant after converting a twin, as a multiple of ``--tau-min``: the
+#: membrane keeps 20 % of its charge from slice to slice (tau 2: 50 %), closer to the stateless
+#: twin it came from; tau stays learnable (docs/results/fidelity-lab-record.md).
 RECIPE_CONVERTED_INIT_TAU = 1.25
 #: How the stateful trainers (fptt, tbptt) draw slices, per architecture. ``shuffled`` (the SNN
 #: recipe): each update takes batch x window slices at random (case, slice) positions, each with
-#: its membranes warmed up by a few slices run as at inference, so every update is as varied as
-#: the twin's shuffled slices. ``sequential`` (the paper's): windows front to back through each
-#: volume, the state carried between them. Measured (docs/results/fidelity-lab-record.md, hard phantoms, 2 mm, tiny,
-#: SNN fine-tuned 3.9 min a view after conversion from a twin trained 1.3 min; teacher ET 0.350):
-#: held-out ET/TC/WT sequential 0.358/0.763/0.889, shuffled 0.421/0.731/0.890 at the same 34-36
-#: epochs (0.445/0.762/0.889 drawing from all 12 training volumes at once); at 4x the demo's
-#: budget the ET gap to the twin fell from 5.5 to 2.6 points. Windows of 4 consecutive slices at
-#: 4 random positions (0.361) did not help: the gain is in the number of distinct positions per
-#: update. The ConvLSTM twin keeps the sequential windows it was measured with.
+#: its membranes warmed up by a few slices run as at inference, as varied as the twin's updates;
+#: ``sequential`` (the paper's, and the ConvLSTM twin's): windows front to back through each
+#: volume with the state carried; ``random``: one window per update at a tumour-biased position.
+#: Shuffled learned ET best at the same epochs (docs/results/fidelity-lab-record.md).
 WINDOW_SAMPLING = ("sequential", "random", "shuffled")
 DEFAULT_WINDOW_SAMPLING = {"spiking-useg": "shuffled"}
 #: Burn-in slices (run as at inference before a sampled window) for random windows, as before
