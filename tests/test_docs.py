@@ -56,6 +56,30 @@ def test_every_relative_link_resolves() -> None:
     assert not broken, "\n".join(broken)
 
 
+def readme_commands() -> list[list[str]]:
+    """Every ``spikeseg ...`` command in the README's code blocks, as argument lists."""
+    import shlex
+
+    commands = []
+    for block in re.findall(r"^```bash\n(.*?)^```", (REPO / "README.md").read_text(), re.S | re.M):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("  #")[0].strip()
+            if line.startswith("spikeseg "):
+                commands.append(shlex.split(line)[1:])
+    return commands
+
+
+def test_every_readme_command_is_one_the_cli_accepts() -> None:
+    """The README's commands parse with today's options (the demo and the tests run what they do)."""
+    from spikeseg.cli import build_parser
+
+    commands = readme_commands()
+    assert {c[0] for c in commands} >= {"segment", "train", "export", "profile", "bench", "package"}
+    parser = build_parser()
+    for args in commands:
+        parser.parse_args(args)
+
+
 def test_the_site_navigation_names_existing_pages() -> None:
     cfg = yaml.safe_load((REPO / "mkdocs.yml").read_text().replace("!!python", "#"))
 

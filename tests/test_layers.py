@@ -71,3 +71,18 @@ def test_the_wheel_installs_one_import_package(tmp_path: Path) -> None:
     from spikeseg.export.package import runtime_requirements
 
     assert where.startswith(str(site)) and json.loads(pins) == runtime_requirements()
+
+
+def test_the_sdist_carries_the_licence_changelog_citation_constraints_and_docs(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import tarfile
+
+    code = f"from setuptools import build_meta as b; print(b.build_sdist({str(tmp_path)!r}))"
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    names = tarfile.open(tmp_path / r.stdout.strip().splitlines()[-1]).getnames()
+    for must in ("README.md", "LICENSE", "CHANGELOG.md", "CITATION.cff", "requirements/constraints.txt",
+                 "docs/index.md", "runtime/runtime_pins.txt", "runtime/predictor.py"):
+        assert any(n.split("/", 1)[-1] == must for n in names), must
+
