@@ -97,7 +97,9 @@ def export_onnx(model: SliceSegNet, h: int, w: int, path: Path, slices: int = 1,
     dynamic = None if spec.stateful else {n: {0: "n"} for n in input_names + outputs}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(StepGraph(model), (x, *states), str(path), input_names=input_names,
+        # the wrapper in eval mode: torch.onnx.export restores the wrapper's mode afterwards, and a
+        # fresh wrapper's (training) once left the caller's model with its dropout switched on
+        torch.onnx.export(StepGraph(model).eval(), (x, *states), str(path), input_names=input_names,
                           output_names=outputs, dynamic_axes=dynamic, opset_version=OPSET,
                           do_constant_folding=True, dynamo=False)
     return spec
@@ -156,7 +158,7 @@ def export_volume_onnx(model: VolumeModel, window: WindowSpec, model_shape: tupl
     x = torch.zeros(1, model.cfg.in_channels, *window.patch)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(VolumeGraph(model), (x,), str(path), input_names=[INPUT], output_names=[LOGITS],
+        torch.onnx.export(VolumeGraph(model).eval(), (x,), str(path), input_names=[INPUT], output_names=[LOGITS],
                           opset_version=OPSET, do_constant_folding=True, dynamo=False)
     return spec
 

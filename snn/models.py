@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spikeseg.snn.neurons import PLIF, LeakyZero, SpikingLayer
+from spikeseg.snn.neurons import PLIF, RESETS, LeakyZero, SpikingLayer
 
 NEURONS = ("plif", "snntorch-leaky")
 
@@ -60,6 +60,9 @@ class ModelConfig:
     learn_threshold: bool = False
     surrogate_width: float = 1.0
     neuron: str = "plif"
+    #: after a spike the membrane is reset to "zero" (spikingjelly's default) or by "subtract"ing
+    #: the threshold (the paper's own equation: the residual potential is kept)
+    reset: str = "zero"
     #: what the readout integrator reads: the last layer's "spikes" (binary: the readout costs
     #: ACs) or its "membrane" potential before reset (analog: the readout's 3 output channels
     #: cost MACs; every other layer stays binary)
@@ -73,6 +76,8 @@ class ModelConfig:
             raise ValueError(f"readout_input must be spikes or membrane, got {self.readout_input!r}")
         if self.neuron not in NEURONS:
             raise ValueError(f"unknown neuron {self.neuron!r}; choose from {NEURONS}")
+        if self.reset not in RESETS:
+            raise ValueError(f"unknown reset {self.reset!r}; choose from {RESETS}")
 
     @classmethod
     def preset(cls, arch: str, preset: str, **overrides: Any) -> "ModelConfig":
@@ -102,9 +107,9 @@ def tdbn_gain(init_tau: float, v_threshold: float = 1.0) -> float:
 def _neuron(cfg: "ModelConfig") -> SpikingLayer:
     if cfg.neuron == "snntorch-leaky":
         return LeakyZero(1.0 - 1.0 / cfg.init_tau, learn_threshold=cfg.learn_threshold,
-                         surrogate_width=cfg.surrogate_width)
+                         surrogate_width=cfg.surrogate_width, reset=cfg.reset)
     return PLIF(cfg.init_tau, cfg.tau_min, detach_reset=cfg.detach_reset, learn_threshold=cfg.learn_threshold,
-                surrogate_width=cfg.surrogate_width)
+                surrogate_width=cfg.surrogate_width, reset=cfg.reset)
 
 
 def _norm(channels: int, cfg: "ModelConfig", spiking: bool) -> nn.GroupNorm:

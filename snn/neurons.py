@@ -10,7 +10,12 @@ v_threshold=1.0, surrogate_function=surrogate.ATan())`` when ``tau_min == 1``:
     1/tau = sigmoid(w) / tau_min                  (learnable w, one per layer)
     h     = v + (x - v) / tau                     (charge, v_reset = 0)
     s     = Heaviside(h - 1)                      (fire; surrogate below for the gradient)
-    v'    = h * (1 - s)                           (hard reset to 0)
+    v'    = h * (1 - s)                           (hard reset to 0; reset="zero", the default)
+    v'    = h - theta * s                         (soft reset; reset="subtract", the paper's own
+                                                   equation, spikingjelly's v_reset=None)
+
+Every neuron is one step in three overridable parts, spikingjelly's template: ``charge`` (the
+membrane from the input), ``fire`` (the spikes), ``reset`` (the membrane left after them).
 
 Surrogate (the paper's): sigma(x) = arctan(pi x) / pi + 1/2, so dS/dx = 1 / (1 + (pi x)^2).
 ``detach_reset=True`` stops the gradient through the reset term (spikingjelly's option of the
@@ -63,10 +68,17 @@ class SpikingLayer(nn.Module):
     ``1 / (1 + (pi (h - theta) / w)^2)`` (the share of its peak gradient the neurons pass), so
     training can show whether the layer is silent or its gradient starved."""
 
-    def __init__(self, v_threshold: float, learn_threshold: bool, surrogate_width: float) -> None:
+    #: stop the gradient through the reset term (spikingjelly's option of the same name)
+    detach_reset = False
+
+    def __init__(self, v_threshold: float, learn_threshold: bool, surrogate_width: float,
+                 reset: str = "zero") -> None:
         super().__init__()
         if surrogate_width <= 0 or v_threshold <= THRESHOLD_MIN:
             raise ValueError(f"need surrogate_width > 0 and v_threshold > {THRESHOLD_MIN}")
+        if reset not in RESETS:
+            raise ValueError(f"reset {reset!r}: choose from {RESETS}")
+        self.reset_mode = reset
         self.surrogate_width = float(surrogate_width)
         self.theta = nn.Parameter(torch.tensor(float(v_threshold)), requires_grad=learn_threshold)
         self.record = False
@@ -78,6 +90,20 @@ class SpikingLayer(nn.Module):
 
     def threshold(self) -> torch.Tensor:
         return self.theta.clamp(min=THRESHOLD_MIN) if self.theta.requires_grad else self.theta
+
+    def forward(self, x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step: charge -> fire -> reset; ``(spikes, membrane left for the next step)``."""
+        h = self.charge(x, v)
+        s = self.fire(h)
+        return s, self.reset(h, s)
+
+    def charge(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def reset(self, h: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """To zero (``h (1 - s)``) or by subtraction (``h - theta s``, the residual kept)."""
+        r = s.detach() if self.detach_reset else s
+        return h * (1.0 - r) if self.reset_mode == "zero" else h - self.threshold() * r
 
     def fire(self, h: torch.Tensor) -> torch.Tensor:
         self.potential = h  # the charged membrane before reset, for a membrane readout
@@ -103,8 +129,8 @@ class PLIF(SpikingLayer):
 
     def __init__(self, init_tau: float = 2.0, tau_min: float = 1.0, v_threshold: float = 1.0,
                  detach_reset: bool = False, learn_threshold: bool = False,
-                 surrogate_width: float = 1.0) -> None:
-        super().__init__(v_threshold, learn_threshold, surrogate_width)
+                 surrogate_width: float = 1.0, reset: str = "zero") -> None:
+        super().__init__(v_threshold, learn_threshold, surrogate_width, reset)
         if not init_tau > tau_min >= 1.0:
             raise ValueError(f"need init_tau > tau_min >= 1, got {init_tau}, {tau_min}")
         self.tau_min = float(tau_min)
@@ -115,24 +141,22 @@ class PLIF(SpikingLayer):
     def tau(self) -> float:
         return float(self.tau_min / torch.sigmoid(self.w.detach()))
 
-    def forward(self, x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        decay = torch.sigmoid(self.w) / self.tau_min
-        h = v + (x - v) * decay
-        s = self.fire(h)
-        reset = s.detach() if self.detach_reset else s
-        return s, h * (1.0 - reset)
+    def charge(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return v + (x - v) * (torch.sigmoid(self.w) / self.tau_min)
 
     def extra_repr(self) -> str:
         return (f"tau={self.tau:.3f}, tau_min={self.tau_min}, threshold={self.v_threshold:.3f}, "
-                f"surrogate_width={self.surrogate_width}, detach_reset={self.detach_reset}")
+                f"surrogate_width={self.surrogate_width}, detach_reset={self.detach_reset}, reset={self.reset_mode}")
 
 
 class LeakyZero(SpikingLayer):
     """snnTorch's ``Leaky(beta, reset_mechanism="zero", learn_beta=True)`` (snntorch 1.0) as an
-    explicit-state step, tested equal to snnTorch's own module step by step:
+    explicit-state step, tested equal to snnTorch's own module step by step (``reset="subtract"``:
+    its ``reset_mechanism="subtract"``):
 
         r  = Heaviside(v - theta)           (reset decided from the stored membrane, detached)
-        v' = clamp(beta, 0, 1) * (1 - r) * v + x
+        v' = clamp(beta, 0, 1) * (1 - r) * v + x        (zero)
+        v' = clamp(beta, 0, 1) * v + x - theta * r      (subtract)
         s  = Heaviside(v' - theta)          (arctan surrogate)
 
     Unlike PLIF the input is not divided by tau and the reset lands one step late (snnTorch's
@@ -140,19 +164,28 @@ class LeakyZero(SpikingLayer):
     PLIF's initial leak (tau = 2)."""
 
     def __init__(self, beta: float = 0.5, v_threshold: float = 1.0, learn_threshold: bool = False,
-                 surrogate_width: float = 1.0) -> None:
-        super().__init__(v_threshold, learn_threshold, surrogate_width)
+                 surrogate_width: float = 1.0, reset: str = "zero") -> None:
+        super().__init__(v_threshold, learn_threshold, surrogate_width, reset)
         self.beta = nn.Parameter(torch.tensor(float(beta)))
 
-    def forward(self, x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        reset = (v > self.threshold()).to(v.dtype).detach()
-        h = self.beta.clamp(0, 1) * (1.0 - reset) * v + x
-        return self.fire(h), h
+    def charge(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The reset lands here, one step late, decided from the stored membrane."""
+        r = (v > self.threshold()).to(v.dtype).detach()
+        beta = self.beta.clamp(0, 1)
+        if self.reset_mode == "zero":
+            return beta * (1.0 - r) * v + x
+        return beta * v + x - self.threshold() * r
+
+    def reset(self, h: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        return h  # the membrane is stored before its (delayed) reset
 
     def extra_repr(self) -> str:
-        return f"beta={float(self.beta):.3f}, threshold={self.v_threshold:.3f}, surrogate_width={self.surrogate_width}"
+        return (f"beta={float(self.beta):.3f}, threshold={self.v_threshold:.3f}, "
+                f"surrogate_width={self.surrogate_width}, reset={self.reset_mode}")
 
 
 THRESHOLD_MIN = 0.05
+#: how a neuron's membrane is reset after a spike: to zero, or by subtracting the threshold
+RESETS = ("zero", "subtract")
 #: a strided sample of the neurons is enough for a layer's mean surrogate factor (activity.csv)
 RECORD_STRIDE = 16

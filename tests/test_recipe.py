@@ -157,16 +157,18 @@ def test_recipe_defaults_apply_to_the_snn_only(phantom5: Path, tmp_path: Path) -
     assert sum(p.numel() for g in groups for p in g["params"]) == sum(p.numel() for p in model.parameters())
 
 
-def test_snntorch_leaky_with_membrane_readout_trains_exports_and_segments(phantom5: Path, phantom_root: Path,
-                                                                          tmp_path: Path) -> None:
-    """``--neuron snntorch-leaky`` and ``--readout-input membrane`` go through the same chain:
-    trained, exported (the step graph carries the membranes), run without torch."""
-    run = tmp_path / "leaky"
-    r = run_cli("train", "--data", phantom5, "--out", run, "--arch", "spiking-useg", "--neuron", "snntorch-leaky",
-                "--readout-input", "membrane", *TRAIN[:6], "--epochs", "1", "--quiet")
+@pytest.mark.parametrize("neuron,reset,readout", [("snntorch-leaky", "zero", "membrane"), ("plif", "subtract", "spikes")])
+def test_neuron_reset_and_readout_options_train_export_and_segment(phantom5: Path, phantom_root: Path, tmp_path: Path,
+                                                                   neuron: str, reset: str, readout: str) -> None:
+    """``--neuron snntorch-leaky``, ``--reset subtract`` and ``--readout-input membrane`` go
+    through the same chain: trained, exported (the step graph carries the membranes), run
+    without torch."""
+    run = tmp_path / "run"
+    r = run_cli("train", "--data", phantom5, "--out", run, "--arch", "spiking-useg", "--neuron", neuron,
+                "--reset", reset, "--readout-input", readout, *TRAIN[:6], "--epochs", "1", "--quiet")
     assert r.returncode == 0, r.stderr
     cfg = json.loads((run / "config.json").read_text())["model_config"]
-    assert cfg["neuron"] == "snntorch-leaky" and cfg["readout_input"] == "membrane"
+    assert (cfg["neuron"], cfg["reset"], cfg["readout_input"]) == (neuron, reset, readout)
     r = run_cli("export", run, "--out", tmp_path / "bundle")
     assert r.returncode == 0, r.stderr
     case = sorted(phantom_root.iterdir())[0]
@@ -178,7 +180,7 @@ def test_snntorch_leaky_with_membrane_readout_trains_exports_and_segments(phanto
     assert ops["effective_acs"] > 0 and ops["membrane_updates"] > 0
     layers = {l["name"]: l for l in json.loads((tmp_path / "bundle" / "manifest.json").read_text())
               ["views"]["axial"]["layers"]}
-    assert layers["readout"]["spike_input"] is False  # the membrane readout is counted as MACs
+    assert layers["readout"]["spike_input"] is (readout == "spikes")  # a membrane readout is counted as MACs
 
 
 def test_warm_start_takes_each_views_twin_from_a_view_all_run(bundles, tmp_path: Path) -> None:

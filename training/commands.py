@@ -36,7 +36,7 @@ def _train(args: argparse.Namespace) -> int:
                       val_both_ways=args.val_both_ways,
                       tau_min=args.tau_min, init_tau=args.init_tau, norm_gain=args.norm_gain,
                       learn_threshold=args.learn_threshold,
-                      surrogate_width=args.surrogate_width, neuron=args.neuron,
+                      surrogate_width=args.surrogate_width, neuron=args.neuron, reset=args.reset,
                       readout_lr_scale=args.readout_lr_scale, readout_input=args.readout_input,
                       window_sampling=args.window_sampling, burn_in=args.burn_in, tumour_share=args.tumour_share,
                       init_from=str(args.init_from) if args.init_from else None, convert=args.convert, distill=args.distill,
@@ -161,6 +161,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--neuron", choices=["plif", "snntorch-leaky"], default="plif",
                     help="spiking-useg: PLIF (the paper's; learnable tau, input divided by tau, hard reset) "
                          "or snnTorch's Leaky (learnable beta, reset to zero one step late)")
+    tr.add_argument("--reset", choices=["zero", "subtract"], default="zero",
+                    help="spiking-useg: after a spike the membrane goes to zero (default; spikingjelly's "
+                         "PLIF) or the threshold is subtracted, keeping the residual (the paper's own "
+                         "equation); spikes stay binary either way")
     tr.add_argument("--norm-gain", type=float, default=1.0,
                     help="spiking-useg: initial GroupNorm scale before each PLIF layer; 2 = tdBN's "
                          "threshold-matched scale for tau 2 (default 1)")

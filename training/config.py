@@ -92,6 +92,8 @@ class TrainConfig:
     learn_threshold: bool = False
     surrogate_width: float = 1.0
     neuron: str = "plif"
+    #: after a spike: "zero" (hard reset) or "subtract" (the threshold taken off, the residual kept)
+    reset: str = "zero"
     readout_lr_scale: float | None = None  # None: the arch's recipe (RECIPE_READOUT_LR_SCALE)
     readout_input: str = "spikes"
     #: None: the arch's default (:meth:`resolved_window_sampling`)

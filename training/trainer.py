@@ -444,10 +444,12 @@ def build_view_model(cfg: TrainConfig, calibration: list[CachedCase], device: to
     """The model ``cfg`` asks for, before any training: with ``--init-from``, started from the
     view's twin (converted on the ``calibration`` cases, or copied). One function, so the
     trainer and the benchmarks that study the start (``benchmarks.binarisation``) build it alike."""
+    if cfg.reset != "zero" and cfg.arch != "spiking-useg":
+        raise InputError(None, f"--reset {cfg.reset} is how a spiking neuron resets; {cfg.arch} has none")
     model_cfg = ModelConfig.preset(cfg.arch, cfg.preset, tau_min=cfg.tau_min, init_tau=cfg.resolved_init_tau(),
                                    norm_gain=cfg.norm_gain,
                                    learn_threshold=cfg.learn_threshold, surrogate_width=cfg.surrogate_width,
-                                   neuron=cfg.neuron, readout_input=cfg.readout_input)
+                                   neuron=cfg.neuron, reset=cfg.reset, readout_input=cfg.readout_input)
     model = build_model(model_cfg)
     conversion, teacher = None, None
     if cfg.distill and not cfg.init_from:
