@@ -108,3 +108,5 @@ def test_import_spikeseg_is_light_and_torch_free() -> None:
             "assert 'torch' not in sys.modules and 'openvino' not in sys.modules; print('ok')")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+    r = subprocess.run([sys.executable, "-m", "spikeseg", "--version"], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0 and r.stdout.strip() == f"spikeseg {spikeseg.__version__}", r.stderr
