@@ -31,7 +31,7 @@ from spikeseg.runtime.case_io import (MODALITIES, Case, CaseFiles, case_from_arr
 from spikeseg.runtime.cohort import prediction_name, probability_name, quicklook_name, report_name, uncertainty_name
 from spikeseg.runtime.energy import energy_table
 from spikeseg.runtime.errors import InputError
-from spikeseg.runtime.guide import GuideResult, Refined, Refiner, fitted_refinement, guide_steps, run_guide
+from spikeseg.runtime.guide import GuideResult, Refined, Refiner, guide_steps, run_guide
 from spikeseg.runtime.guide import refine as refine_case
 from spikeseg.runtime.inference import open_engine
 from spikeseg.runtime.labels import REGIONS, labels_to_regions, regions_to_labels, relabel_small_et
@@ -132,7 +132,6 @@ class Predictor:
         self.refiner = None
         if o.refine is not None:
             refine_bundle = refiner if refiner is not None else load_bundle(o.refine)
-            fitted_refinement(refine_bundle, self.bundle, o.guide_mode, views, projections)
             self.refiner = Refiner(refine_bundle, self.bundle, o.backend, o.precision, o.threads, o.guide_mode,
                                    views, projections)
             views, projections = list(self.refiner.spec.views), self.refiner.spec.projections
@@ -307,7 +306,9 @@ def segment(bundle: str | Path | Bundle, case: CaseInput, out: str | Path | None
     load_args = {k: options.pop(k) for k in ("affine", "case_id", "scheme") if k in options}
     opts = SegmentOptions(**options)
     predictor = Predictor(bundle, opts)
-    loaded = predictor.load(case, **load_args)
+    t = time.perf_counter()
+    loaded = predictor.load(case, **load_args)  # first, so the output's name is known before any inference
+    load_seconds = time.perf_counter() - t
     if out is not None:  # refused before any inference: outputs never touch inputs, never replaced unasked
         from spikeseg.runtime.outputs import check_apart
         dest = Path(out) / loaded.case_id
@@ -316,6 +317,9 @@ def segment(bundle: str | Path | Bundle, case: CaseInput, out: str | Path | None
         if dest.exists() and not overwrite:
             raise InputError(dest, "output exists; pass overwrite=True to replace it")
     result = predictor.predict(loaded)
+    seconds = result.report["seconds"]
+    seconds["total"] += load_seconds - seconds["load"]
+    seconds["load"] = load_seconds
     if out is not None:
         result.save(out, opts.png, opts.save_prob)
     return result
