@@ -88,10 +88,10 @@ def shell(shape: tuple[int, ...], spacing: tuple[float, ...]) -> np.ndarray:
     return ~inner
 
 
-def intensity_quantiles(model_image: np.ndarray) -> dict[str, list[float]]:
+def intensity_quantiles(model_image: np.ndarray, mask: np.ndarray | None = None) -> dict[str, list[float]]:
     """Per modality, :data:`QUANTILES` of the normalised model-grid intensities inside the brain
     (NaN when there is no brain)."""
-    mask = np.any(model_image != 0, axis=0)
+    mask = brain_mask(model_image) if mask is None else mask
     out = {}
     for m, channel in zip(MODALITIES, model_image):
         vals = channel[mask]
@@ -99,11 +99,11 @@ def intensity_quantiles(model_image: np.ndarray) -> dict[str, list[float]]:
     return out
 
 
-def modality_correlation(model_image: np.ndarray) -> dict[str, float]:
+def modality_correlation(model_image: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float]:
     """Pearson correlation of every pair of modalities (:data:`PAIRS`) over the brain's voxels on
     the model grid: two files holding the same image correlate at 1, whatever their scaling.
     NaN where a modality is constant or there is no brain."""
-    mask = np.any(model_image != 0, axis=0)
+    mask = brain_mask(model_image) if mask is None else mask
     vals = model_image[:, mask].astype(np.float64)
     vals -= vals.mean(axis=1, keepdims=True) if vals.shape[1] else 0.0
     out = {}
@@ -121,8 +121,9 @@ def measure_case(image: np.ndarray, spacing: tuple[float, ...], model_image: np.
     voxel_ml = float(np.prod(spacing)) / 1000.0
     brain = brain_mask(image)
     edge = shell(brain.shape, spacing)
-    measures: dict[str, Any] = {"intensity_quantiles": intensity_quantiles(model_image),
-                                "modality_correlation": modality_correlation(model_image),
+    model_brain = brain_mask(model_image)  # one mask for both measures on the model grid
+    measures: dict[str, Any] = {"intensity_quantiles": intensity_quantiles(model_image, model_brain),
+                                "modality_correlation": modality_correlation(model_image, model_brain),
                                 "brain_ml": float(brain.sum()) * voxel_ml,
                                 "shell_share": float(brain[edge].mean()) if edge.any() else 0.0}
     if prob is not None:
