@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.installed-$(HASH)
 NODEPS  := spikingjelly==2.0.0 neurobench==2.3.0
 PIP     := $(BIN)/pip install -q --disable-pip-version-check -c requirements/constraints.txt
 
-.PHONY: install test demo docs bench pins arm64-check gpu-wheels gpu-check clean
+.PHONY: install test demo docs bench pins template arm64-check gpu-wheels gpu-check clean
 
 install: $(STAMP)
 
@@ -17,7 +17,7 @@ $(STAMP): setup.cfg requirements/constraints.txt spikeseg/__init__.py
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@rm -f $(VENV)/.installed-*
 	@echo "installing spikeseg and its pinned dependencies into $(VENV) (log: $(VENV)/install.log)"
-	@( $(PIP) -e '.[train,test,cluster]' && $(PIP) --no-deps $(NODEPS) ) > $(VENV)/install.log 2>&1 \
+	@( $(PIP) -e '.[train,test,cluster,prepare]' && $(PIP) --no-deps $(NODEPS) ) > $(VENV)/install.log 2>&1 \
 		|| { tail -n 40 $(VENV)/install.log; exit 1; }
 	@touch $@
 
@@ -42,6 +42,11 @@ $(DOCS_STAMP):
 # setup.cfg and requirements/constraints.txt after either changes (a test fails until then).
 pins: install
 	@$(BIN)/python -c 'from spikeseg.export.package import write_checkout_pins as w; print(w())'
+
+# spikeseg prepare's registration template (prepare/template/), rebuilt from nilearn's MNI152 (a test
+# fails when the shipped files differ from a fresh build).
+template: install
+	@$(BIN)/python -c 'from spikeseg.training.phantoms import write_prepare_template as w; print(*w(), sep="\n")'
 
 # Cross-built linux-aarch64 package, installed and run under qemu user emulation (root, minutes).
 arm64-check: install

@@ -17,7 +17,9 @@ exported again), so a second run is quick; steps 4-6 always run, over the demo's
      cases with each model in FP32;
   5. evaluate against the reference labels (with each case's QC verdict); 6. benchmark FP32 vs
      INT8 vs SNN on OpenVINO (``spikeseg bench`` measures every backend), and the refinement
-     (benchmarks/refinement.py); 7. a table of it all, and where it is.
+     (benchmarks/refinement.py); 7. the clinic's path: a scanner-style study (DICOM series with
+     skull, each sequence moved and on its own grid) through ``spikeseg prepare`` and ``segment``
+     with each bundle, scored on the scan's own grid; 8. a table of it all, and where it is.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ MINUTES_PER_MODEL = 1.3
 #: the lite 3D U-Net (one model, no views) gets the three views' budget; the small preset on 32^3
 #: patches at lr 2e-3 learned fastest at that budget (docs/results/2026-12-06-lab-record.md).
 UNET3D_RECIPE = ["--preset", "small", "--patch", "32", "--patches-per-case", "8", "--lr", "2e-3"]
+#: the scanner-style study of step 7 (training/scanner.py): one standard phantom as DICOM series
+SCANNER_SEED = 5
 
 
 _STEP_START: list[float] = []
@@ -114,6 +118,32 @@ def results_table(seg_dirs: dict[Path, Path]) -> str:
     return "\n".join(lines)
 
 
+def scanner_path(out: Path, bundles: dict[str, Path]) -> str:
+    """A scanner-style study through ``prepare`` and ``segment`` with each bundle, as a clinic runs
+    them; WT Dice of the labels on the native T1ce grid against the phantom's (and the verdict)."""
+    import nibabel as nib
+    import numpy as np
+
+    from spikeseg.training.scanner import write_scanner_case
+
+    study, truth = out / "data" / "scanner-study", out / "data" / "scanner-study-truth.nii.gz"
+    if not truth.exists():  # the demo's own folder: written once, kept
+        sc = write_scanner_case(study, seed=SCANNER_SEED)
+        nib.save(nib.Nifti1Image(sc.labels_t1ce, sc.t1ce_affine), truth)
+    case = out / "prepared" / "P000"
+    run("prepare", study, case, "--quiet", "--overwrite")
+    ref = np.asarray(nib.load(truth).dataobj) > 0
+    lines = ["scanner study -> prepare -> segment (OpenVINO FP32): WT Dice on the scan's native T1ce grid",
+             f"{'bundle':10s} {'WT Dice':>8s}  QC"]
+    for name in ("twin", "snn", "unet3d"):
+        seg = out / "segment" / f"prepared-{name}"
+        run("segment", bundles[name], case, seg, "--png", "--quiet", "--overwrite")
+        pred = np.asarray(nib.load(seg / "P000" / "P000_pred.native.nii.gz").dataobj) > 0
+        verdict = json.loads((seg / "P000" / "P000_report.json").read_text())["qc"]["verdict"]
+        lines.append(f"{name:10s} {2 * (pred & ref).sum() / max(pred.sum() + ref.sum(), 1):8.3f}  {verdict}")
+    return "\n".join(lines)
+
+
 def run(*args: str | Path) -> None:
     """One ``spikeseg`` command in this process; a failure ends the script naming it."""
     rc = cli([str(a) for a in args])
@@ -130,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     data = {k: out / "data" / v[0] for k, v in DATA.items()}
     data_train, data_test = data["train"], data["test"]
-    step("1/7 phantom cases (MNI152 anatomy, hard setting): training on the wide family, testing on the "
+    step("1/8 phantom cases (MNI152 anatomy, hard setting): training on the wide family, testing on the "
          "standard family and on the heldout family")
     for key, (_, family, n, seed) in DATA.items():
         if not data[key].exists():
@@ -139,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"{data[key]}: already there")
 
-    step("2/7 training: U-Seg-Net twin, then the Spiking U-Seg-Net started from it (FPTT), three views each; "
+    step("2/8 training: U-Seg-Net twin, then the Spiking U-Seg-Net started from it (FPTT), three views each; "
          "the lite 3D U-Net on patches with the three views' budget")
     runs = {"twin": ("useg", out / "runs" / "twin"), "snn": ("spiking-useg", out / "runs" / "snn"),
             "unet3d": (VOLUME_ARCH, out / "runs" / "unet3d")}
@@ -161,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         run("train", "--data", data_train, "--out", folder, "--arch", arch, "--spacing", SPACING_MM,
             "--epochs", "400", "--quiet", "--overwrite" if other_grid or stale_twin else "--resume", *recipe[name])
 
-    step("3/7 export: ONNX + OpenVINO, FP32 + INT8; the 3D bundle with its refinement fits")
+    step("3/8 export: ONNX + OpenVINO, FP32 + INT8; the 3D bundle with its refinement fits")
     bundles = {name: out / "bundles" / name for name in runs}
     guides = {"unet3d": [f"{bundles['snn']}:views", f"{bundles['twin']}:projections"]}
     for name, (arch, folder) in runs.items():
@@ -184,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         run("export", *run_dirs(folder, arch), "--out", bundles[name], "--int8",
             "--calib", data_train, "--calib-items", "200", "--allow-accuracy-drop", *refine, *stale)
 
-    step("4/7 segment the test cases with the torch-free runtime (OpenVINO FP32 and INT8), and the "
+    step("4/8 segment the test cases with the torch-free runtime (OpenVINO FP32 and INT8), and the "
          "heldout family's cases (FP32)")
     extra = {"snn-refined": ["--refine", str(bundles["unet3d"]), "--guide", "views"]}
     # (name, bundle, precision, test set): the run folder is segment/<name>-<precision>[-heldout]
@@ -198,23 +228,28 @@ def main(argv: list[str] | None = None) -> int:
         cli(["segment", str(bundle), str(data[test_set]), str(seg_out), "--precision", precision, "--png",
              "--quiet", "--overwrite", *extra.get(name, [])])  # the demo owns its folder; no stale results
 
-    step("5/7 evaluate against the reference labels (qc: the verdict segment gave each case)")
+    step("5/8 evaluate against the reference labels (qc: the verdict segment gave each case)")
     for seg_out, refs in seg_dirs.items():
         print(f"-- {seg_out.name}")
         # beside the predictions, never among them: evaluate's output stays out of its inputs
         cli(["evaluate", str(seg_out), str(refs), "--out", str(metrics_csv(seg_out)), "--overwrite"])
 
-    step("6/7 benchmark: FP32 vs INT8 vs SNN on the same cases (OpenVINO)")
+    step("6/8 benchmark: FP32 vs INT8 vs SNN on the same cases (OpenVINO)")
     run("bench", "--data", data_test, "--bundles", bundles["snn"], bundles["twin"], bundles["unet3d"],
         "--out", out / "bench", "--backends", "openvino", "--repeats", "1", "--overwrite")
     refinement_main(["--data", str(data_test), "--twin", str(bundles["twin"]), "--snn", str(bundles["snn"]),
                      "--refiner", str(bundles["unet3d"]), "--out", str(out / "refinement"), "--overwrite"])
 
-    step("7/7 the results, and where everything is")
+    step("7/8 the clinic's path: a scanner-style study (DICOM series, skull, each sequence moved) -> "
+         "spikeseg prepare -> segment, the labels back on the scan's own grid")
+    clinic = scanner_path(out, bundles)
+
+    step("8/8 the results, and where everything is")
     table = results_table(seg_dirs)
     print(table)
+    print(clinic)
     write_text(out / "results.md", "# make demo: mean Dice per region (OpenVINO), and the QC verdicts\n\n"
-               "```\n" + table + "\n```\n")
+               "```\n" + table + "\n```\n\n" + clinic + "\n")
     print(f"phantom cases      {', '.join(map(str, data.values()))}")
     print(f"training runs      {out / 'runs'}  (metrics.csv, TensorBoard in tb/)")
     print(f"bundles            {out / 'bundles'}  (manifest.json with checksums)")
@@ -222,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
           f"<run>.metrics.csv)")
     print(f"benchmark          {out / 'bench' / 'results.md'}  (+ results.csv, PNG plots)")
     print(f"refinement         {out / 'refinement' / 'results.md'}  (2D vs 3D vs 2D + uncertainty-guided 3D)")
+    print(f"scanner study      {out / 'data' / 'scanner-study'} -> {out / 'prepared'} (prepare/quicklook.png) -> "
+          f"{out / 'segment'}/prepared-*  (*.native.nii.gz overlay the DICOM T1ce)")
     print(f"this table         {out / 'results.md'}")
     print(f"demo took {(time.time() - started) / 60:.1f} min")
     return 0

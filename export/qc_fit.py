@@ -23,7 +23,8 @@ from spikeseg.runtime.guide import run_guide
 from spikeseg.runtime.inference import Engine
 from spikeseg.runtime.labels import labels_to_regions
 from spikeseg.runtime.preprocess import PreprocessParams, load_model_space
-from spikeseg.runtime.qc import PAIRS, QCReference, CaseMeasures, Limit, intensity_distance, measure_case
+from spikeseg.runtime.qc import (PAIRS, SAME_IMAGE_CORRELATION, CaseMeasures, Limit, QCReference, intensity_distance,
+                                 measure_case)
 
 #: a case's intensity distance may be this many times the largest among the reference cases
 INTENSITY_MARGIN = 1.5
@@ -32,8 +33,6 @@ INTENSITY_FLOOR = 0.03
 #: a pair of modalities may correlate this much below the lowest or above the highest reference
 #: case (Pearson r inside the brain; the wide phantom family spans about 0.5 per pair)
 CORRELATION_MARGIN = 0.2
-#: ... but never above this: two files of one case correlating higher hold the same image
-SAME_IMAGE_CORRELATION = 0.99
 #: the brain volume may lie this far below the smallest and above the largest reference brain
 BRAIN_RANGE = (0.75, 1.25)
 #: the outer shell's non-background share may exceed the largest reference share by this much

@@ -16,6 +16,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
@@ -23,6 +24,9 @@ import numpy as np
 from spikeseg.runtime.atomic import atomic_path, nifti_suffix
 from spikeseg.runtime.errors import InputError
 from spikeseg.runtime.labels import LabelConvention, convention_for_scheme
+
+if TYPE_CHECKING:
+    from spikeseg.runtime.prepared import PrepareRecord
 
 #: Channel order of every model input, whatever the file names say.
 MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
@@ -92,6 +96,11 @@ class Geometry:
         zooms = affine_spacing(self.affine)
         return tuple(float(zooms[int(ax)]) for ax in np.argsort(self.ornt[:, 0]))
 
+    @property
+    def canonical_affine(self) -> np.ndarray:
+        """The voxel-to-world (RAS mm) affine of the volume as :meth:`to_canonical` returns it."""
+        return self.affine @ nib.orientations.inv_ornt_aff(self.ornt, self.shape)
+
     def to_canonical(self, data: np.ndarray) -> np.ndarray:
         """Reorient a volume (spatial axes last three, or only three) from disk order to RAS."""
         return _reorient(data, self.ornt)
@@ -123,6 +132,8 @@ class Case:
     image: np.ndarray
     geometry: Geometry
     label: np.ndarray | None = None
+    #: where the folder came from ``spikeseg prepare``: its record (the way back to the native grid)
+    prepared: "PrepareRecord | None" = None
 
     @property
     def case_id(self) -> str:
@@ -410,8 +421,9 @@ def _data(path: Path, img: nib.spatialimages.SpatialImage) -> np.ndarray:
     return data
 
 
-def _read(path: Path) -> tuple[nib.spatialimages.SpatialImage, np.ndarray]:
-    """Load one NIfTI file fully, turning every low-level failure into a clear InputError."""
+def read_volume(path: Path) -> tuple[nib.spatialimages.SpatialImage, np.ndarray]:
+    """Load one NIfTI file fully, its header checked first (size, geometry, hostile extensions),
+    every low-level failure a clear InputError."""
     img = _open(path)
     return img, _data(path, img)
 
@@ -428,7 +440,11 @@ def _check_same_grid(ref_path: Path, ref: Geometry, path: Path,
 def load_case(folder: str | Path, with_label: bool = True) -> Case:
     """Load and check a case folder in a BraTS layout; ``image`` comes back in RAS, float32,
     scaling applied."""
-    return load_files(find_case(folder), with_label)
+    from spikeseg.runtime.prepared import read_record  # it builds on this module
+
+    case = load_files(find_case(folder), with_label)
+    case.prepared = read_record(folder)
+    return case
 
 
 def load_files(files: CaseFiles, with_label: bool = True) -> Case:
@@ -505,7 +521,7 @@ def _assemble(files: CaseFiles, paths: list[Path], images: list[nib.spatialimage
 def read_label(path: Path, convention: LabelConvention, geometry: Geometry,
                ref_path: Path) -> np.ndarray:
     """A label map as uint8 in RAS, checked against the case grid and the label convention."""
-    img, data = _read(path)
+    img, data = read_volume(path)
     _check_same_grid(ref_path, geometry, path, img, data.shape)
     if not np.isfinite(data).all() or not np.array_equal(data, np.round(data)):
         raise InputError(path, "label map has non-integer values")
@@ -523,7 +539,7 @@ def load_label_file(path: str | Path, convention: LabelConvention,
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "no such file")
-    img, _ = _read(path)
+    img, _ = read_volume(path)
     geometry = like if like is not None else Geometry.of(img)
     return read_label(path, convention, geometry, path), geometry
 

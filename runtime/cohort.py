@@ -72,6 +72,12 @@ def uncertainty_name(case_id: str) -> str:
     return f"{case_id}_uncertainty.nii.gz"
 
 
+def native_name(output_name: str) -> str:
+    """An output put back on the scanner's native T1ce grid (cases from ``spikeseg prepare``):
+    ``<case>_pred.nii.gz`` -> ``<case>_pred.native.nii.gz``."""
+    return output_name.replace(".nii.gz", ".native.nii.gz")
+
+
 def probability_name(case_id: str) -> str:
     return f"{case_id}_prob.nii.gz"
 

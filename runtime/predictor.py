@@ -28,7 +28,8 @@ from spikeseg.runtime.atomic import atomic_dir, write_json
 from spikeseg.runtime.bundle import Bundle, load_bundle
 from spikeseg.runtime.case_io import (MODALITIES, Case, CaseFiles, case_from_arrays, case_from_images,
                                       check_case_id, image_like, load_case, load_files, save_like)
-from spikeseg.runtime.cohort import prediction_name, probability_name, quicklook_name, report_name, uncertainty_name
+from spikeseg.runtime.cohort import (native_name, prediction_name, probability_name, quicklook_name, report_name,
+                                     uncertainty_name)
 from spikeseg.runtime.energy import energy_table
 from spikeseg.runtime.errors import InputError
 from spikeseg.runtime.guide import GuideResult, Refined, Refiner, guide_steps, run_guide
@@ -37,6 +38,7 @@ from spikeseg.runtime.inference import open_engine
 from spikeseg.runtime.labels import REGIONS, labels_to_regions, regions_to_labels, relabel_small_et
 from spikeseg.runtime.opcount import view_operations
 from spikeseg.runtime.options import SegmentOptions
+from spikeseg.runtime.prepared import FOLDER, NativeGrid
 from spikeseg.runtime.preprocess import model_space
 from spikeseg.runtime.projections import CAP_DEGREES
 from spikeseg.runtime.qc import QCResult, measure_case, unchecked
@@ -66,6 +68,8 @@ class Prediction:
     uncertainty: np.ndarray | None
     report: dict[str, Any]
     qc: QCResult
+    #: the scanner's native T1ce grid, for a case folder written by ``spikeseg prepare``
+    native: NativeGrid | None = None
 
     @property
     def case_id(self) -> str:
@@ -78,6 +82,18 @@ class Prediction:
         if self.uncertainty is None:
             return None
         return image_like(self.uncertainty, self.case.geometry, np.uint16, slope=UNCERTAINTY_STEP)
+
+    def native_images(self) -> dict[str, nib.spatialimages.SpatialImage]:
+        """The labels (nearest neighbour) and the uncertainty (linear) on the native T1ce grid of
+        a prepared case, keyed by file name; empty for any other case."""
+        if self.native is None:
+            return {}
+        g, cid = self.case.geometry, self.case_id
+        out = {native_name(prediction_name(cid)): self.native.image(self.labels, g, np.uint8, labels=True)}
+        if self.uncertainty is not None:
+            out[native_name(uncertainty_name(cid))] = self.native.image(self.uncertainty, g, np.uint16, labels=False,
+                                                                        slope=UNCERTAINTY_STEP)
+        return out
 
     def probability_image(self) -> nib.spatialimages.SpatialImage:
         return image_like(self.probabilities, self.case.geometry, np.float32)
@@ -108,6 +124,7 @@ class Prediction:
                                         slope=UNCERTAINTY_STEP))
             if save_prob:
                 jobs.append(pool.submit(save_like, self.probabilities, g, folder / probability_name(cid), np.float32))
+            jobs += [pool.submit(nib.save, img, str(folder / name)) for name, img in self.native_images().items()]
             for job in jobs:
                 job.result()
         if png:
@@ -216,9 +233,13 @@ class Predictor:
         report["qc"] = qc.to_dict()
         if refined is not None:
             report["refinement"] = self._refinement_report(refined, image)
+        native = NativeGrid.open(case.files.folder, case.prepared) if case.prepared is not None else None
+        if native is not None:
+            report["native"] = {"reference": str(case.files.folder / FOLDER / case.prepared.reference),
+                                "outputs": "labels and uncertainty also on this grid (*.native.nii.gz)"}
         times["total"] = time.perf_counter() - t_all
         report["peak_rss_mb"] = peak_rss_mb()
-        return Prediction(case, labels, prob, unc, report, qc)
+        return Prediction(case, labels, prob, unc, report, qc, native)
 
     def run(self, case_dir: Path, out_root: Path) -> dict[str, Any]:
         """Segment one case folder into ``out_root/<case id>/`` (the cohort's step), replacing

@@ -40,6 +40,8 @@ QC_VERSION = 2
 QC_READS = (1, 2)
 #: the quantiles of the normalised brain intensities compared per modality
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
+#: two files of one case correlating above this inside the brain hold the same image
+SAME_IMAGE_CORRELATION = 0.99
 #: the outer shell whose non-background share is measured, in mm (skull-stripped scans are 0 there)
 SHELL_MM = 6.0
 VERDICTS = ("ok", "review", "unchecked")
@@ -210,8 +212,8 @@ class QCReference:
             if not math.isnan(r) and limit.outside(r):
                 a, b = pair.split("-")
                 reasons.append(f"{a} and {b} correlate at {r:.2f} inside the brain (accepted {limit.text()})"
-                               + (": the same image in two files?" if r > (limit.high or 1.0)
-                                  else ": a file holding another modality?"))
+                               + (": the same image in two files?" if r > SAME_IMAGE_CORRELATION
+                                  else ": a file holding another modality, or another protocol?"))
         if self.brain_ml.outside(m.brain_ml):
             reasons.append(f"brain volume {m.brain_ml:.0f} mL outside {self.brain_ml.text(' mL')}"
                            + (": not skull-stripped, or background noise?" if m.brain_ml > (self.brain_ml.high or 0)

@@ -16,21 +16,21 @@ import sys
 from spikeseg import __version__
 from spikeseg.runtime.errors import InputError
 
-STAGES = ("spikeseg.training", "spikeseg.export", "spikeseg.runtime", "spikeseg.benchmarks")
+STAGES = ("spikeseg.prepare", "spikeseg.training", "spikeseg.export", "spikeseg.runtime", "spikeseg.benchmarks")
 
 
 TRAIN_EXTRA = "pip install 'spikeseg[train]'"
 
 
 def add_command(sub: argparse._SubParsersAction, name: str, needs: tuple[str, ...] = (),
-                **kwargs: object) -> argparse.ArgumentParser:
+                extra: str = TRAIN_EXTRA, **kwargs: object) -> argparse.ArgumentParser:
     """A subcommand that says what it needs: with a module of ``needs`` missing (a runtime-only
-    install has no torch), it is listed as such and answers with how to install it."""
+    install has no torch), it is listed as such and answers with how to install it (``extra``)."""
     missing = [m for m in needs if not _importable(m)]
     if missing:
-        kwargs["help"] = f"{kwargs.get('help', '')} [not installed here: {TRAIN_EXTRA}]"
+        kwargs["help"] = f"{kwargs.get('help', '')} [not installed here: {extra}]"
     parser = sub.add_parser(name, **kwargs)
-    parser.set_defaults(missing=missing)
+    parser.set_defaults(missing=missing, extra=extra)
     return parser
 
 
@@ -69,8 +69,9 @@ def installed_stages() -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="spikeseg",
-        description="Brain-tumour segmentation with spiking and quantised networks: make phantom "
-                    "data, train, export, segment on a CPU, evaluate, count operations and energy.")
+        description="Brain-tumour segmentation with spiking and quantised networks: prepare scanner "
+                    "data, make phantom data, train, export, segment on a CPU, evaluate, count "
+                    "operations and energy.")
     p.add_argument("--version", action="version", version=f"spikeseg {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for stage in installed_stages():
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.missing:
         print(f"spikeseg {args.command}: error: needs {', '.join(args.missing)}, which this install lacks; "
-              f"{TRAIN_EXTRA}", file=sys.stderr)
+              f"{args.extra}", file=sys.stderr)
         return 2
     try:
         return args.handler(args)

@@ -8,8 +8,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-#: What a runtime-only install does not have: torch and every training or export package.
-TRAINING_ONLY = ("torch", "snntorch", "spikingjelly", "nncf", "onnx", "nilearn", "matplotlib")
+#: What a runtime-only install does not have: torch and every training or export package, and
+#: the ``prepare`` extra's SimpleITK and pydicom.
+TRAINING_ONLY = ("torch", "snntorch", "spikingjelly", "nncf", "onnx", "nilearn", "matplotlib", "SimpleITK", "pydicom")
 
 # Makes the blocked packages (and anything under them) unimportable, then runs the CLI.
 _BLOCKING = """

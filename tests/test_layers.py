@@ -31,9 +31,17 @@ def test_runtime_and_dispatcher_import_nothing_above_the_runtime() -> None:
     assert offending == set()
 
 
+def test_prepare_builds_on_the_runtime_only() -> None:
+    """``spikeseg prepare`` is a point-of-care extra: SimpleITK and pydicom beside the runtime, no
+    torch, no training code (the template's builder lives in training and imports it, not back)."""
+    offending = {f"{p.relative_to(REPO)}: {m}" for p in sorted((REPO / "prepare").glob("*.py"))
+                 for m in imported_modules(p) if (m + ".").startswith(UPPER)}
+    assert offending == set()
+
+
 def test_every_first_party_import_goes_through_the_spikeseg_namespace() -> None:
     """No file imports a bare ``runtime`` / ``training`` / ...: installed, only ``spikeseg`` exists."""
-    bare = ("runtime", "snn", "training", "export", "benchmarks")
+    bare = ("runtime", "snn", "training", "export", "benchmarks", "prepare")
     files = [p for d in (*bare, "spikeseg", "tests") for p in (REPO / d).glob("*.py")]
     offending = {f"{p.relative_to(REPO)}: {m}" for p in files for m in imported_modules(p) if m.split(".")[0] in bare}
     assert offending == set()
@@ -55,6 +63,7 @@ def test_the_wheel_installs_one_import_package(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert {n.split("/")[0] for n in names} == {"spikeseg", f"{wheel.name.split('-py')[0]}.dist-info"}
     assert "spikeseg/runtime/hardware_profiles.json" in names and "spikeseg/cli.py" in names
+    assert {"spikeseg/prepare/template/t1.nii.gz", "spikeseg/prepare/template/NOTICE.txt"} <= set(names)
     entry = zipfile.ZipFile(wheel).read(f"{wheel.name.split('-py')[0]}.dist-info/entry_points.txt").decode()
     assert "spikeseg = spikeseg.cli:main" in entry
     assert any(n.endswith(".dist-info/licenses/LICENSE") or n.endswith(".dist-info/LICENSE") for n in names)

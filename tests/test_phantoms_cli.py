@@ -131,3 +131,7 @@ def test_a_command_whose_stage_is_not_installed_says_how_to_install_it() -> None
     r = run_cli("train", "--data", "x", "--out", "y", block_torch=True)
     assert r.returncode == 2 and "needs torch" in r.stderr and "spikeseg[train]" in r.stderr
     assert "Traceback" not in r.stderr
+    assert "prepare turn scanner data (DICOM series or NIfTI files) into a case segment can read [not installed " \
+           "here: pip install 'spikeseg[prepare]']" in listing
+    r = run_cli("prepare", "in", "out", block_torch=True)
+    assert r.returncode == 2 and "needs SimpleITK, pydicom" in r.stderr and "spikeseg[prepare]" in r.stderr

@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from spikeseg.export.qc_fit import SAME_IMAGE_CORRELATION, fit_reference
+from spikeseg.export.qc_fit import fit_reference
 from spikeseg.runtime.bundle import MANIFEST, load_bundle
 from spikeseg.runtime.case_io import load_case
 from spikeseg.runtime.errors import InputError
 from spikeseg.runtime.labels import labels_to_regions
 from spikeseg.runtime.preprocess import PreprocessParams, to_model_space
-from spikeseg.runtime.qc import PAIRS, Limit, QCReference, measure_case, modality_correlation
+from spikeseg.runtime.qc import PAIRS, SAME_IMAGE_CORRELATION, Limit, QCReference, measure_case, modality_correlation
 from tests.helpers import run_cli
 
 PARAMS = PreprocessParams(spacing_mm=(4.0, 4.0, 4.0))
@@ -98,6 +98,17 @@ def test_the_same_image_in_two_files_is_flagged_even_where_the_pair_correlates_h
     result = qc.verdict(_measure(image, cases[0]))
     assert result.verdict == "review" and any("the same image in two files" in r for r in result.reasons)
     assert not any(r.startswith("t1 and t1ce") for r in loose.verdict(_measure(image, cases[0])).reasons)
+
+
+def test_a_pair_less_alike_than_in_training_is_not_called_the_same_image(reference) -> None:
+    """T1 and T2 anticorrelate; a weaker anticorrelation lies above the accepted range, and is a
+    modality or protocol question, not two files holding one image."""
+    cases, qc = reference
+    r = modality_correlation(to_model_space(cases[0].image, cases[0].spacing, PARAMS)[0])["t1-t2"]
+    tight = dataclasses.replace(qc, modality_correlation={**qc.modality_correlation, "t1-t2": Limit(-1.0, r - 0.05)})
+    reasons = tight.verdict(_measure(cases[0].image, cases[0])).reasons
+    (reason,) = [x for x in reasons if x.startswith("t1 and t2 correlate")]
+    assert "another modality, or another protocol" in reason and "same image" not in reason
 
 
 def test_modality_correlations_match_numpy(reference) -> None:

@@ -162,21 +162,68 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma_vox: f
     return field / sd if sd > 0 else field
 
 
-def _anatomy(rng: np.random.Generator, shape: tuple[int, ...], spacing: float) -> tuple[np.ndarray, ...]:
-    """CSF, GM, WM partial-volume maps on the output RAS grid, template jittered per case."""
-    gm, wm, mask, t_aff = _template()
+def _placement(shape: tuple[int, ...], spacing: float, jitter: np.ndarray, shift: np.ndarray):
+    """Resampling of a template-space volume onto the output RAS grid (centred on the brain),
+    moved by ``jitter`` (3x3) and ``shift`` (mm): a function of the volume."""
+    _, _, mask, t_aff = _template()
     brain = np.argwhere(mask > 0.5)
     centre_vox = (brain.min(0) + brain.max(0)) / 2.0
     centre_mm = t_aff[:3, :3] @ centre_vox + t_aff[:3, 3]
     # output voxel -> output mm (grid centred on the brain) -> jitter -> template voxel
     out_centre = (np.array(shape) - 1) / 2.0
-    jitter = _rotation(rng, 6.0) @ np.diag(1.0 / rng.uniform(0.92, 1.06, 3))
-    shift = rng.uniform(-4, 4, 3)
     t_inv = np.linalg.inv(t_aff)
     matrix = t_inv[:3, :3] @ jitter * spacing
     offset = t_inv[:3, :3] @ (jitter @ (-out_centre * spacing) + centre_mm + shift) + t_inv[:3, 3]
-    warp = functools.partial(ndimage.affine_transform, matrix=matrix, offset=offset,
+    return functools.partial(ndimage.affine_transform, matrix=matrix, offset=offset,
                              output_shape=shape, order=1, mode="constant", cval=0.0)
+
+
+def grid_affine(shape: tuple[int, ...], spacing: float) -> np.ndarray:
+    """The RAS affine of every phantom grid: ``spacing`` mm voxels, world origin at the centre."""
+    affine = np.diag([spacing, spacing, spacing, 1.0])
+    affine[:3, 3] = -(np.array(shape) - 1) / 2.0 * spacing
+    return affine
+
+
+def prepare_template() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The registration target of ``spikeseg prepare``: nilearn's MNI ICBM152 2009 T1 and brain
+    mask placed on the ``full`` BraTS grid as every phantom is, without the per-case jitter.
+    Returns T1 (float32, 0..1), brain mask (uint8) and the RAS affine."""
+    from nilearn import datasets
+
+    shape, spacing = SIZES["full"]
+    t1 = datasets.load_mni152_template(resolution=1).get_fdata(dtype=np.float32)
+    warp = _placement(shape, spacing, np.eye(3), np.zeros(3))
+    mask = warp(_template()[2]) > 0.5
+    return np.clip(warp(t1), 0, None) * mask, mask.astype(np.uint8), grid_affine(shape, spacing)
+
+
+def write_prepare_template(dest: str | Path | None = None) -> list[Path]:
+    """Write :func:`prepare_template` as ``spikeseg prepare``'s shipped template (T1 scaled to
+    0..255 as uint8: mutual information needs no more, and it ships in under 2 MB)."""
+    from spikeseg.prepare.template import MASK, T1, template_dir
+
+    dest = Path(dest) if dest is not None else template_dir()
+    t1, mask, affine = prepare_template()
+    t1 = np.round(255 * t1 / max(float(t1.max()), 1e-6)).astype(np.uint8)
+    dest.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name, data in ((T1, t1), (MASK, mask)):
+        img = nib.Nifti1Image(data, affine)
+        img.header.set_xyzt_units("mm", "sec")
+        img.set_qform(affine, code=1)
+        img.set_sform(affine, code=1)
+        nib.save(img, dest / name)
+        out.append(dest / name)
+    return out
+
+
+def _anatomy(rng: np.random.Generator, shape: tuple[int, ...], spacing: float) -> tuple[np.ndarray, ...]:
+    """CSF, GM, WM partial-volume maps on the output RAS grid, template jittered per case."""
+    gm, wm, mask, _ = _template()
+    jitter = _rotation(rng, 6.0) @ np.diag(1.0 / rng.uniform(0.92, 1.06, 3))
+    shift = rng.uniform(-4, 4, 3)
+    warp = _placement(shape, spacing, jitter, shift)
     m = warp(mask) > 0.5
     g = np.clip(warp(gm), 0, 1) * m
     w = np.clip(warp(wm), 0, 1) * m
@@ -301,9 +348,7 @@ def make_case(seed: int, size: str = "small", difficulty: float = 0.5,
     labels[edema] = 2
     labels[ncr] = 1
     labels[et] = 4
-    affine = np.diag([spacing, spacing, spacing, 1.0])
-    affine[:3, 3] = -(np.array(shape) - 1) / 2.0 * spacing
-    return image, labels, affine
+    return image, labels, grid_affine(shape, spacing)
 
 
 def storage(seed: int, family: str = "standard") -> tuple[float, type]:
