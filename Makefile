@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.installed-$(HASH)
 NODEPS  := spikingjelly==2.0.0 neurobench==2.3.0
 PIP     := $(BIN)/pip install -q --disable-pip-version-check -c requirements/constraints.txt
 
-.PHONY: install test demo docs bench pins template arm64-check gpu-wheels gpu-check clean
+.PHONY: install test demo docs bench pins schema template arm64-check gpu-wheels gpu-check clean
 
 install: $(STAMP)
 
@@ -42,6 +42,11 @@ $(DOCS_STAMP):
 # setup.cfg and requirements/constraints.txt after either changes (a test fails until then).
 pins: install
 	@$(BIN)/python -c 'from spikeseg.export.package import write_checkout_pins as w; print(w())'
+
+# The bundle manifest's JSON Schema (runtime/manifest.schema.json, shipped) and docs/bundle-format.md,
+# both generated from the types that read and write manifests (a test fails while either is stale).
+schema: install
+	@$(BIN)/python -m spikeseg.runtime.manifest --schema runtime/manifest.schema.json --page docs/bundle-format.md
 
 # spikeseg prepare's registration template (prepare/template/), rebuilt from nilearn's MNI152 (a test
 # fails when the shipped files differ from a fresh build).

@@ -22,6 +22,7 @@ from pathlib import Path
 from spikeseg.benchmarks.demo import run
 from spikeseg.benchmarks.fidelity import add_budget_arguments
 from spikeseg.runtime.atomic import write_text
+from spikeseg.runtime.manifest import MANIFEST
 from spikeseg.runtime.tables import refuse_existing_results
 
 ARCHS = ("unet3d", "me-unet", "cascade-me-unet")
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--spacing", a.spacing, "--patch", a.patch, "--seed", str(a.seed), "--epochs", "100000",
                 "--max-minutes", a.minutes, "--quiet", "--resume", *a.train_args.split())
         seconds[arch] = float(json.loads((run_dir / "summary.json").read_text())["seconds"])
-        if not (bundle / "manifest.json").is_file():
+        if not (bundle / MANIFEST).is_file():
             print(f"== exporting {arch}", flush=True)
             run("export", run_dir, "--out", bundle, "--int8", "--calib", a.train, "--allow-accuracy-drop")
         bundles.append(bundle)

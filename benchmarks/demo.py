@@ -34,6 +34,7 @@ from pathlib import Path
 from spikeseg.benchmarks.refinement import main as refinement_main
 from spikeseg.runtime.atomic import write_text
 from spikeseg.runtime.bundle import load_bundle
+from spikeseg.runtime.manifest import MANIFEST
 from spikeseg.cli import main as cli
 from spikeseg.runtime.errors import InputError
 from spikeseg.runtime.preprocess import VIEWS
@@ -85,7 +86,7 @@ def finished(folder: Path, arch: str, data: Path) -> bool:
 def fitted_for(bundle, guides: list[str]) -> bool:
     """Whether a 3D bundle holds a refinement fit for each ``BUNDLE:mode`` guide as it is now
     (a guide exported again has a new checksum, and its fit must be made again)."""
-    fits = {(f["guide"]["sha256"], f["guide"]["mode"]) for f in bundle.manifest.get("refinement", [])}
+    fits = {(f.guide_sha256, f.mode) for f in bundle.manifest.refinement}
     for g in guides:
         path, mode = g.rsplit(":", 1)
         try:
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     guides = {"unet3d": [f"{bundles['snn']}:views", f"{bundles['twin']}:projections"]}
     for name, (arch, folder) in runs.items():
         stale = []
-        if (bundles[name] / "manifest.json").is_file():
+        if (bundles[name] / MANIFEST).is_file():
             try:
                 bundle = load_bundle(bundles[name])
                 current = (bundle.preprocess.spacing_mm[0] == float(SPACING_MM) and name not in retrained

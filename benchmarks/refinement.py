@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.out.exists() and not a.overwrite:
         sys.exit(f"{a.out}: exists; pass --overwrite to replace it")
     if a.projections is None:
-        fits = load_bundle(a.refiner).manifest.get("refinement", [])
-        a.projections = next((f["guide"]["projections"] for f in fits if f["guide"]["mode"] == "projections"), 16)
+        fits = load_bundle(a.refiner).manifest.refinement
+        a.projections = next((f.projections for f in fits if f.mode == "projections"), 16)
     table = []
     for i, (label, bundle, options) in enumerate(rows(a)):
         folder = a.out / f"row{i}"

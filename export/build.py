@@ -15,16 +15,15 @@ end: a failed export leaves nothing behind.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from spikeseg.runtime import __version__
-from spikeseg.runtime.atomic import atomic_dir, write_json
-from spikeseg.runtime.bundle import MANIFEST, ModelFile, is_bundle, load_bundle
-from spikeseg.runtime.bundle_spec import SCHEMA_VERSION, ModelEntry, ViewSpec, WindowSpec
+from spikeseg.runtime.atomic import atomic_dir
+from spikeseg.runtime.bundle import ModelFile, is_bundle, load_bundle
+from spikeseg.runtime.bundle_spec import ModelEntry, ViewSpec, WindowSpec
+from spikeseg.runtime.manifest import Manifest
 from spikeseg.runtime.case_io import find_cases
 from spikeseg.runtime.errors import InputError
 from spikeseg.runtime.inference import OrtEngine, OvEngine, run_view
@@ -179,7 +178,6 @@ def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | 
     calib_images = _load_model_space(find_cases(calib), params) if int8 else []
     holdout_cache: dict[tuple[Path, ...], list] = {}
     with atomic_dir(out) as tmp:
-        manifest_views: dict[str, Any] = {}
         specs: dict[str, ViewSpec] = {}
         for model, info, _ in sorted(loaded, key=lambda m: list(VIEWS).index(m[1]["view"]) if m[1]["view"] in VIEWS
                                      else len(VIEWS)):
@@ -229,7 +227,6 @@ def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | 
                 training={"run": info["run_dir"], "trainer": info["trainer"], "fold": info["fold"],
                           "folds": info["folds"], "epochs": info["epochs"], "best": info["best"], "seed": info["seed"],
                           "data_fingerprint": info["data_fingerprint"], "preset": info["preset"]})
-            manifest_views[view] = spec.to_dict()
             specs[view] = spec
         # a speed benchmark's bundle of untrained weights has no data worth a reference
         qc = _fit_qc(loaded[0][1], params, specs, tmp, calib, threads, log) if check_accuracy else None
@@ -246,19 +243,8 @@ def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | 
             for guide, mode in guides:
                 refinement.append(fit_refinement(guide, mode, projections, engine3d, spec, params, fit_dirs, source,
                                                  threads, seed, log, refine_stop, refine_max_kernels,
-                                                 projection_cap).to_dict())
+                                                 projection_cap))
         first = loaded[0][1]
-        manifest = {"schema_version": SCHEMA_VERSION, "spikeseg_version": __version__,
-                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    "architecture": first["arch"],
-                    "model_config": first["model_config"], "views": manifest_views,
-                    "preprocess": params.to_dict(), "voxel_spacing_mm": list(params.spacing_mm),
-                    "regions": list(REGIONS), "output": "sigmoid probabilities of the nested regions ET, TC, WT",
-                    "label_convention": "written in the input case's convention (2021 names: ET=4; 2023+: ET=3)",
-                    "openvino_inference_precision": "f32 (INFERENCE_PRECISION_HINT set by the runtime)"}
-        if qc is not None:
-            manifest["qc"] = qc.to_dict()
-        if refinement:
-            manifest["refinement"] = refinement
-        write_json(tmp / MANIFEST, manifest)
+        Manifest(architecture=first["arch"], views=specs, preprocess=params, model_config=first["model_config"],
+                 qc=qc, refinement=tuple(refinement)).write(tmp)
     return out

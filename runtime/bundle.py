@@ -8,19 +8,15 @@ schema version, a missing file or a checksum mismatch before anything is run.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
 
-from spikeseg import __version__
-from spikeseg.runtime.bundle_spec import SCHEMA_VERSION, VOLUME, FileEntry, ModelEntry, ViewSpec
+from spikeseg.runtime.bundle_spec import FileEntry, ModelEntry, ViewSpec
 from spikeseg.runtime.errors import InputError
+from spikeseg.runtime.manifest import MANIFEST, Manifest, read_manifest
 from spikeseg.runtime.outputs import json_marker
-from spikeseg.runtime.preprocess import VIEWS, PreprocessParams
+from spikeseg.runtime.preprocess import PreprocessParams
 from spikeseg.runtime.qc import QCReference
-
-MANIFEST = "manifest.json"
 #: How ``--overwrite`` recognises a bundle folder export made (and so may replace).
 is_bundle = json_marker(MANIFEST, ("schema_version", "views"))
 
@@ -71,9 +67,14 @@ class ModelFile:
 
 @dataclass(frozen=True)
 class Bundle:
+    """A bundle folder whose manifest was read and every listed file verified."""
+
     root: Path
-    manifest: dict[str, Any]
-    specs: dict[str, ViewSpec]
+    manifest: Manifest
+
+    @property
+    def specs(self) -> dict[str, ViewSpec]:
+        return self.manifest.views
 
     @property
     def views(self) -> list[str]:
@@ -85,18 +86,17 @@ class Bundle:
 
     @property
     def architecture(self) -> str:
-        return str(self.manifest["architecture"])
+        return self.manifest.architecture
 
     @property
     def preprocess(self) -> PreprocessParams:
-        return PreprocessParams.from_dict(self.manifest["preprocess"], self.root / MANIFEST)
+        return self.manifest.preprocess
 
     @property
     def qc(self) -> QCReference | None:
         """What the bundle's training data looked like, for the QC verdict (None: exported before
-        bundles carried it; checked when the bundle was loaded)."""
-        raw = self.manifest.get("qc")
-        return None if raw is None else QCReference.parse(raw, self.root / MANIFEST)
+        bundles carried it)."""
+        return self.manifest.qc
 
     @property
     def checksum(self) -> str:
@@ -114,19 +114,6 @@ class Bundle:
                 return ModelFile(view, m, self.root)
         have = sorted({(m.format, m.precision) for m in self.view(view).models})
         raise InputError(self.root, f"bundle has no {precision} {fmt} model for {view} (it has {have})")
-
-
-def _parse_views(manifest: Any, path: Path) -> dict[str, ViewSpec]:
-    """The manifest's shape, checked before any of it is used: one clear error, no traceback."""
-    if not isinstance(manifest.get("views"), dict) or not manifest["views"]:
-        raise InputError(path, "malformed manifest: 'views' must be a non-empty object")
-    if not isinstance(manifest.get("preprocess"), dict):
-        raise InputError(path, "malformed manifest: 'preprocess' must be an object")
-    unknown = [v for v in manifest["views"] if v not in (*VIEWS, VOLUME)]
-    if unknown:
-        raise InputError(path, f"malformed manifest: unknown view {unknown[0]!r}; a bundle holds "
-                               f"{', '.join(VIEWS)} or {VOLUME!r}")
-    return {str(view): ViewSpec.parse(info, str(view), path) for view, info in manifest["views"].items()}
 
 
 def bundle_file(root: Path, name: str) -> Path:
@@ -157,33 +144,15 @@ def read_verified(root: Path, entry: FileEntry) -> bytes:
 
 
 def load_bundle(root: str | Path) -> Bundle:
-    """Read and verify a bundle: schema version, structure, every file's path and sha256."""
+    """Read and verify a bundle: schema version, structure (:func:`read_manifest`), every file's
+    path and sha256."""
     root = Path(root)
-    path = root / MANIFEST
-    if not path.is_file():
-        raise InputError(root, f"not a spikeseg bundle (no {MANIFEST})")
-    try:
-        manifest = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # ValueError: also a 5000-digit number
-        raise InputError(path, f"unreadable manifest: {type(exc).__name__}: {str(exc)[:200]}") from exc
-    version = manifest.get("schema_version") if isinstance(manifest, dict) else None
-    if version != SCHEMA_VERSION:
-        made_by = manifest.get("spikeseg_version") if isinstance(manifest, dict) else None
-        raise InputError(path, f"unsupported bundle schema version {version!r} (made by spikeseg {made_by}); "
-                               f"spikeseg {__version__} reads version {SCHEMA_VERSION}: re-export the bundle "
-                               f"with spikeseg {__version__} (`spikeseg export`)")
-    for key in ("architecture", "views", "preprocess"):
-        if key not in manifest:
-            raise InputError(path, f"manifest lacks '{key}'")
-    specs = _parse_views(manifest, path)
-    PreprocessParams.from_dict(manifest["preprocess"], path)  # every field checked now, not when a case runs
-    if manifest.get("qc") is not None:
-        QCReference.parse(manifest["qc"], path)
-    for spec in specs.values():
+    manifest = read_manifest(root)
+    for spec in manifest.views.values():
         for model in spec.models:
             for entry in model.files():
                 read_verified(root, entry)
-    return Bundle(root, manifest, specs)
+    return Bundle(root, manifest)
 
 
 def file_entry(root: Path, path: Path) -> FileEntry:

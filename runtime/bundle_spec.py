@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from spikeseg.runtime import schema as js
 from spikeseg.runtime.errors import InputError
 
 #: 3: per-view typed spec with ``execution``; state/counter names derived, not stored.
@@ -87,6 +88,11 @@ class FileEntry:
     def to_dict(self) -> dict[str, str]:
         return {"file": self.file, "sha256": self.sha256}
 
+    @staticmethod
+    def json_schema() -> dict[str, Any]:
+        return js.obj({"file": js.string(), "sha256": js.string(pattern=r"^[0-9a-fA-F]{64}$")},
+                      required=("file", "sha256"))
+
     @classmethod
     def parse(cls, d: Any, what: str, where: Path | None) -> "FileEntry":
         if not isinstance(d, dict) or not isinstance(d.get("file"), str):
@@ -115,6 +121,13 @@ class ModelEntry:
         if self.weights:
             d["weights"] = self.weights.to_dict()
         return d
+
+    @staticmethod
+    def json_schema() -> dict[str, Any]:
+        entry = FileEntry.json_schema()
+        return {**js.obj({**entry["properties"], "format": js.string(FORMATS), "precision": js.string(PRECISIONS),
+                          "weights": entry}, required=("file", "sha256", "format", "precision")),
+                "if": {"properties": {"format": {"const": "openvino"}}}, "then": {"required": ["weights"]}}
 
     @classmethod
     def parse(cls, d: Any, what: str, where: Path | None) -> "ModelEntry":
@@ -164,6 +177,13 @@ class LayerSpec:
         """Per step of the graph: a slice, or a patch of a volume model."""
         return (self.in_channels // self.groups) * self.out_channels * math.prod(self.kernel) * math.prod(self.grid)
 
+    @staticmethod
+    def json_schema() -> dict[str, Any]:
+        return js.obj({"name": js.string(), "module": js.string(), "kind": js.string(("conv", "deconv")),
+                       "in_channels": js.integer(1), "out_channels": js.integer(1), "kernel": js.shape(),
+                       "grid": js.shape(), "spike_input": {"type": "boolean"}, "output_scale": js.integer(1),
+                       "groups": js.integer(1), "dense_macs_per_slice": js.integer(0)}, required=_LAYER_KEYS)
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "module": self.module, "kind": self.kind, "in_channels": self.in_channels,
                 "out_channels": self.out_channels, "kernel": list(self.kernel), "grid": list(self.grid),
@@ -183,6 +203,13 @@ class WindowSpec:
     sigma_scale: float = 0.125
     flips: tuple[tuple[int, ...], ...] = ((),)
     classes: tuple[str, ...] = VOLUME_CLASSES
+
+    @staticmethod
+    def json_schema() -> dict[str, Any]:
+        return js.obj({"patch": js.shape(3), "overlap": js.number(0, 0.999999), "sigma_scale": js.number(1e-9),
+                       "flips": js.array(js.array(js.integer(0)), min_items=1),
+                       "classes": {"const": list(VOLUME_CLASSES)}},
+                      required=("patch", "overlap", "sigma_scale", "flips", "classes"))
 
     def to_dict(self) -> dict[str, Any]:
         return {"patch": list(self.patch), "overlap": self.overlap, "sigma_scale": self.sigma_scale,
@@ -253,6 +280,20 @@ class ViewSpec:
                 "dense_macs_per_slice": self.dense_macs_per_slice, "parameters": self.parameters,
                 "models": [m.to_dict() for m in self.models],
                 **({"window": self.window.to_dict()} if self.window else {}), **self.report}
+
+    @staticmethod
+    def json_schema() -> dict[str, Any]:
+        names = js.array(js.string())
+        return {**js.obj({
+            "execution": js.string(tuple(EXECUTIONS)), "in_channels": js.integer(1), "slice_shape": js.shape(),
+            "slices_per_case": js.integer(1),
+            "states": js.array(js.obj({"name": js.string(), "shape": js.shape()}, required=("name", "shape"))),
+            "outputs": js.obj({"ops": names, "acts": names, "mems": names}, required=("ops", "acts", "mems")),
+            "activation_shapes": js.mapping(js.shape()), "layers": js.array(LayerSpec.json_schema()),
+            "dense_macs_per_slice": js.integer(0), "parameters": js.integer(0),
+            "models": js.array(ModelEntry.json_schema(), min_items=1), "window": WindowSpec.json_schema(),
+            **{k: js.nullable(js.ANY_OBJECT) for k in REPORT_KEYS}}, required=_VIEW_KEYS),
+            "if": {"properties": {"execution": {"const": SLIDING}}}, "then": {"required": ["window"]}}
 
     @classmethod
     def parse(cls, d: Any, view: str, where: Path | None) -> "ViewSpec":

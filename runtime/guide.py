@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from spikeseg.runtime.bundle import MANIFEST, Bundle
+from spikeseg.runtime.bundle import Bundle
 from spikeseg.runtime.bundle_spec import ViewSpec
 from spikeseg.runtime.ensemble import fuse, spread
 from spikeseg.runtime.errors import InputError
@@ -150,15 +150,11 @@ def fitted_refinement(bundle: Bundle, guide: Bundle, mode: str | None = None, vi
     """The 3D ``bundle``'s fit for ``guide`` (matched by the guide's checksum, and ``mode`` when
     given), refused with the reason when there is none, the grids differ, or ``views`` /
     ``projections`` ask for other members than the fit was made with."""
-    source = bundle.root / MANIFEST
     if len(bundle.views) != 1 or bundle.view(bundle.views[0]).window is None:
         raise InputError(bundle.root, "--refine needs a 3D (volume) bundle, e.g. one of unet3d-lite; "
                                       f"this one holds {bundle.architecture} views {bundle.views}")
     check_guide(guide, bundle.preprocess, bundle.root)
-    records = bundle.manifest.get("refinement", [])
-    if not isinstance(records, list):
-        raise InputError(source, "malformed manifest: 'refinement' must be a list")
-    fits = [RefinementSpec.parse(d, source) for d in records]
+    fits = list(bundle.manifest.refinement)
     match = [f for f in fits if f.guide_sha256 == guide.checksum and (mode is None or f.mode == mode)]
     if not match:
         have = ", ".join(f"{f.guide_architecture} {f.guide_sha256[:12]} ({f.mode})" for f in fits) or "none"

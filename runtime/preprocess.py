@@ -83,6 +83,15 @@ class PreprocessParams:
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
+    @staticmethod
+    def json_schema() -> dict[str, Any]:
+        from spikeseg.runtime import schema as js
+
+        return js.obj({"crop_mm": js.array(js.number(*_CROP_RANGE_MM), length=3),
+                       "spacing_mm": js.array(js.number(*_SPACING_RANGE_MM), length=3),
+                       "normalisation": js.string(NORMALISATIONS), "modalities": {"const": list(MODALITIES)},
+                       "version": js.integer()}, required=("crop_mm", "spacing_mm", "normalisation"))
+
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str | Path | None = None) -> "PreprocessParams":
         if not isinstance(d, dict):

@@ -153,6 +153,12 @@ class Limit:
     def outside(self, value: float) -> bool:
         return (self.low is not None and value < self.low) or (self.high is not None and value > self.high)
 
+    @staticmethod
+    def json_schema() -> dict[str, Any]:
+        from spikeseg.runtime import schema as js
+
+        return js.obj({"low": js.number(nullable=True), "high": js.number(nullable=True)}, extra=False)
+
     def text(self, unit: str = "") -> str:
         lo = "-" if self.low is None else f"{self.low:.3g}"
         hi = "-" if self.high is None else f"{self.high:.3g}"
@@ -230,6 +236,20 @@ class QCReference:
             reasons.append(f"{100 * m.et_outside_tc:.0f} % of the enhancing tumour lies outside the tumour core "
                            f"(accepted up to {100 * (self.et_outside_tc.high or 0):.0f} %)")
         return QCResult("review" if reasons else "ok", tuple(reasons), m.to_dict())
+
+    @staticmethod
+    def json_schema() -> dict[str, Any]:
+        from spikeseg.runtime import schema as js
+
+        limit = Limit.json_schema()
+        return js.obj({"source": js.string(), "cases": js.integer(0),
+                       "intensity_reference": js.mapping(js.array(js.number(nullable=True)), keys=MODALITIES),
+                       "intensity_distance": js.mapping(limit, keys=MODALITIES), "brain_ml": limit,
+                       "shell_share": limit, "wt_ml": limit, "mean_uncertainty_in_wt": limit, "et_outside_tc": limit,
+                       "modality_correlation": js.mapping(limit, keys=PAIRS),
+                       "version": js.integer(1), "quantiles": js.array(js.number())},
+                      required=("intensity_reference", "intensity_distance", "brain_ml", "shell_share", "wt_ml",
+                                "mean_uncertainty_in_wt", "et_outside_tc"))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

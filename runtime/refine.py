@@ -176,6 +176,23 @@ class RefinementSpec:
                 "fusion": {r: {"w2d": f.w2d, "w3d": f.w3d, "b": f.b} for r, f in self.fusion.items()},
                 "fit": self.fit}
 
+    @staticmethod
+    def json_schema() -> dict[str, Any]:
+        from spikeseg.runtime import schema as js
+
+        fusion = js.obj({"w2d": js.number(), "w3d": js.number(), "b": js.number()}, required=("w2d", "w3d", "b"))
+        return js.obj({
+            "version": {"const": REFINEMENT_VERSION},
+            "guide": js.obj({"sha256": js.string(pattern=r"^[0-9a-f]{64}$"), "architecture": js.string(),
+                             "mode": js.string(GUIDE_MODES), "views": js.array(js.string()),
+                             "projections": js.integer(0), "projection_cap_degrees": js.number(0)},
+                            required=("sha256", "architecture", "mode", "views", "projections",
+                                      "projection_cap_degrees")),
+            "uncertainty": js.string(), "kernel_mm": js.mapping(js.number(0), keys=REGIONS),
+            "overlap_cap": js.number(0, 1), "stop_share": js.number(0), "max_kernels": js.integer(1),
+            "fusion": js.mapping(fusion, keys=REGIONS), "fit": js.ANY_OBJECT},
+            required=("version", "guide", "fusion", "kernel_mm", "overlap_cap", "stop_share", "max_kernels"))
+
     @classmethod
     def parse(cls, d: Any, source: str | Path) -> "RefinementSpec":
         try:
