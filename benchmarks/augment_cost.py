@@ -9,7 +9,6 @@ models) or per patch (volume models), so its share shrinks as the model grows.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from spikeseg.cli import main as cli
 from spikeseg.runtime.system import cpu_model
 from spikeseg.runtime.tables import refuse_existing_results, write_results
 from spikeseg.training.augment import LEVELS
+from spikeseg.training.run_folder import RunFolder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,8 +39,7 @@ def main(argv: list[str] | None = None) -> int:
                   "--device", "cpu", "--quiet", "--overwrite"])
         if rc != 0:
             raise SystemExit(f"training with --augment {level} failed (exit {rc})")
-        with open(run / "metrics.csv") as f:
-            seconds = [float(r["train_seconds"]) for r in csv.DictReader(f)]
+        seconds = [float(r["train_seconds"]) for r in RunFolder(run).metrics()]
         kept = seconds[1:] or seconds
         rows.append({"augment": level, "epoch_train_s": sum(kept) / len(kept)})
     base = rows[0]["epoch_train_s"]

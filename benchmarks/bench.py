@@ -72,7 +72,9 @@ def _torch_available(bundle: Bundle) -> bool:
     if importlib.util.find_spec("torch") is None:
         return False
     runs = [bundle.view(v).training_run for v in bundle.views]
-    return all(r and (Path(r) / "checkpoints" / "best.pt").is_file() for r in runs)
+    from spikeseg.training.run_folder import RunFolder
+
+    return all(r and RunFolder(Path(r)).best.is_file() for r in runs)
 
 
 def evaluate_config(cfg: Config, cases: list[tuple[Any, np.ndarray, Any]], threads: int,

@@ -19,7 +19,6 @@ Writes ``results.md`` and ``results.csv`` to ``--out``; its preprocessed cache g
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ import numpy as np
 import torch
 
 from spikeseg.runtime.errors import InputError
-from spikeseg.runtime.preprocess import VIEWS, PreprocessParams, parse_views
+from spikeseg.runtime.preprocess import VIEWS, parse_views
 from spikeseg.runtime.tables import refuse_existing_results, write_results
 from spikeseg.training.config import TrainConfig
 from spikeseg.training.conversion import analog_layers, spiking_layers
@@ -36,13 +35,14 @@ from spikeseg.training.data import CachedCase, preprocess_dataset
 from spikeseg.training.predict import predict_views
 from spikeseg.training.run_folder import load_run, twin_run_for
 from spikeseg.training.trainer import CONVERSION_CASES, build_view_model, validation_scores
+from spikeseg.training.run_folder import RunFolder
 
 
 def twin_views(twin: Path) -> list[str]:
     """The views a twin run holds: its own, or those of a ``--view all`` folder."""
-    if (twin / "config.json").is_file():
-        return [json.loads((twin / "config.json").read_text())["view"]]
-    views = [v for v in VIEWS if (twin / v / "config.json").is_file()]
+    if RunFolder(twin).is_run():
+        return [RunFolder(twin).config()["view"]]
+    views = [v for v in VIEWS if RunFolder(twin / v).is_run()]
     if not views:
         raise InputError(twin, "not a twin run: no config.json here nor in a view folder")
     return views
@@ -59,11 +59,12 @@ def view_rows(twin: Path, view: str, data: Path, cache: Path, readout_input: str
               device: torch.device) -> list[dict[str, Any]]:
     """One row per analog layer set for one view: none, each layer alone, all; and the twin's own."""
     run = twin_run_for(twin, view)
-    twin_cfg = json.loads((run / "config.json").read_text())
+    folder = RunFolder(run)
+    twin_cfg = folder.config()
     if twin_cfg.get("arch") != "useg":
         raise InputError(run, f"is a {twin_cfg.get('arch')} run; converting needs a useg twin")
-    splits = json.loads((run / "splits.json").read_text())
-    params = PreprocessParams.load(run / "preprocess.json")
+    splits = folder.splits()
+    params = folder.preprocess()
     cached = {c.case_id: c for c in preprocess_dataset(data, cache / f"{params.spacing_mm[0]:g}mm", params,
                                                        progress=False)}
     calibration = _cases(run, splits["train"], cached, data)[:CONVERSION_CASES]

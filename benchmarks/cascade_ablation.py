@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from spikeseg.benchmarks.demo import run
 from spikeseg.benchmarks.fidelity import add_budget_arguments
 from spikeseg.runtime.atomic import write_text
 from spikeseg.runtime.manifest import MANIFEST
+from spikeseg.training.run_folder import RunFolder
 from spikeseg.runtime.tables import refuse_existing_results
 
 ARCHS = ("unet3d", "me-unet", "cascade-me-unet")
@@ -61,12 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     bundles = []
     for arch in ARCHS:
         run_dir, bundle = a.out / "runs" / arch, a.out / "bundles" / arch
-        if not (run_dir / "summary.json").is_file():
+        if not RunFolder(run_dir).finished():
             print(f"== training {arch} ({a.minutes:g} min)", flush=True)
             run("train", "--data", a.train, "--out", run_dir, "--arch", arch, "--preset", a.preset,
                 "--spacing", a.spacing, "--patch", a.patch, "--seed", str(a.seed), "--epochs", "100000",
                 "--max-minutes", a.minutes, "--quiet", "--resume", *a.train_args.split())
-        seconds[arch] = float(json.loads((run_dir / "summary.json").read_text())["seconds"])
+        seconds[arch] = float(RunFolder(run_dir).summary()["seconds"])
         if not (bundle / MANIFEST).is_file():
             print(f"== exporting {arch}", flush=True)
             run("export", run_dir, "--out", bundle, "--int8", "--calib", a.train, "--allow-accuracy-drop")

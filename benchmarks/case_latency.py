@@ -35,7 +35,7 @@ from spikeseg.runtime.preprocess import VIEWS, PreprocessParams
 from spikeseg.runtime.tables import refuse_existing_results
 from spikeseg.snn.models import ModelConfig, build_model
 from spikeseg.training.config import DEFAULT_TRAINER, RUN_VERSION
-from spikeseg.training.run_folder import save_checkpoint
+from spikeseg.training.run_folder import RunFolder, save_checkpoint
 
 ARCHS = {"SNN": "spiking-useg", "twin": "useg"}
 PRECISIONS = ("int8", "fp32")
@@ -49,15 +49,14 @@ def fresh_runs(root: Path, arch: str, preset: str, spacing: float, seed: int = 0
         torch.manual_seed(seed)
         cfg = ModelConfig.preset(arch, preset)
         model = build_model(cfg)
-        run = root / arch / view
-        save_checkpoint(run / "checkpoints" / "best.pt",
-                        {"model": model.state_dict(), "model_config": cfg.to_dict(), "epoch": 0,
-                         "val": {"note": "untrained: a speed benchmark"}})
-        params.save(run / "preprocess.json")
-        write_json(run / "config.json", {
-            "version": RUN_VERSION, "arch": arch, "view": view, "preset": preset, "data": "", "out": str(run),
-            "trainer": DEFAULT_TRAINER[arch], "fold": 0, "folds": 1, "epochs": 0, "seed": seed,
-            "data_fingerprint": "none: untrained", "spacing_mm": spacing, "model_config": cfg.to_dict()})
+        run = RunFolder(root / arch / view)
+        save_checkpoint(run.best, {"model": model.state_dict(), "model_config": cfg.to_dict(), "epoch": 0,
+                                   "val": {"note": "untrained: a speed benchmark"}})
+        run.write_setup({"version": RUN_VERSION, "arch": arch, "view": view, "preset": preset, "data": "",
+                         "out": str(run.path), "trainer": DEFAULT_TRAINER[arch], "fold": 0, "folds": 1, "epochs": 0,
+                         "seed": seed, "data_fingerprint": "none: untrained", "spacing_mm": spacing,
+                         "model_config": cfg.to_dict()}, params, {"fold": 0, "folds": 1, "train": [], "validation": []})
+        run = run.path
         runs.append(run)
     return runs
 

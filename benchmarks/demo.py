@@ -39,6 +39,7 @@ from spikeseg.cli import main as cli
 from spikeseg.runtime.errors import InputError
 from spikeseg.runtime.preprocess import VIEWS
 from spikeseg.snn.unet3d import ARCH as VOLUME_ARCH
+from spikeseg.training.run_folder import RunFolder
 
 TRAIN_CASES, TEST_CASES = 12, 4
 #: (folder under data/, family, cases, seed): what the models train on, and the two test sets
@@ -74,12 +75,12 @@ def run_dirs(folder: Path, arch: str) -> list[Path]:
 def trained_on(folder: Path, arch: str) -> set[tuple[float, str]]:
     """The (grid spacing, data folder) pairs a model's runs were trained on (a demo folder from an
     older spikeseg may hold runs on another grid or data: those are trained again, not reused)."""
-    configs = [json.loads((d / "config.json").read_text()) for d in run_dirs(folder, arch) if (d / "config.json").is_file()]
+    configs = [RunFolder(d).config() for d in run_dirs(folder, arch) if RunFolder(d).is_run()]
     return {(float(c["spacing_mm"]), str(c["data"])) for c in configs}
 
 
 def finished(folder: Path, arch: str, data: Path) -> bool:
-    return (all((d / "summary.json").is_file() for d in run_dirs(folder, arch))
+    return (all(RunFolder(d).finished() for d in run_dirs(folder, arch))
             and trained_on(folder, arch) == {(float(SPACING_MM), str(data))})
 
 

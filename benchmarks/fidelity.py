@@ -50,7 +50,7 @@ from spikeseg.runtime.metrics import ece, nll, region_scores, undefined_regions
 from spikeseg.runtime.preprocess import VIEWS, model_space, to_native_space
 from spikeseg.runtime.tables import refuse_existing_results, write_results
 from spikeseg.training.predict import predict_view
-from spikeseg.training.run_folder import load_run
+from spikeseg.training.run_folder import RunFolder, load_run
 
 MODELS: dict[str, tuple[str, list[str]]] = {
     "snn": ("spiking-useg", []),
@@ -78,18 +78,18 @@ def train_model(name: str, train_dir: Path, runs: Path, minutes: float, common: 
         budget, init = minutes, []
         if name in WARM_STARTED:
             twin_run = runs / "snn-warm-twin" / view
-            if not (twin_run / "summary.json").is_file():
+            if not RunFolder(twin_run).finished():
                 _train(train_dir, twin_run, "useg", view, minutes * warm_share, common)
             spent += _seconds(twin_run)
             budget, init = minutes * (1 - warm_share), ["--init-from", str(twin_run)]
-        if not (run / "summary.json").is_file():
+        if not RunFolder(run).finished():
             _train(train_dir, run, arch, view, budget, common + extra + init)
         spent += _seconds(run)
     return spent
 
 
 def _seconds(run: Path) -> float:
-    return float(json.loads((run / "summary.json").read_text())["seconds"])
+    return float(RunFolder(run).summary()["seconds"])
 
 
 def _train(train_dir: Path, run: Path, arch: str, view: str, minutes: float, args: list[str]) -> None:

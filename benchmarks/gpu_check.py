@@ -202,12 +202,12 @@ def step_speed(out: Path, plan: Plan, train: Path, step: Step) -> None:
 def epoch_speed(run: Path) -> dict[str, Any]:
     """Slices per second of the epoch's training (its slice sequences over its training time),
     and its peak GPU memory, from the run folder's metrics and config."""
-    with open(run / "metrics.csv") as f:
-        row = next(csv.DictReader(f))
-    cfg = json.loads((run / "config.json").read_text())
-    splits = json.loads((run / "splits.json").read_text())
-    params = json.loads((run / "preprocess.json").read_text())
-    slices = len(splits["train"]) * round(params["crop_mm"][2] / params["spacing_mm"][2])  # axial sequences
+    from spikeseg.training.run_folder import RunFolder  # torch: imported where the check runs
+
+    folder = RunFolder(run)
+    row = folder.metrics()[0]
+    cfg, splits, params = folder.config(), folder.splits(), folder.preprocess()
+    slices = len(splits["train"]) * round(params.crop_mm[2] / params.spacing_mm[2])  # axial sequences
     train_s = float(row.get("train_seconds") or row["seconds"])
     return {"device": cfg["device"], "amp": cfg["amp_dtype"], "slices": slices, "train_s": round(train_s, 2),
             "slices_per_s": round(slices / train_s, 1) if train_s > 0 else None,

@@ -56,11 +56,12 @@ def _load_model_space(case_dirs: list[Path], params: PreprocessParams) -> list[t
 
 
 def _holdout_dirs(info: dict[str, Any]) -> list[Path]:
-    split = Path(info["run_dir"]) / "splits.json"
+    from spikeseg.training.run_folder import RunFolder
+
     data = Path(info["data"])
     if not data.is_dir():
         return []
-    ids = set(json.loads(split.read_text())["validation"]) if split.is_file() else set()
+    ids = set(RunFolder(Path(info["run_dir"])).splits().get("validation", []))
     return [d for d in find_cases(data) if d.name in ids]
 
 

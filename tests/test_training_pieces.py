@@ -186,3 +186,26 @@ def test_window_sampling_and_burn_in_defaults() -> None:
         cfg(arch="spiking-useg", burn_in=-1).resolved_burn_in()
     with pytest.raises(InputError, match="unknown --window-sampling"):
         cfg(arch="spiking-useg", window_sampling="zigzag").resolved_window_sampling()
+
+
+def test_a_run_folder_refuses_what_it_cannot_read(tmp_path: Path) -> None:
+    """RunFolder is the one reader of a run's files: a missing config, another run version and a
+    torn JSON file are refused by name, never read half-way."""
+    from spikeseg.training.config import RUN_VERSION
+    from spikeseg.training.run_folder import RunFolder, twin_run_for
+
+    run = RunFolder(tmp_path / "run")
+    with pytest.raises(InputError, match="not a training run"):
+        run.config()
+    run.path.mkdir()
+    run.config_path.write_text(json.dumps({"version": RUN_VERSION + 1, "view": "axial"}))
+    with pytest.raises(InputError, match=f"run version {RUN_VERSION + 1}"):
+        run.config()
+    run.config_path.write_text('{"version": ')
+    with pytest.raises(InputError, match="unreadable"):
+        run.config()
+    run.config_path.write_text(json.dumps({"version": RUN_VERSION, "view": "axial"}))
+    assert run.is_run() and not run.finished() and run.splits() == {}
+    assert twin_run_for(tmp_path / "run", "axial") == run.path
+    with pytest.raises(InputError, match="is a axial run; the coronal model needs a coronal twin"):
+        twin_run_for(tmp_path / "run", "coronal")

@@ -1,22 +1,133 @@
-"""A run folder on disk (its layout: :mod:`spikeseg.training.trainer`): checkpoints, never
-executing code from a file; the folder's set-up; and reading a trained view model back, which
-export, the benchmarks and warm starts need without the trainer."""
+"""A training run folder on disk, read and written through :class:`RunFolder` only (the layout
+is described in :mod:`spikeseg.training.trainer`): checkpoints, never executing code from a
+file; the folder's set-up; and reading a trained view model back, which export, the benchmarks
+and warm starts need without the trainer."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from spikeseg.runtime.atomic import atomic_path
+from spikeseg.runtime.atomic import atomic_path, write_json, write_text
 from spikeseg.runtime.errors import InputError
 from spikeseg.runtime.preprocess import PreprocessParams
+from spikeseg.runtime.tables import rows_to_csv
 from spikeseg.snn.models import ModelConfig, SliceSegNet, build_model
 from spikeseg.snn.cascade import ARCHS as CASCADE_ARCHS, CascadeConfig, CascadeUnet
 from spikeseg.snn.unet3d import ARCH as VOLUME_ARCH, LiteUnet3d, Unet3dConfig
 from spikeseg.training.config import RUN_VERSION, TrainConfig
+
+@dataclass(frozen=True)
+class RunFolder:
+    """One view model's training run: the only code that knows where its files are."""
+
+    path: Path
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def preprocess_path(self) -> Path:
+        return self.path / "preprocess.json"
+
+    @property
+    def splits_path(self) -> Path:
+        return self.path / "splits.json"
+
+    @property
+    def summary_path(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.csv"
+
+    @property
+    def activity_path(self) -> Path:
+        return self.path / "activity.csv"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / "tb"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def last(self) -> Path:
+        return self.checkpoints / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.checkpoints / "best.pt"
+
+    def is_run(self) -> bool:
+        """Set up by ``spikeseg train`` (its config written)."""
+        return self.config_path.is_file()
+
+    def finished(self) -> bool:
+        """Trained to the end (its summary written last)."""
+        return self.summary_path.is_file()
+
+    def config(self) -> dict[str, Any]:
+        """``config.json``: what was asked for and what it ran on; refused when missing or of
+        another run version."""
+        if not self.is_run():
+            raise InputError(self.path, "not a training run (no config.json)")
+        info = _read_json(self.config_path)
+        if info.get("version") != RUN_VERSION:
+            raise InputError(self.config_path, f"run version {info.get('version')!r}; this spikeseg reads {RUN_VERSION}")
+        return info
+
+    def splits(self) -> dict[str, Any]:
+        """``splits.json``: the fold's training and validation case ids ({} before set-up)."""
+        return _read_json(self.splits_path) if self.splits_path.is_file() else {}
+
+    def summary(self) -> dict[str, Any]:
+        if not self.finished():
+            raise InputError(self.path, "not finished (no summary.json)")
+        return _read_json(self.summary_path)
+
+    def preprocess(self) -> PreprocessParams:
+        return PreprocessParams.load(self.preprocess_path)
+
+    def write_setup(self, info: dict[str, Any], params: PreprocessParams, splits: dict[str, Any]) -> None:
+        write_json(self.config_path, info)
+        params.save(self.preprocess_path)
+        write_json(self.splits_path, splits)
+
+    def write_summary(self, result: dict[str, Any]) -> None:
+        write_json(self.summary_path, result)
+
+    def write_metrics(self, rows: list[dict[str, Any]]) -> None:
+        write_text(self.metrics_path, rows_to_csv(rows))
+
+    def write_activity(self, rows: list[dict[str, Any]]) -> None:
+        write_text(self.activity_path, rows_to_csv(rows))
+
+    def metrics(self) -> list[dict[str, str]]:
+        """``metrics.csv`` rows as written (strings), one per epoch."""
+        import csv
+
+        with open(self.metrics_path, newline="") as f:
+            return list(csv.DictReader(f))
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"unreadable: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InputError(path, "not a JSON object")
+    return data
+
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     with atomic_path(path, suffix=".pt") as tmp:
@@ -34,10 +145,11 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def prepare_run(run: Path, cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
-    if (run / "config.json").exists() and not (resume or overwrite):
+    folder = RunFolder(run)
+    if folder.config_path.exists() and not (resume or overwrite):
         raise InputError(run, "a run is already here; pass --resume to continue it or --overwrite")
-    if overwrite and not resume and (run / "checkpoints").exists():
-        for f in (run / "checkpoints").glob("*.pt"):
+    if overwrite and not resume and folder.checkpoints.exists():
+        for f in folder.checkpoints.glob("*.pt"):
             f.unlink()
     run.mkdir(parents=True, exist_ok=True)
 
@@ -53,31 +165,25 @@ def build_any(model_config: dict[str, Any]) -> SliceSegNet | LiteUnet3d | Cascad
 
 def load_run(run: str | Path) -> tuple[SliceSegNet | LiteUnet3d | CascadeUnet, dict[str, Any], PreprocessParams]:
     """A trained view model from a run folder (best checkpoint), its config and preprocessing."""
-    run = Path(run)
-    cfg_path = run / "config.json"
-    if not cfg_path.is_file():
-        raise InputError(run, "not a training run (no config.json)")
-    info = json.loads(cfg_path.read_text())
-    if info.get("version") != RUN_VERSION:
-        raise InputError(cfg_path, f"run version {info.get('version')!r}; this spikeseg reads {RUN_VERSION}")
-    ckpt = load_checkpoint(run / "checkpoints" / "best.pt")
+    folder = RunFolder(Path(run))
+    info = folder.config()
+    ckpt = load_checkpoint(folder.best)
     model = build_any(ckpt["model_config"])
     model.load_state_dict(ckpt["model"])
     model.eval()
     info["best"] = {"epoch": ckpt["epoch"], **ckpt["val"]}
-    info["run_dir"] = str(run.resolve())  # cfg "out" is the parent folder of a --view all run
-    return model, info, PreprocessParams.load(run / "preprocess.json")
+    info["run_dir"] = str(folder.path.resolve())  # cfg "out" is the parent folder of a --view all run
+    return model, info, folder.preprocess()
 
 
 def twin_run_for(source: Path, view: str) -> Path:
     """The twin run to warm-start ``view`` from: ``source`` itself, or its ``view`` sub-folder
     when ``source`` holds a ``--view all`` run. A twin of another view is refused: the weights
     would map one to one but were trained on differently oriented slices."""
-    run = source / view if (source / view / "config.json").is_file() else source
-    cfg_path = run / "config.json"
-    if not cfg_path.is_file():
+    run = source / view if RunFolder(source / view).is_run() else source
+    if not RunFolder(run).is_run():
         raise InputError(source, f"not a training run (no config.json here or in {view}/)")
-    twin_view = json.loads(cfg_path.read_text()).get("view")
+    twin_view = RunFolder(run).config().get("view")
     if twin_view != view:
         raise InputError(run, f"is a {twin_view} run; the {view} model needs a {view} twin")
     return run

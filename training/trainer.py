@@ -37,14 +37,12 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from spikeseg.runtime.atomic import write_json, write_text
 from spikeseg.runtime.case_io import find_cases
 from spikeseg.runtime.errors import InputError
 from spikeseg.runtime.labels import REGIONS
 from spikeseg.runtime.metrics import nll, region_dice
 from spikeseg.runtime.bundle_spec import VOLUME
 from spikeseg.runtime.preprocess import PreprocessParams, parse_views
-from spikeseg.runtime.tables import rows_to_csv
 from spikeseg.snn.models import ModelConfig, SliceSegNet, build_model
 from spikeseg.training.data import CachedCase, data_fingerprint, kfold_split, preprocess_dataset, view_sequence
 from spikeseg.training.fptt import FPTT
@@ -56,7 +54,7 @@ from spikeseg.training.devices import (amp_dtype, distributed_backend, init_dist
                                       seed_everything)
 from spikeseg.training.losses import bce_dice_loss, distillation_loss
 from spikeseg.training.predict import predict_views
-from spikeseg.training.run_folder import load_checkpoint, prepare_run, save_checkpoint, twin_run_for
+from spikeseg.training.run_folder import RunFolder, load_checkpoint, prepare_run, save_checkpoint, twin_run_for
 
 #: training cases the twin-to-SNN conversion is fitted on (the first of the fold's training cases)
 CONVERSION_CASES = 3
@@ -102,6 +100,7 @@ class ViewTrainer:
     def __init__(self, cfg: TrainConfig, run: Path, cases: list[CachedCase], train_ids: list[str],
                  val_ids: list[str], rank: int = 0, world: int = 1, local_rank: int = 0) -> None:
         self.cfg, self.run, self.rank, self.world = cfg, run, rank, world
+        self.folder = RunFolder(run)
         self.trainer = cfg.resolved_trainer()
         self.sampling = cfg.resolved_window_sampling()
         self.burn_in = cfg.resolved_burn_in()
@@ -137,7 +136,7 @@ class ViewTrainer:
         if rank == 0:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-                self.writer = SummaryWriter(str(run / "tb"))
+                self.writer = SummaryWriter(str(self.folder.tensorboard))
             except Exception:  # TensorBoard is a convenience, never a reason to fail
                 self.writer = None
 
@@ -363,7 +362,6 @@ class ViewTrainer:
 
     def fit(self) -> dict[str, Any]:
         self.started = time.time()
-        ckpts = self.run / "checkpoints"
         while self.epoch < self.cfg.epochs:
             t0 = time.time()
             train_loss = self.train_epoch()
@@ -384,12 +382,12 @@ class ViewTrainer:
             if improved:
                 self.best_score, self.best_epoch = val["val_dice_mean"], self.epoch
             if self.rank == 0:
-                save_checkpoint(ckpts / "last.pt", self.state())
+                save_checkpoint(self.folder.last, self.state())
                 if improved:
                     self._save_best(val)
-                write_text(self.run / "metrics.csv", rows_to_csv(self.history))
+                self.folder.write_metrics(self.history)
                 if self.activity.rows:
-                    write_text(self.run / "activity.csv", rows_to_csv(self.activity.rows))
+                    self.folder.write_activity(self.activity.rows)
                 if self.writer:
                     for k, v in {**row, **per_layer}.items():
                         if k != "epoch":
@@ -426,7 +424,7 @@ class ViewTrainer:
         ctx = self.fptt.averaged_weights() if (self.fptt and self.cfg.eval_average) else contextlib.nullcontext()
         with ctx:
             weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        save_checkpoint(self.run / "checkpoints" / "best.pt",
+        save_checkpoint(self.folder.best,
                         {"model": weights, "model_config": self.model_cfg.to_dict(), "epoch": self.epoch,
                          "val": val})
 
@@ -470,7 +468,7 @@ def build_view_model(cfg: TrainConfig, calibration: list[CachedCase], device: to
 
 def _twin_checkpoint(model: SliceSegNet, run: Path) -> dict[str, Any]:
     """A useg run's best checkpoint, refused unless its topology is ``model``'s."""
-    ckpt = load_checkpoint(run / "checkpoints" / "best.pt")
+    ckpt = load_checkpoint(RunFolder(run).best)
     twin = ModelConfig.from_dict(ckpt["model_config"])
     if twin.widths != model.cfg.widths or twin.arch == "useg-clstm":
         raise InputError(run, f"cannot warm-start from a {twin.arch} of widths {list(twin.widths)}: "
@@ -531,7 +529,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
             dist.barrier()
         trainer_cls = PatchTrainer if volume else ViewTrainer
         trainer = trainer_cls(vcfg, run, cases, train_ids, val_ids, rank, world, local_rank)
-        last = run / "checkpoints" / "last.pt"
+        last = RunFolder(run).last
         if resume and last.exists():
             trainer.restore(load_checkpoint(last))
             if rank == 0 and cfg.progress:
@@ -543,17 +541,15 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
                     "world_size": world, "dist_backend": distributed_backend(),
                     "data_fingerprint": data_fingerprint(case_dirs),
                     "torch": torch.__version__}
-            write_json(run / "config.json", info)
-            params.save(run / "preprocess.json")
-            write_json(run / "splits.json", {"fold": cfg.fold, "folds": cfg.folds, "train": train_ids,
-                                             "validation": val_ids})
+            RunFolder(run).write_setup(info, params, {"fold": cfg.fold, "folds": cfg.folds, "train": train_ids,
+                                                      "validation": val_ids})
         result = trainer.fit()
         if world > 1:
             digests: list[str | None] = [None] * world
             dist.all_gather_object(digests, params_digest(trainer.model))
             result["rank_param_digests"] = digests
         if rank == 0:
-            write_json(run / "summary.json", result)
+            RunFolder(run).write_summary(result)
         summary[view] = result
     if dist.is_initialized():
         dist.barrier()
