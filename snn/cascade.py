@@ -29,7 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ARCHS = ("unet3d", "me-unet", "cascade-me-unet")
+from spikeseg.snn.architectures import CASCADE_ARCHS
+
+ARCHS = CASCADE_ARCHS
 PRESETS: dict[str, tuple[int, int, int]] = {"paper": (16, 32, 64), "small": (8, 16, 32), "tiny": (4, 8, 16)}
 MODALITIES = 4
 #: downsampling of each cascade stage's input, coarsest first

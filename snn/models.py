@@ -28,11 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spikeseg.snn.architectures import SLICE_ARCHS
 from spikeseg.snn.neurons import PLIF, RESETS, LeakyZero, SpikingLayer
 
 NEURONS = ("plif", "snntorch-leaky")
 
-ARCHS = ("spiking-useg", "useg", "useg-clstm")
+ARCHS = SLICE_ARCHS
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"widths": (8, 16, 32), "dropout": 0.1},
     "small": {"widths": (16, 32, 64), "dropout": 0.1},

@@ -27,7 +27,9 @@ from typing import Any
 import torch
 from torch import nn
 
-ARCH = "unet3d-lite"
+from spikeseg.snn.architectures import LITE_3D
+
+ARCH = LITE_3D
 #: the paper's preset and smaller ones for a CPU
 PRESETS: dict[str, tuple[int, int, int]] = {"paper": (16, 32, 64), "small": (8, 16, 32), "tiny": (4, 8, 16)}
 PAPER_PARAMETERS = 340_596

@@ -170,3 +170,24 @@ def test_lite_unet3d_paper_preset_has_the_papers_parameter_count() -> None:
     assert parameter_count(LiteUnet3d(Unet3dConfig(widths=PRESETS["tiny"]))) < PAPER_PARAMETERS / 10
     with torch.no_grad():
         assert model.eval()(torch.rand(1, 4, 8, 12, 16)).shape == (1, 4, 8, 12, 16)
+
+
+def test_every_registered_architecture_builds_as_its_kind() -> None:
+    """snn/architectures.py names each architecture once; each builds from its config through the
+    path export uses (run_folder.build_any), with 2D convolutions for a slice model and 3D for a
+    volume model, and `spikeseg train --arch` offers exactly these."""
+    from spikeseg.cli import build_parser
+    from spikeseg.snn.architectures import ARCHITECTURES
+    from spikeseg.snn.cascade import CascadeConfig
+    from spikeseg.snn.unet3d import ARCH as LITE, Unet3dConfig
+    from spikeseg.training.run_folder import build_any
+
+    for name, arch in ARCHITECTURES.items():
+        cfg = (ModelConfig.preset(name, "tiny") if arch.kind == "slice" else
+               Unet3dConfig.preset("tiny") if name == LITE else CascadeConfig.preset(name, "tiny"))
+        model = build_any(cfg.to_dict())
+        convs = {type(m) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))}
+        assert convs == ({nn.Conv2d} if arch.kind == "slice" else {nn.Conv3d}), name
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    (arch_option,) = [a for a in train._actions if a.dest == "arch"]
+    assert list(arch_option.choices) == list(ARCHITECTURES)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from spikeseg.snn.architectures import ARCHITECTURES
+from spikeseg.snn.architectures import help_text as architectures_help
 from spikeseg.training.config import WINDOW_SAMPLING  # torch-free: --help stays light
 
 
@@ -80,14 +82,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                  "several GPUs (DistributedDataParallel).")
     tr.add_argument("--data", type=Path, required=True, help="folder of labelled case folders")
     tr.add_argument("--out", type=Path, required=True, help="run folder (RUN/<view>/ with --view all)")
-    tr.add_argument("--arch", choices=["spiking-useg", "useg", "useg-clstm", "unet3d-lite", "cascade-me-unet",
-                                       "me-unet", "unet3d"], default="spiking-useg",
-                    help="spiking-useg: the Spiking U-Seg-Net (PLIF); useg: its ReLU twin, per slice; "
-                         "useg-clstm: the twin with a ConvLSTM at the bottleneck; unet3d-lite: the lightweight "
-                         "3D U-Net (Cecchin et al.); cascade-me-unet: three cascaded multi-encoder 3D U-Nets at "
-                         "x4, x2, x1 (Aliyev & Gardashova), with its ablations me-unet (one stage) and unet3d "
-                         "(one stage, one encoder). The 3D models train on patches and have no views "
-                         "(default spiking-useg)")
+    tr.add_argument("--arch", choices=list(ARCHITECTURES), default="spiking-useg",
+                    help=f"{architectures_help()} (default spiking-useg)")
     tr.add_argument("--view", help="sagittal, coronal, axial or all (default axial; the 3D models have none)")
     tr.add_argument("--trainer", choices=["fptt", "tbptt", "bptt", "standard", "patches"],
                     help="default: fptt for spiking-useg, standard for useg, tbptt for useg-clstm, "

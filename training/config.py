@@ -7,14 +7,9 @@ import math
 from dataclasses import dataclass
 
 from spikeseg.runtime.errors import InputError
+from spikeseg.snn.architectures import CASCADE_ARCHS, DEFAULT_TRAINER, VOLUME_ARCHS  # noqa: F401 (read from here too)
 
 TRAINERS = ("fptt", "tbptt", "bptt", "standard", "patches")
-#: models that see the volume in 3D patches (``snn.unet3d.ARCH`` and ``snn.cascade.ARCHS``; named
-#: here so reading a config never imports torch)
-VOLUME_ARCHS = ("unet3d-lite", "unet3d", "me-unet", "cascade-me-unet")
-CASCADE_ARCHS = VOLUME_ARCHS[1:]
-DEFAULT_TRAINER = {"spiking-useg": "fptt", "useg": "standard", "useg-clstm": "tbptt",
-                   **{arch: "patches" for arch in VOLUME_ARCHS}}
 #: Per architecture, the settings its paper states, used where the command line is silent. The
 #: lite 3D U-Net (Cecchin et al.): AdamW 5e-4 with weight decay 5e-4, ReduceLROnPlateau (0.5,
 #: patience 2, floor 1e-6), early stopping, gradient clipping, z-score over brain voxels. The
