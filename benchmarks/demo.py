@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         # a killed run resumes; a run on another grid starts over
         retrained.add(name)
         run("train", "--data", data_train, "--out", folder, "--arch", arch, "--spacing", SPACING_MM,
-            "--epochs", "400", "--quiet", "--overwrite" if other_grid or stale_twin else "--resume", *recipe[name])
+            "--epochs", "400", "--quiet", "--overwrite" if other_grid or stale_twin else "--resume",
+            "--cache", out / "preprocessed", *recipe[name])  # one copy of the cases for the runs on one grid
 
     step("3/8 export: ONNX + OpenVINO, FP32 + INT8; the 3D bundle with its refinement fits")
     bundles = {name: out / "bundles" / name for name in runs}

@@ -209,3 +209,32 @@ def test_a_run_folder_refuses_what_it_cannot_read(tmp_path: Path) -> None:
     assert twin_run_for(tmp_path / "run", "axial") == run.path
     with pytest.raises(InputError, match="is a axial run; the coronal model needs a coronal twin"):
         twin_run_for(tmp_path / "run", "coronal")
+
+
+def test_runs_share_one_cache_per_data_set_and_grid(phantom_root: Path, tmp_path: Path) -> None:
+    """Preprocessed cases are kept per (preprocessing record, data set): a second run on the same
+    data and grid reuses them untouched; other data with the same case ids, or another grid, gets
+    its own folder, never the first one's arrays."""
+    import shutil
+
+    import nibabel as nib
+
+    from spikeseg.runtime.preprocess import PreprocessParams
+    from spikeseg.training.data import preprocess_dataset
+
+    params = PreprocessParams(spacing_mm=(6.0,) * 3)
+    first = preprocess_dataset(phantom_root, tmp_path / "cache", params, progress=False)
+    stamps = [c.image_path.stat().st_mtime_ns for c in first]
+    again = preprocess_dataset(phantom_root, tmp_path / "cache", params, progress=False)
+    assert [c.image_path for c in again] == [c.image_path for c in first]
+    assert [c.image_path.stat().st_mtime_ns for c in again] == stamps
+    other = tmp_path / "other"
+    shutil.copytree(phantom_root, other)
+    victim = sorted(other.glob("*/*_t1.nii.gz"))[0]
+    img = nib.load(victim)
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[::-1].copy(), img.affine, img.header), victim)  # same id, new data
+    theirs = preprocess_dataset(other, tmp_path / "cache", params, progress=False)
+    assert theirs[0].image_path.parent != first[0].image_path.parent
+    coarser = preprocess_dataset(phantom_root, tmp_path / "cache", PreprocessParams(spacing_mm=(8.0,) * 3),
+                                 progress=False)
+    assert len({c.image_path.parent for c in (first[0], theirs[0], coarser[0])}) == 3

@@ -43,7 +43,7 @@ def _train(args: argparse.Namespace) -> int:
                       window_sampling=args.window_sampling, burn_in=args.burn_in, tumour_share=args.tumour_share,
                       init_from=str(args.init_from) if args.init_from else None, convert=args.convert, distill=args.distill,
                       empty_keep=args.empty_keep, augment=args.augment, max_minutes=args.max_minutes,
-                      progress=not args.quiet)
+                      cache=str(args.cache) if args.cache else None, progress=not args.quiet)
     train(cfg, resume=args.resume, overwrite=args.overwrite)
     return 0
 
@@ -197,6 +197,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="auto: CUDA when present (mixed precision), else CPU (default auto)")
     tr.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     tr.add_argument("--max-minutes", type=float, help="stop after the epoch that passes this budget")
+    tr.add_argument("--cache", type=Path, metavar="DIR",
+                    help="keep the preprocessed cases here, shared by every run on the same data and grid (a "
+                         "folder per data set and preprocessing record; default: $SPIKESEG_CACHE, else "
+                         "RUN/preprocessed)")
     tr.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.pt")
     tr.add_argument("--overwrite", action="store_true", help="start again in an existing run folder")
     tr.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -105,6 +105,9 @@ class TrainConfig:
     #: training-time augmentation (:mod:`spikeseg.training.augment`): default, light or none
     augment: str = "default"
     max_minutes: float | None = None
+    #: where preprocessed cases are kept (shared by runs on the same data and grid); None: the
+    #: SPIKESEG_CACHE environment variable, else RUN/preprocessed
+    cache: str | None = None
     progress: bool = True
     #: volume models: patch side (voxels, a multiple of 4) and patches per training case per epoch
     patch: int = 64

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,15 +42,40 @@ def data_fingerprint(case_dirs: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
+def _files_key(case_dirs: list[Path]) -> str:
+    """The data set as the cache sees it: case ids, file names, sizes and modification times (a
+    file rewritten in place, even at the same size, makes a new key: recomputed, never stale)."""
+    h = hashlib.sha256()
+    for d in case_dirs:
+        for f in sorted(d.iterdir()):
+            st = f.stat()
+            h.update(f"{d.name}/{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+#: Runs share preprocessed cases through this folder when set (``spikeseg train --cache`` wins).
+CACHE_ENV = "SPIKESEG_CACHE"
+
+
+def cache_folder(cfg, out: Path) -> Path:  # noqa: ANN001 - a TrainConfig (config imports this module's users)
+    """Where a run keeps its preprocessed cases: ``--cache``, else ``$SPIKESEG_CACHE``, else ``RUN/preprocessed``."""
+    return Path(cfg.cache or os.environ.get(CACHE_ENV) or out / "preprocessed")
+
+
 def preprocess_dataset(data_dir: Path, cache_root: Path, params: PreprocessParams,
                        progress: bool = True) -> list[CachedCase]:
-    """Preprocess every labelled case into ``cache_root/<params hash>/`` (skipping cached ones)."""
+    """Preprocess every labelled case into ``cache_root/<params hash>-<data fingerprint>/``
+    (skipping cached ones). Keyed by the data set too, so that runs on other data sharing one
+    cache root never read each other's cases; runs on the same data and grid (a view's three
+    models, a twin and its SNN) share one copy. Files are written atomically, so two runs filling
+    it at once each see whole files."""
+    folders = find_cases(data_dir)
     key = hashlib.sha256(json.dumps(params.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
-    cache = cache_root / key
+    cache = cache_root / f"{key}-{_files_key(folders)}"
     cache.mkdir(parents=True, exist_ok=True)
     write_json(cache / "preprocess.json", params.to_dict())
     out = []
-    for folder in tqdm(find_cases(data_dir), desc="preprocess", unit="case", disable=not progress):
+    for folder in tqdm(folders, desc="preprocess", unit="case", disable=not progress):
         case_id = folder.name
         img_p, reg_p = cache / f"{case_id}_image.npy", cache / f"{case_id}_regions.npy"
         if not (img_p.exists() and reg_p.exists()):

@@ -1,7 +1,7 @@
 """``spikeseg train``: one model per view, FPTT / (truncated) BPTT / per-slice training.
 
 A run folder (one per view; ``--view all`` makes ``RUN/<view>/`` for each and shares the
-preprocessed cache in ``RUN/preprocessed``) holds:
+preprocessed cache in ``RUN/preprocessed``, or in ``--cache`` / ``$SPIKESEG_CACHE`` shared across runs) holds:
 
     config.json       what was asked for, the model config, the device and precision used
     preprocess.json   the preprocessing record the runtime reads back
@@ -44,7 +44,8 @@ from spikeseg.runtime.metrics import nll, region_dice
 from spikeseg.runtime.bundle_spec import VOLUME
 from spikeseg.runtime.preprocess import PreprocessParams, parse_views
 from spikeseg.snn.models import ModelConfig, SliceSegNet, build_model
-from spikeseg.training.data import CachedCase, data_fingerprint, kfold_split, preprocess_dataset, view_sequence
+from spikeseg.training.data import (CachedCase, cache_folder, data_fingerprint, kfold_split, preprocess_dataset,
+                                    view_sequence)
 from spikeseg.training.fptt import FPTT
 from spikeseg.training.activity import ActivityMonitor
 from spikeseg.training.augment import Augmenter
@@ -511,7 +512,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
         check()  # a contradictory configuration is refused before anything is written
     params = PreprocessParams(spacing_mm=(cfg.spacing_mm,) * 3, normalisation=cfg.normalisation)
     case_dirs = find_cases(cfg.data)
-    cache_root = out / "preprocessed"
+    cache_root = cache_folder(cfg, out)
     if rank == 0:
         cases = preprocess_dataset(Path(cfg.data), cache_root, params, progress=cfg.progress)
     if world > 1:
