@@ -21,10 +21,10 @@ $(STAMP): setup.cfg requirements/constraints.txt spikeseg/__init__.py
 		|| { tail -n 40 $(VENV)/install.log; exit 1; }
 	@touch $@
 
-# Two workers (pytest-xdist); the tests that share the trained-bundles fixture stay on one of
-# them (--dist loadgroup), so it is built once.
+# Two workers (pytest-xdist); the session's trained bundles and prepared scanner case are built
+# once and shared between them (tests/helpers.py: shared).
 test: install
-	@$(BIN)/python -m pytest -n 2 --dist loadgroup
+	@$(BIN)/python -m pytest -n 2
 
 demo: install
 	@$(BIN)/python -m spikeseg.benchmarks.demo --out demo

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from spikeseg.training.phantoms import make_case, write_case
+from tests.helpers import shared
 
 
 def _phantoms(root: Path, seeds: range) -> Path:
@@ -45,18 +46,24 @@ TRAIN = ["--preset", "tiny", "--spacing", "6", "--batch-size", "2", "--epochs", 
 
 
 @pytest.fixture(scope="session")
-def bundles(phantom5: Path, phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A spiking and a twin bundle (axial + coronal), FP32 and INT8, from 2-epoch runs."""
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A spiking and a twin bundle (axial + coronal), FP32 and INT8, from 2-epoch runs, trained on
+    their own five phantoms and calibrated on three (built once per session, for every worker)."""
+    return shared(tmp_path_factory, "bundles", _build_bundles)
+
+
+def _build_bundles(root: Path) -> dict[str, Path]:
     from spikeseg.cli import main as cli  # in this process: six CLI start-ups (torch imports) saved
 
-    root = tmp_path_factory.mktemp("bundles")
+    phantom5 = _phantoms(root / "phantom5", range(200, 205))
+    calib = _phantoms(root / "calib", range(100, 103))
     out = {}
     for arch in ("spiking-useg", "useg"):
         for view in ("axial", "coronal"):
             args = ["train", "--data", phantom5, "--out", root / arch / view, "--arch", arch, "--view", view, *TRAIN]
             assert cli([str(a) for a in args]) == 0, args
         args = ["export", root / arch / "axial", root / arch / "coronal", "--out", root / f"{arch}.bundle",
-                "--int8", "--calib", phantom_root, "--calib-items", "60", "--allow-accuracy-drop"]
+                "--int8", "--calib", calib, "--calib-items", "60", "--allow-accuracy-drop"]
         assert cli([str(a) for a in args]) == 0, args
         out[arch] = root / f"{arch}.bundle"
     out["runs"] = root
@@ -66,8 +73,7 @@ def bundles(phantom5: Path, phantom_root: Path, tmp_path_factory: pytest.TempPat
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that need trained and exported bundles are ``slow``: ``pytest -m "not slow"`` runs
     the rest while editing, without the session's export fixture (about 90 s of setup here).
-    Under ``pytest -n 2 --dist loadgroup`` they all run on one worker, which builds the fixture once."""
+    Under ``pytest -n 2`` the fixture is built once and shared (:func:`tests.helpers.shared`)."""
     for item in items:
         if "bundles" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
-            item.add_marker(pytest.mark.xdist_group("bundles"))

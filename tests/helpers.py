@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import pickle
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
 
 #: What a runtime-only install does not have: torch and every training or export package, and
 #: the ``prepare`` extra's SimpleITK and pydicom.
@@ -69,3 +77,26 @@ def run_inprocess(capsys, *args: object) -> subprocess.CompletedProcess:  # noqa
         rc = exc.code if isinstance(exc.code, int) else 2
     out = capsys.readouterr()
     return subprocess.CompletedProcess(list(map(str, args)), rc, out.out, out.err)
+
+
+def shared(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], T]) -> T:
+    """``build(folder)`` once per test session, whichever worker asks first; the other workers
+    wait on a file lock and read the result back (pickled). pytest-xdist's ``--dist loadgroup``
+    cannot keep a fixture's tests on one worker under pytest 9 (it renames node ids through an
+    attribute pytest 9 no longer reads), and each worker building its own copy of the bundles
+    doubled their cost."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:  # one process: nothing to share
+        return build(tmp_path_factory.mktemp(name))
+    root = base.parent / f"shared-{name}"
+    from filelock import FileLock
+
+    with FileLock(f"{root}.lock"):
+        result = root / "result.pickle"
+        if not result.is_file():
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir()
+            value = build(root / "data")
+            result.write_bytes(pickle.dumps(value))
+            return value
+    return pickle.loads(result.read_bytes())

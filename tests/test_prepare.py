@@ -21,24 +21,30 @@ from spikeseg.prepare.series import Series, choose, discover, guess  # noqa: E40
 from spikeseg.runtime.case_io import Geometry, MODALITIES  # noqa: E402
 from spikeseg.runtime.errors import InputError  # noqa: E402
 from spikeseg.runtime.prepared import FOLDER, RECORD, NativeGrid, read_record  # noqa: E402
-from tests.helpers import run_inprocess  # noqa: E402
+from tests.helpers import run_inprocess, shared  # noqa: E402
 
-# one worker builds the scanner case and prepares it once for every test here
-pytestmark = pytest.mark.xdist_group("prepare")
-
-
-@pytest.fixture(scope="module")
-def scanner(tmp_path_factory: pytest.TempPathFactory):
+def _scanner_and_prepared(root: Path):
     from spikeseg.training.scanner import write_scanner_case
 
-    return write_scanner_case(tmp_path_factory.mktemp("scanner") / "study", seed=3)
-
-
-@pytest.fixture(scope="module")
-def prepared(scanner, tmp_path_factory: pytest.TempPathFactory):
+    scanner = write_scanner_case(root / "study", seed=3)
     lines: list[str] = []
-    result = prepare(scanner.folder, tmp_path_factory.mktemp("prepared") / "P001", log=lines.append)
-    return result, lines
+    return scanner, (prepare(scanner.folder, root / "prepared" / "P001", log=lines.append), lines)
+
+
+@pytest.fixture(scope="session")
+def _both(tmp_path_factory: pytest.TempPathFactory):
+    """The scanner case, and prepare's result on it: made once per session, for every worker."""
+    return shared(tmp_path_factory, "scanner", _scanner_and_prepared)
+
+
+@pytest.fixture(scope="session")
+def scanner(_both):
+    return _both[0]
+
+
+@pytest.fixture(scope="session")
+def prepared(_both):
+    return _both[1]
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
