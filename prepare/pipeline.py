@@ -32,8 +32,8 @@ from spikeseg.runtime.bundle import sha256_file
 from spikeseg.runtime.prepared import FOLDER, NATIVE_REFERENCE, RECORD, PrepareRecord
 
 #: Mutual information (Mattes, 32 bins, as a positive number) below which a registration is
-#: refused as not converged. Phantom cases register at 0.5-0.9 (rigid) and 0.35-0.5 (template);
-#: an input unrelated to the fixed image scores under 0.1.
+#: refused as not converged: scanner-style phantoms register at about 1.0 (rigid) and 1.2
+#: (template), and a series of noise falls below the floor (tests/test_prepare.py).
 MIN_RIGID_MI = 0.2
 MIN_TEMPLATE_MI = 0.15
 #: The template is sampled this far outside its brain mask (mm): the brain's edge carries the fit.
