@@ -56,7 +56,7 @@ def _engines(cfg: Config, threads: int) -> tuple[dict[str, Any], dict[str, Any]]
     deployed, counting = {}, {}
     for view in cfg.bundle.views:
         if cfg.backend == "torch":
-            from spikeseg.export.graphs import TorchEngine
+            from spikeseg.snn.graphs import TorchEngine
             from spikeseg.training.run_folder import load_run
             model, _, _ = load_run(cfg.bundle.view(view).training_run)  # read once, wrapped twice
             deployed[view] = TorchEngine(model, cfg.bundle.view(view), threads, counting=False)

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from spikeseg.benchmarks.bench import median_peaks, peak_shares
-from spikeseg.export.graphs import TorchEngine, export_onnx, onnx_to_openvino
+from spikeseg.export.graphs import export_onnx, onnx_to_openvino
+from spikeseg.snn.graphs import TorchEngine
 from spikeseg.export.quantize import calibration_feeds, quantize_onnxruntime, quantize_openvino
 from spikeseg.runtime.atomic import write_text
 from spikeseg.runtime.bundle import ModelFile

@@ -16,37 +16,16 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from spikeseg.runtime.bundle_spec import (INPUT, LOGITS, SEQUENCE_PASSES, SLIDING, LayerSpec, StateSpec, ViewSpec,
-                                          WindowSpec, is_counter)
+                                          WindowSpec)
 from spikeseg.runtime.sliding import steps_per_case
+from spikeseg.snn.graphs import StepGraph, VolumeGraph, VolumeModel
 from spikeseg.snn.models import SliceSegNet
-from spikeseg.snn.cascade import CascadeUnet
-from spikeseg.snn.unet3d import LiteUnet3d
-
-#: the models that run by sliding window: one patch in, class logits out
-VolumeModel = LiteUnet3d | CascadeUnet
 
 OPSET = 17
-
-
-class StepGraph(nn.Module):
-    """The model's :meth:`SliceSegNet.step_counted` with a flat signature for export; with
-    ``counting=False`` only the logits and states (what a deployed engine fetches)."""
-
-    def __init__(self, model: SliceSegNet, counting: bool = True) -> None:
-        super().__init__()
-        self.model, self.counting = model, counting
-
-    def forward(self, x: torch.Tensor, *state: torch.Tensor):
-        if not self.counting:
-            logits, new_state = self.model.step(x, list(state))
-            return (logits, *new_state)
-        logits, new_state, ops, acts, mems = self.model.step_counted(x, list(state))
-        return (logits, *new_state, *ops, *acts, *mems)
 
 
 def execution_for(model: SliceSegNet, both_ways: bool) -> str:
@@ -105,18 +84,6 @@ def export_onnx(model: SliceSegNet, h: int, w: int, path: Path, slices: int = 1,
     return spec
 
 
-class VolumeGraph(nn.Module):
-    """A volume model as exported: one patch in, class logits out. The model sits at ``model``
-    so its weights are named ``model.<path>.weight``, as in the slice models' step graphs."""
-
-    def __init__(self, model: VolumeModel) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
-
-
 def volume_layer_table(model: VolumeModel, patch: tuple[int, int, int]) -> list[LayerSpec]:
     """Per conv/transposed conv: shape and the grid it reads, recorded by running one patch."""
     grids: dict[str, tuple[int, ...]] = {}
@@ -161,37 +128,6 @@ def export_volume_onnx(model: VolumeModel, window: WindowSpec, model_shape: tupl
         torch.onnx.export(VolumeGraph(model).eval(), (x,), str(path), input_names=[INPUT], output_names=[LOGITS],
                           opset_version=OPSET, do_constant_folding=True, dynamo=False)
     return spec
-
-
-class TorchEngine:
-    """A torch model behind the exported graph's interface (feeds in, outputs out by name), so
-    torch, ONNX Runtime and OpenVINO run through the same runtime loops and can be compared
-    output for output. ``threads``: torch's intra-op threads (None leaves them as they are)."""
-
-    backend = "torch"
-    compute_precision = "fp32"
-    precision = "fp32"
-
-    def __init__(self, model: SliceSegNet | VolumeModel, spec: ViewSpec | None = None, threads: int | None = None,
-                 counting: bool = False, device: torch.device | str = "cpu") -> None:
-        """``spec``: a slice model's (it names the states and counters); a volume model has none."""
-        if threads:
-            torch.set_num_threads(threads)
-        self.counting, self.device = counting, torch.device(device)
-        if not isinstance(model, SliceSegNet):
-            self.graph: nn.Module = VolumeGraph(model.eval())
-            self.inputs, self.names = [INPUT], [LOGITS]
-        else:
-            assert spec is not None, "a slice model's engine needs its spec"
-            self.graph = StepGraph(model.eval(), counting)
-            self.inputs = spec.input_names()
-            self.names = [n for n in spec.output_names() if counting or not is_counter(n)]
-
-    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        with torch.no_grad():
-            outs = self.graph(*[torch.from_numpy(feeds[name]).to(self.device) for name in self.inputs])
-        outs = outs if isinstance(outs, tuple) else (outs,)
-        return {n: o.float().cpu().numpy() for n, o in zip(self.names, outs)}
 
 
 def onnx_to_openvino(onnx_path: Path, xml_path: Path) -> None:

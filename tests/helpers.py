@@ -53,7 +53,8 @@ def run_cli(*args: str, block_torch: bool = False, allow: tuple[str, ...] = (),
 def exported_sliding_logits(model, window, image, tmp: Path):  # noqa: ANN001, ANN201 (torch types)
     """A volume model's whole sliding-window logits from torch, and from its exported FP32 graph
     through ONNX Runtime and OpenVINO: (torch's, {backend: theirs}), for torch-vs-exported tests."""
-    from spikeseg.export.graphs import TorchEngine, export_volume_onnx, onnx_to_openvino
+    from spikeseg.export.graphs import export_volume_onnx, onnx_to_openvino
+    from spikeseg.snn.graphs import TorchEngine
     from spikeseg.runtime.bundle import ModelFile
     from spikeseg.runtime.inference import OrtEngine, OvEngine
     from spikeseg.runtime.sliding import blended_logits

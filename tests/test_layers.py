@@ -39,6 +39,17 @@ def test_prepare_builds_on_the_runtime_only() -> None:
     assert offending == set()
 
 
+def test_training_and_the_models_build_below_export() -> None:
+    """Layers point one way: snn (the models) < training < export < benchmarks. Training once
+    imported export's graphs (a cycle); the torch wrappers behind the exported graphs live in snn."""
+    def offending(folder: str, above: tuple[str, ...]) -> set[str]:
+        return {f"{p.relative_to(REPO)}: {m}" for p in sorted((REPO / folder).glob("*.py"))
+                for m in imported_modules(p) if (m + ".").startswith(above)}
+
+    assert offending("snn", ("spikeseg.training.", "spikeseg.export.", "spikeseg.benchmarks.")) == set()
+    assert offending("training", ("spikeseg.export.", "spikeseg.benchmarks.")) == set()
+
+
 def test_every_first_party_import_goes_through_the_spikeseg_namespace() -> None:
     """No file imports a bare ``runtime`` / ``training`` / ...: installed, only ``spikeseg`` exists."""
     bare = ("runtime", "snn", "training", "export", "benchmarks", "prepare")

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from spikeseg.export.graphs import TorchEngine
+from spikeseg.snn.graphs import TorchEngine
 from spikeseg.runtime.bundle_spec import WindowSpec
 from spikeseg.runtime.errors import InputError
 from spikeseg.runtime.sliding import mirrored_predictions, pad_to_patch
