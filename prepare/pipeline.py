@@ -215,10 +215,12 @@ def _series_sha256(s: Series) -> str:
     return h.hexdigest()
 
 
-def _version(module: str) -> str:
+def _version(distribution: str) -> str:
+    from importlib import metadata
+
     try:
-        return __import__(module).__version__
-    except (ImportError, AttributeError):
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
         return "?"
 
 

@@ -97,6 +97,11 @@ class Geometry:
         return tuple(float(zooms[int(ax)]) for ax in np.argsort(self.ornt[:, 0]))
 
     @property
+    def canonical_shape(self) -> tuple[int, int, int]:
+        """The volume's shape as :meth:`to_canonical` returns it (R, A, S order)."""
+        return tuple(self.shape[int(ax)] for ax in np.argsort(self.ornt[:, 0]))
+
+    @property
     def canonical_affine(self) -> np.ndarray:
         """The voxel-to-world (RAS mm) affine of the volume as :meth:`to_canonical` returns it."""
         return self.affine @ nib.orientations.inv_ornt_aff(self.ornt, self.shape)

@@ -203,6 +203,8 @@ class Predictor:
         t_all = t = time.perf_counter()
         if not isinstance(case, Case):
             case = self.load(case, affine, case_id, scheme)
+        # the native grid is read and its sha256 checked before any inference: a changed file is refused first
+        native = NativeGrid.open(case.files.folder, case.prepared) if case.prepared is not None else None
         times["load"] = time.perf_counter() - t
         t = time.perf_counter()
         prepared = model_space(case, self.params)
@@ -233,7 +235,6 @@ class Predictor:
         report["qc"] = qc.to_dict()
         if refined is not None:
             report["refinement"] = self._refinement_report(refined, image)
-        native = NativeGrid.open(case.files.folder, case.prepared) if case.prepared is not None else None
         if native is not None:
             report["native"] = {"reference": str(case.files.folder / FOLDER / case.prepared.reference),
                                 "outputs": "labels and uncertainty also on this grid (*.native.nii.gz)"}

@@ -108,9 +108,9 @@ class NativeGrid:
         nearest neighbour for labels, linear otherwise; zero outside the prepared grid."""
         native_to_source = (np.linalg.inv(source.canonical_affine) @ np.linalg.inv(self.record.template_to_native)
                             @ self.geometry.canonical_affine)
-        shape = tuple(self.geometry.to_canonical(np.empty(self.geometry.shape, np.uint8)).shape)
         out = ndimage.affine_transform(np.asarray(data, dtype=np.float32 if not labels else data.dtype),
-                                       native_to_source[:3, :3], native_to_source[:3, 3], output_shape=shape,
+                                       native_to_source[:3, :3], native_to_source[:3, 3],
+                                       output_shape=self.geometry.canonical_shape,
                                        order=0 if labels else 1, mode="constant", cval=0)
         return out
 

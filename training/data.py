@@ -33,23 +33,15 @@ class CachedCase:
         return np.load(self.image_path, mmap_mode="r"), np.load(self.regions_path, mmap_mode="r")
 
 
-def data_fingerprint(case_dirs: list[Path]) -> str:
-    """Hash of the case ids and file sizes: cheap, and changes when the data set does."""
-    h = hashlib.sha256()
-    for d in case_dirs:
-        for f in sorted(d.iterdir()):
-            h.update(f"{d.name}/{f.name}:{f.stat().st_size}".encode())
-    return h.hexdigest()[:16]
-
-
-def _files_key(case_dirs: list[Path]) -> str:
-    """The data set as the cache sees it: case ids, file names, sizes and modification times (a
-    file rewritten in place, even at the same size, makes a new key: recomputed, never stale)."""
+def data_fingerprint(case_dirs: list[Path], with_times: bool = False) -> str:
+    """Hash of the case ids, file names and sizes: cheap, and changes when the data set does.
+    ``with_times`` adds modification times (the cache's key: a file rewritten in place, even at
+    the same size, is preprocessed again, never read stale)."""
     h = hashlib.sha256()
     for d in case_dirs:
         for f in sorted(d.iterdir()):
             st = f.stat()
-            h.update(f"{d.name}/{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+            h.update(f"{d.name}/{f.name}:{st.st_size}{f':{st.st_mtime_ns}' if with_times else ''}".encode())
     return h.hexdigest()[:16]
 
 
@@ -71,7 +63,7 @@ def preprocess_dataset(data_dir: Path, cache_root: Path, params: PreprocessParam
     it at once each see whole files."""
     folders = find_cases(data_dir)
     key = hashlib.sha256(json.dumps(params.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
-    cache = cache_root / f"{key}-{_files_key(folders)}"
+    cache = cache_root / f"{key}-{data_fingerprint(folders, with_times=True)}"
     cache.mkdir(parents=True, exist_ok=True)
     write_json(cache / "preprocess.json", params.to_dict())
     out = []
