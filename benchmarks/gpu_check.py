@@ -133,7 +133,7 @@ def cli(*args: Any, log: Path | None = None) -> None:
 
 def step_tests(out: Path, repo: Path, step: Step) -> None:
     """The tests live in the checkout, not in the installed package: ``repo`` is its root."""
-    tests = repo / "tests" / "test_gpu.py"
+    tests = repo / "tests" / "training" / "test_gpu.py"
     if not tests.is_file():
         raise RuntimeError(f"{tests} not found: run the check from the spikeseg checkout (or pass --repo)")
     xml, log = out.resolve() / "pytest.xml", out.resolve() / "pytest.log"

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from spikeseg.training.phantoms import make_case, write_case
-from tests.helpers import shared
+from tests.helpers import REPO, build_shared, shared, shared_root
 
 
 def _phantoms(root: Path, seeds: range) -> Path:
@@ -70,10 +73,44 @@ def _build_bundles(root: Path) -> dict[str, Path]:
     return out
 
 
+def prebuild_bundles(root: str) -> None:
+    """The bundles fixture's build, in a process of its own (see :func:`pytest_configure`)."""
+    build_shared(Path(root), _build_bundles)
+
+
+_PREBUILD: list[subprocess.Popen] = []
+
+
+@pytest.hookimpl(trylast=True)  # after the tmp_path plugin has set the session's base folder
+def pytest_configure(config: pytest.Config) -> None:
+    """Under ``pytest -n N`` the controller starts building the shared bundles at once, in a
+    process of its own, while the workers run the tests that need none (ordered first below);
+    otherwise a worker sat idle while the other built them. Not when the run selects by marker or
+    keyword (it may need no bundles)."""
+    if os.environ.get("PYTEST_XDIST_WORKER") or not getattr(config.option, "numprocesses", None):
+        return
+    if config.option.markexpr or config.option.keyword or config.option.collectonly:
+        return
+    root = shared_root(config._tmp_path_factory.getbasetemp(), "bundles")
+    code = "import sys; from tests.conftest import prebuild_bundles; prebuild_bundles(sys.argv[1])"
+    _PREBUILD.append(subprocess.Popen([sys.executable, "-c", code, str(root)], cwd=REPO,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """A session that ended before the bundles were needed (``-x``, Ctrl-C) stops their build."""
+    for proc in _PREBUILD:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait()
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that need trained and exported bundles are ``slow``: ``pytest -m "not slow"`` runs
     the rest while editing, without the session's export fixture (about 90 s of setup here).
-    Under ``pytest -n 2`` the fixture is built once and shared (:func:`tests.helpers.shared`)."""
+    Under ``pytest -n 2`` the fixture is built once and shared (:func:`tests.helpers.shared`),
+    and those tests run last, so the workers have the rest to do while it is built."""
     for item in items:
         if "bundles" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: "bundles" in getattr(item, "fixturenames", ()))  # stable: same order on every worker

@@ -14,6 +14,8 @@ from typing import TypeVar
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+#: the tests' reference files (an official metrics configuration, pinned exported outputs)
+DATA = Path(__file__).resolve().parent / "data"
 T = TypeVar("T")
 
 #: What a runtime-only install does not have: torch and every training or export package, and
@@ -81,15 +83,24 @@ def run_inprocess(capsys, *args: object) -> subprocess.CompletedProcess:  # noqa
 
 
 def shared(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], T]) -> T:
-    """``build(folder)`` once per test session, whichever worker asks first; the other workers
-    wait on a file lock and read the result back (pickled). pytest-xdist's ``--dist loadgroup``
-    cannot keep a fixture's tests on one worker under pytest 9 (it renames node ids through an
-    attribute pytest 9 no longer reads), and each worker building its own copy of the bundles
-    doubled their cost."""
+    """``build(folder)`` once per test session, whichever process asks first (a worker, or the
+    controller's prebuild: :func:`build_shared`); the others wait on a file lock and read the
+    result back (pickled). pytest-xdist's ``--dist loadgroup`` cannot keep a fixture's tests on one
+    worker under pytest 9 (it renames node ids through an attribute pytest 9 no longer reads), and
+    each worker building its own copy of the bundles doubled their cost."""
     base = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER") is None:  # one process: nothing to share
         return build(tmp_path_factory.mktemp(name))
-    root = base.parent / f"shared-{name}"
+    return build_shared(shared_root(base.parent, name), build)
+
+
+def shared_root(session_base: Path, name: str) -> Path:
+    """Where a shared fixture lives: beside the workers' own temporary folders."""
+    return session_base / f"shared-{name}"
+
+
+def build_shared(root: Path, build: Callable[[Path], T]) -> T:
+    """``build(root / "data")`` unless another process did it already, under ``root``'s lock."""
     from filelock import FileLock
 
     with FileLock(f"{root}.lock"):

@@ -12,8 +12,9 @@ import pytest
 
 from spikeseg.runtime.labels import BRATS2021
 from spikeseg.runtime.metrics import brier, dice, ece, hd95, nll, sensitivity, specificity
+from tests.helpers import DATA
 
-CONFIG = Path(__file__).parent / "data" / "panoptica_brats2021.yaml"
+CONFIG = DATA / "panoptica_brats2021.yaml"
 
 
 @pytest.fixture(scope="module")

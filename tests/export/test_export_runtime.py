@@ -19,7 +19,7 @@ from spikeseg.runtime.errors import InputError
 from spikeseg.runtime.inference import OrtEngine, OvEngine
 from spikeseg.runtime.metrics import dice
 from spikeseg.runtime.preprocess import to_view
-from tests.helpers import run_cli
+from tests.helpers import DATA, run_cli
 
 def _axial_slices(case_dir: Path, params) -> np.ndarray:
     """A phantom case's axial slices in model space, as the runtime feeds them."""
@@ -594,7 +594,7 @@ def test_brats2023_naming_end_to_end(bundles, phantom_root: Path, tmp_path: Path
         assert float(row["ET_dice"]) == float(row["WT_dice"]) == 1.0
 
 
-PINNED = Path(__file__).parent / "data" / "pinned"
+PINNED = DATA / "pinned"
 
 
 @pytest.mark.parametrize("backend,both_ways", [("onnxruntime", True), ("openvino", True), ("onnxruntime", False)])

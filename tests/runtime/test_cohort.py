@@ -20,7 +20,7 @@ import pytest
 from spikeseg.runtime.atomic import atomic_dir
 from spikeseg.runtime.errors import InputError
 from spikeseg.runtime.options import SegmentOptions
-from tests.helpers import run_cli
+from tests.helpers import REPO, run_cli
 
 FAST = ("--views", "axial", "--quiet")
 
@@ -291,7 +291,7 @@ def test_kill_in_the_middle_then_rerun_leaves_no_partial_and_redoes_nothing(bund
             f.rename(f.with_name(f.name.replace(sorted(cohort.iterdir())[i].name, f"Extra_{i:05d}")))
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "spikeseg.cli", "segment", str(bundles["useg"]), str(cohort),
-                             str(out), "--views", "axial,coronal", "--quiet"], cwd=Path(__file__).parents[1],
+                             str(out), "--views", "axial,coronal", "--quiet"], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and len([p for p in out.glob("*/*_report.json")]) < 2:

@@ -12,7 +12,7 @@ weights may differ by more than 1e-6 (Adam's first step moves every weight by ab
 rate in the sign of its gradient, so a gradient within rounding of 0 may flip). A run resumed
 across devices matches an uninterrupted GPU run to 5 % of each weight tensor's norm after 3
 epochs (different kernels round differently; resuming on one device is exact,
-tests/test_training.py).
+tests/training/test_training.py).
 """
 
 from __future__ import annotations

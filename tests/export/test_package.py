@@ -39,7 +39,7 @@ def board_wheels(folder: Path) -> Path:
 
 def test_the_shipped_pins_match_the_checkout() -> None:
     """runtime/runtime_pins.txt (package data, read by ``spikeseg package`` from the install) is
-    what setup.cfg and the constraints give (tests/test_layers.py installs the wheel and reads it)."""
+    what setup.cfg and the constraints give (tests/project/test_layers.py installs the wheel and reads it)."""
     assert runtime_requirements() == checkout_pins(), "runtime/runtime_pins.txt is stale: run make pins"
 
 
