@@ -13,7 +13,11 @@
 - ``snn-warm-reset`` the same with the membrane reset every slice (converted and fine-tuned
                  that way): does the state earn its keep in the recipe?
 - ``snn-warm-copy`` the same with the twin's weights copied as they are (``--convert copy``);
-- ``snn-distill`` the same, the SNN also matching the twin's probabilities (``--distill 1``).
+- ``snn-distill`` the same, the SNN also matching the twin's probabilities (``--distill 1``);
+- ``snn-warm-subtract`` ``snn-warm`` with the membrane reset by subtraction (``--reset subtract``);
+- ``snn-warm-qcfs`` ``snn-warm`` converted from a twin whose last epochs ran QCFS
+                 (``--twin-activation qcfs``), and ``snn-warm-qcfs-subtract`` both levers;
+- ``snn-warm-twin``, ``snn-warm-twin-qcfs`` the warm-started models' twins, scored as twins.
 
 and scores each view and the three-view ensemble (voxel-wise mean, as the runtime fuses; the
 stateful models run both ways as the runtime runs them, unless ``--one-way``) on
@@ -61,10 +65,17 @@ MODELS: dict[str, tuple[str, list[str]]] = {
     "snn-warm-reset": ("spiking-useg", ["--state-reset"]),
     "snn-warm-copy": ("spiking-useg", ["--convert", "copy"]),
     "snn-distill": ("spiking-useg", ["--distill", "1"]),
+    "snn-warm-subtract": ("spiking-useg", ["--reset", "subtract"]),
+    "snn-warm-qcfs": ("spiking-useg", []),
+    "snn-warm-qcfs-subtract": ("spiking-useg", ["--reset", "subtract"]),
+    "snn-warm-twin": ("useg", []),
+    "snn-warm-twin-qcfs": ("useg", ["--twin-activation", "qcfs"]),
 }
-#: Models started from a twin trained for ``--warm-share`` of their budget (one twin per view,
-#: shared: its time is counted in each of them).
-WARM_STARTED = ("snn-warm", "snn-warm-reset", "snn-warm-copy", "snn-distill")
+#: Models started from a twin trained for ``--warm-share`` of their budget, and that twin (one
+#: per view, shared: its time is counted in each of them; scored as a row of its own when named).
+TEACHERS = {"snn-warm": "snn-warm-twin", "snn-warm-reset": "snn-warm-twin", "snn-warm-copy": "snn-warm-twin",
+            "snn-distill": "snn-warm-twin", "snn-warm-subtract": "snn-warm-twin",
+            "snn-warm-qcfs": "snn-warm-twin-qcfs", "snn-warm-qcfs-subtract": "snn-warm-twin-qcfs"}
 
 
 def train_model(name: str, train_dir: Path, runs: Path, minutes: float, common: list[str],
@@ -75,11 +86,11 @@ def train_model(name: str, train_dir: Path, runs: Path, minutes: float, common: 
     spent = 0.0
     for view in views:
         run = runs / name / view
-        budget, init = minutes, []
-        if name in WARM_STARTED:
-            twin_run = runs / "snn-warm-twin" / view
+        budget, init = minutes * (warm_share if name in TEACHERS.values() else 1.0), []
+        if name in TEACHERS:
+            twin_run = runs / TEACHERS[name] / view
             if not RunFolder(twin_run).finished():
-                _train(train_dir, twin_run, "useg", view, minutes * warm_share, common)
+                _train(train_dir, twin_run, "useg", view, minutes * warm_share, common + MODELS[TEACHERS[name]][1])
             spent += _seconds(twin_run)
             budget, init = minutes * (1 - warm_share), ["--init-from", str(twin_run)]
         if not RunFolder(run).finished():

@@ -29,9 +29,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from spikeseg.snn.architectures import SLICE_ARCHS
-from spikeseg.snn.neurons import PLIF, RESETS, LeakyZero, SpikingLayer
+from spikeseg.snn.neurons import PLIF, RESETS, LeakyZero, NeuronStep, SpikingLayer
+from spikeseg.snn.qcfs import QCFS
 
 NEURONS = ("plif", "snntorch-leaky")
+#: the twins' activation: ReLU, or QCFS (ReLU, then the step its converted SNN computes)
+ACTIVATIONS = ("relu", "qcfs")
 
 ARCHS = SLICE_ARCHS
 PRESETS: dict[str, dict[str, Any]] = {
@@ -68,6 +71,8 @@ class ModelConfig:
     #: ACs) or its "membrane" potential before reset (analog: the readout's 3 output channels
     #: cost MACs; every other layer stays binary)
     readout_input: str = "spikes"
+    #: the twins' activation (:data:`ACTIVATIONS`); a spiking model's is its neuron
+    activation: str = "relu"
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -79,6 +84,10 @@ class ModelConfig:
             raise ValueError(f"unknown neuron {self.neuron!r}; choose from {NEURONS}")
         if self.reset not in RESETS:
             raise ValueError(f"unknown reset {self.reset!r}; choose from {RESETS}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.activation!r}; choose from {ACTIVATIONS}")
+        if self.activation != "relu" and self.arch == "spiking-useg":
+            raise ValueError(f"activation {self.activation!r} is a twin's; the spiking model's is its neuron")
 
     @classmethod
     def preset(cls, arch: str, preset: str, **overrides: Any) -> "ModelConfig":
@@ -111,6 +120,12 @@ def _neuron(cfg: "ModelConfig") -> SpikingLayer:
                          surrogate_width=cfg.surrogate_width, reset=cfg.reset)
     return PLIF(cfg.init_tau, cfg.tau_min, detach_reset=cfg.detach_reset, learn_threshold=cfg.learn_threshold,
                 surrogate_width=cfg.surrogate_width, reset=cfg.reset)
+
+
+def _activation(cfg: "ModelConfig", spiking: bool) -> nn.Module:
+    if spiking:
+        return _neuron(cfg)
+    return QCFS() if cfg.activation == "qcfs" else nn.ReLU()
 
 
 def _norm(channels: int, cfg: "ModelConfig", spiking: bool) -> nn.GroupNorm:
@@ -187,13 +202,16 @@ class ConvBlock(nn.Module):
         self.conv = nn.Conv2d(cin, cout, 3, padding=1)
         self.norm = _norm(cout, cfg, spiking)
         self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
-        self.act = _neuron(cfg) if spiking else nn.ReLU()
+        self.act = _activation(cfg, spiking)
         self.tap = ActivationTap()
 
-    def forward(self, x: torch.Tensor, v: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor, v: torch.Tensor | None) -> NeuronStep | tuple[torch.Tensor, None, None]:
+        """(activation, membrane left, potential before reset); the last two None without a neuron."""
         y = self.drop(self.norm(self.conv(x)))
-        out, v = self.act(y, v) if v is not None else (self.act(y), None)
-        return self.tap(out), v
+        if v is None:
+            return self.tap(self.act(y)), None, None
+        step = self.act(y, v)
+        return step._replace(spikes=self.tap(step.spikes))
 
 
 class UpBlock(nn.Module):
@@ -203,14 +221,16 @@ class UpBlock(nn.Module):
         super().__init__()
         self.up = nn.ConvTranspose2d(cin, cout, 2, stride=2)
         self.norm = _norm(cout, cfg, spiking)
-        self.act = _neuron(cfg) if spiking else nn.ReLU()
+        self.act = _activation(cfg, spiking)
         self.tap = ActivationTap()
         self.block = ConvBlock(2 * cout, cout, cfg, spiking)
 
     def activate(self, x: torch.Tensor, v: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         y = self.norm(self.up(x))
-        out, v = self.act(y, v) if v is not None else (self.act(y), None)
-        return self.tap(out), v
+        if v is None:
+            return self.tap(self.act(y)), None
+        step = self.act(y, v)
+        return self.tap(step.spikes), step.membrane
 
 
 class ConvLSTMCell(nn.Module):
@@ -366,7 +386,7 @@ class SliceSegNet(nn.Module):
             if count:
                 ops.append(ops_from_map(blk.conv, _nonzero_map(x, binary=spk and i > 0)))
             v = membrane()
-            x, v_new = blk(x, v)
+            x, v_new, potential = blk(x, v)
             down_states.append(updated(v, v_new))
             if count:
                 x_map = _nonzero_map(x, binary=spk)
@@ -395,14 +415,13 @@ class SliceSegNet(nn.Module):
                 ops.append(ops_from_map(blk.block.conv, y_map + skip_maps[-2 - j]))
             y = torch.cat([y, skip], 1)
             v2 = membrane()
-            x, v2_new = blk.block(y, v2)
+            x, v2_new, potential = blk.block(y, v2)
             if count:
                 x_map = _nonzero_map(x, binary=spk)
                 acts.append(x_map.sum(dim=(1, 2)))
             up_states += [updated(v1, v1_new), updated(v2, v2_new)]
         if self.spiking and self.cfg.readout_input == "membrane":
-            last = self.up[-1].block if len(self.up) else self.down[0]
-            x = last.act.potential
+            x = potential  # the last block's, before its reset
             if count:
                 x_map = _nonzero_map(x, binary=False)
         if count:

@@ -17,7 +17,7 @@ import snntorch
 import torch
 from torch import nn
 
-from spikeseg.snn.neurons import SpikingLayer
+from spikeseg.snn.neurons import NeuronStep, SpikingLayer
 
 
 class HookablePLIF(snntorch.SpikingNeuron):
@@ -28,14 +28,10 @@ class HookablePLIF(snntorch.SpikingNeuron):
         self.plif = plif
         self.mem = torch.zeros(0)  # snnTorch's "not initialised yet"; NeuroBench skips the first pre
 
-    @property
-    def potential(self) -> torch.Tensor:
-        return self.plif.potential
-
-    def forward(self, x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        s, v_next = self.plif(x, v)
-        self.mem = v_next
-        return s, v_next
+    def forward(self, x: torch.Tensor, v: torch.Tensor) -> NeuronStep:
+        step = self.plif(x, v)
+        self.mem = step.membrane
+        return step
 
 
 def hookable(model: nn.Module) -> nn.Module:

@@ -27,9 +27,19 @@ kill the gradient.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
+
+
+class NeuronStep(NamedTuple):
+    """What one step of a neuron layer returns: its spikes, the membrane left for the next step
+    (after the reset), and the charged potential before the reset (what a membrane readout reads)."""
+
+    spikes: torch.Tensor
+    membrane: torch.Tensor
+    potential: torch.Tensor
 
 
 class ATanSpike(torch.autograd.Function):
@@ -91,11 +101,11 @@ class SpikingLayer(nn.Module):
     def threshold(self) -> torch.Tensor:
         return self.theta.clamp(min=THRESHOLD_MIN) if self.theta.requires_grad else self.theta
 
-    def forward(self, x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One step: charge -> fire -> reset; ``(spikes, membrane left for the next step)``."""
+    def forward(self, x: torch.Tensor, v: torch.Tensor) -> NeuronStep:
+        """One step: charge -> fire -> reset; nothing is kept on the module."""
         h = self.charge(x, v)
         s = self.fire(h)
-        return s, self.reset(h, s)
+        return NeuronStep(s, self.reset(h, s), h)
 
     def charge(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -106,7 +116,6 @@ class SpikingLayer(nn.Module):
         return h * (1.0 - r) if self.reset_mode == "zero" else h - self.threshold() * r
 
     def fire(self, h: torch.Tensor) -> torch.Tensor:
-        self.potential = h  # the charged membrane before reset, for a membrane readout
         u = h - self.threshold()
         s = spike_fn(u, self.surrogate_width)
         if self.record:

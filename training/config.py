@@ -89,6 +89,10 @@ class TrainConfig:
     neuron: str = "plif"
     #: after a spike: "zero" (hard reset) or "subtract" (the threshold taken off, the residual kept)
     reset: str = "zero"
+    #: the twin's activation: "relu", or "qcfs" for the last ``qcfs_share`` of the budget (the
+    #: step its converted SNN computes, ramped in over the first half of that share: :mod:`spikeseg.snn.qcfs`)
+    twin_activation: str = "relu"
+    qcfs_share: float = 0.5
     readout_lr_scale: float | None = None  # None: the arch's recipe (RECIPE_READOUT_LR_SCALE)
     readout_input: str = "spikes"
     #: None: the arch's default (:meth:`resolved_window_sampling`)
@@ -169,6 +173,17 @@ class TrainConfig:
             raise InputError(None, f"PLIF's initial tau ({tau}) must exceed --tau-min ({self.tau_min}): "
                                    f"set --init-tau above it")
         return tau
+
+    def resolved_twin_activation(self) -> str:
+        """The model's activation: QCFS only for the useg twin (the one an SNN is converted from)."""
+        if self.twin_activation not in ("relu", "qcfs"):
+            raise InputError(None, f"unknown --twin-activation {self.twin_activation!r}; choose relu or qcfs")
+        if self.twin_activation != "relu" and self.arch != "useg":
+            raise InputError(None, f"--twin-activation {self.twin_activation} is the useg twin's (the one an SNN "
+                                   f"is converted from), not {self.arch}'s")
+        if not 0 < self.qcfs_share <= 1:
+            raise InputError(None, f"--qcfs-share must be in (0, 1], got {self.qcfs_share}")
+        return self.twin_activation
 
     def resolved_window_sampling(self) -> str:
         """How fptt/tbptt draw their windows (:data:`DEFAULT_WINDOW_SAMPLING`); other trainers ignore it."""

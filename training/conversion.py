@@ -22,7 +22,7 @@ the twin has no memory, and the fine-tuning is too short for tau to move far on 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -30,11 +30,15 @@ from torch import nn
 
 from spikeseg.runtime.metrics import nll
 from spikeseg.snn.models import SliceSegNet
-from spikeseg.snn.neurons import SpikingLayer
+from spikeseg.snn.neurons import NeuronStep, SpikingLayer
+from spikeseg.snn.qcfs import QCFS, fit_level, qcfs_layers
 from spikeseg.training.predict import predict_views
 
 #: threshold factors tried (times each layer's quantiser threshold t)
 FACTORS = (0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
+#: step positions tried when a QCFS twin switches on, as shares of each layer's level: QCFS's
+#: own 1/2 and below it, the conversion's factors on the same scale
+QCFS_SHARES = tuple(0.5 * f for f in FACTORS)
 #: every SAMPLE_STRIDE-th activation value is kept for the quantiser fit
 SAMPLE_STRIDE = 7
 
@@ -64,8 +68,9 @@ def spiking_layers(model: SliceSegNet) -> dict[str, SpikingLayer]:
     return {name.removesuffix(".act"): m for name, m in model.named_modules() if isinstance(m, SpikingLayer)}
 
 
-def _relu_inputs(twin: SliceSegNet, sequences: list[np.ndarray], view: str) -> dict[str, np.ndarray]:
-    """A strided sample of what each of the twin's ReLUs received over ``sequences``."""
+def relu_inputs(twin: SliceSegNet, sequences: list[np.ndarray], view: str) -> dict[str, np.ndarray]:
+    """A strided sample of what each of the twin's activations (ReLU, or QCFS) received over
+    ``sequences``."""
     seen: dict[str, list[torch.Tensor]] = {}
 
     def record(key: str):
@@ -74,7 +79,7 @@ def _relu_inputs(twin: SliceSegNet, sequences: list[np.ndarray], view: str) -> d
         return hook
 
     hooks = [m.register_forward_hook(record(name.removesuffix(".act")))
-             for name, m in twin.named_modules() if isinstance(m, nn.ReLU)]
+             for name, m in twin.named_modules() if isinstance(m, (nn.ReLU, QCFS))]
     try:
         predict_views(twin, sequences, view, next(twin.parameters()).device)
     finally:
@@ -123,29 +128,82 @@ def balance(model: SliceSegNet, twin: SliceSegNet, calibration: list[tuple[np.nd
     """Set ``model``'s thresholds and fold the spike scales, from ``twin`` (whose weights
     ``model`` already holds) on ``calibration`` (model-space image, region masks) pairs.
     ``reset_every_step``: score the factors with the membrane zeroed every slice, as a
-    ``--state-reset`` model is trained and run. Returns what was chosen, for the run's config."""
+    ``--state-reset`` model is trained and run. A QCFS twin (``--twin-activation qcfs``) gives
+    its own steps instead of the least-squares fit, and the factor at which the first slice fires
+    exactly where the twin's step passes is among those scored. Returns what was chosen, for the
+    run's config."""
     if not model.spiking or twin.spiking:
         raise ValueError("balance converts a ReLU twin's weights in a spiking model")
     twin.eval()
     images = [np.asarray(im) for im, _ in calibration]
-    fits = {k: binary_quantiser(y) for k, y in _relu_inputs(twin, images, view).items()}
+    steps = {k: m for k, m in qcfs_layers(twin).items() if m.complete}
+    if steps:  # a QCFS twin already computes the spiking layer's step: take it as it is
+        fits = {k: m.fits() for k, m in steps.items()}
+    else:
+        fits = {k: binary_quantiser(y) for k, y in relu_inputs(twin, images, view).items()}
     neurons = spiking_layers(model)
     if set(fits) != set(neurons):
         raise ValueError(f"twin and model layers differ: {sorted(fits)} vs {sorted(neurons)}")
     fold_input_scales(model, {k: s for k, (_, s) in fits.items()})
-    scored = []
-    for c in factors:
+    factors = list(factors)
+    if steps:  # the factor at which the first slice fires exactly where the twin's step passes
+        factors = sorted({*factors, *(exact_factor(n) for n in neurons.values())})
+
+    def thresholds(c: float) -> None:
         for k, n in neurons.items():
             n.theta.fill_(c * fits[k][0])
-        probs = predict_views(model, images, view, next(model.parameters()).device, reset_every_step=reset_every_step)
-        losses = [nll(p, np.asarray(regions).astype(bool)) for p, (_, regions) in zip(probs, calibration)]
-        scored.append((float(np.mean(losses)), c))
-    best_nll, best_c = min(scored)
-    for k, n in neurons.items():
-        n.theta.fill_(best_c * fits[k][0])
+
+    best_nll, best_c = best_by_nll(model, calibration, view, factors, thresholds, reset_every_step)
     return {"factor": best_c, "calibration_nll": best_nll,
             "thresholds": {k: float(n.theta) for k, n in neurons.items()},
             "scales": {k: s for k, (_, s) in fits.items()}}
+
+
+def best_by_nll(model: SliceSegNet, calibration: list[tuple[np.ndarray, np.ndarray]], view: str,
+                candidates: Iterable[float], apply: Callable[[float], None],
+                reset_every_step: bool = False) -> tuple[float, float]:
+    """(mean NLL, candidate) of the candidate whose ``apply`` gives ``model`` the lowest mean NLL on
+    the calibration (model-space image, region masks) pairs; that candidate is left applied."""
+    images = [np.asarray(im) for im, _ in calibration]
+    scored = []
+    for c in candidates:
+        apply(c)
+        probs = predict_views(model, images, view, next(model.parameters()).device, reset_every_step=reset_every_step)
+        losses = [nll(p, np.asarray(regions).astype(bool)) for p, (_, regions) in zip(probs, calibration)]
+        scored.append((float(np.mean(losses)), c))
+    best = min(scored)
+    apply(best[1])
+    return best
+
+
+@torch.no_grad()
+def start_qcfs(twin: SliceSegNet, calibration: list[tuple[np.ndarray, np.ndarray]], view: str,
+               shares: Iterable[float] = QCFS_SHARES) -> dict[str, float | dict[str, float]]:
+    """Switch a QCFS twin's activations on: each level fitted to what its ReLU receives on the
+    calibration images, and one step position (a share of each level) for the network, chosen by
+    the calibration NLL. Returns what was chosen."""
+    layers = qcfs_layers(twin)
+    received = relu_inputs(twin, [np.asarray(im) for im, _ in calibration], view)
+    for name, m in layers.items():
+        m.level.fill_(fit_level(received[name]))
+        m.active = True
+        m.set_mix(1.0)  # the step alone is what is scored (and what a converted SNN computes)
+
+    def place(share: float) -> None:
+        for m in layers.values():
+            m.threshold_share.fill_(share)
+
+    best_nll, best_share = best_by_nll(twin, calibration, view, shares, place)
+    return {"threshold_share": best_share, "calibration_nll": best_nll,
+            "levels": {k: float(m.level) for k, m in layers.items()}}
+
+
+def exact_factor(neuron: SpikingLayer) -> float:
+    """The charge a neuron at rest takes from an input of 1 (PLIF: 1/tau; snnTorch's Leaky: 1):
+    at that threshold factor the first slice fires exactly where the twin's input passes t."""
+    with torch.no_grad():
+        one = torch.ones(1, device=neuron.theta.device)
+        return round(float(neuron.charge(one, torch.zeros_like(one))), 6)
 
 
 class AnalogStandIn(nn.Module):
@@ -158,9 +216,9 @@ class AnalogStandIn(nn.Module):
         super().__init__()
         self.scale = float(scale)
 
-    def forward(self, x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.potential = torch.relu(x)  # a membrane readout holds no folded scale: the twin's value
-        return self.potential / self.scale, v
+    def forward(self, x: torch.Tensor, v: torch.Tensor) -> NeuronStep:
+        relu = torch.relu(x)  # a membrane readout holds no folded scale: the twin's value
+        return NeuronStep(relu / self.scale, v, relu)
 
 
 @contextmanager

@@ -44,13 +44,14 @@ from spikeseg.runtime.metrics import nll, region_dice
 from spikeseg.runtime.bundle_spec import VOLUME
 from spikeseg.runtime.preprocess import PreprocessParams, parse_views
 from spikeseg.snn.models import ModelConfig, SliceSegNet, build_model
+from spikeseg.snn.qcfs import own_state_keys, qcfs_layers
 from spikeseg.training.data import (CachedCase, cache_folder, data_fingerprint, kfold_split, preprocess_dataset,
                                     view_sequence)
 from spikeseg.training.fptt import FPTT
 from spikeseg.training.activity import ActivityMonitor
 from spikeseg.training.augment import Augmenter
 from spikeseg.training.config import VOLUME_ARCHS, TrainConfig
-from spikeseg.training.conversion import balance
+from spikeseg.training.conversion import balance, start_qcfs
 from spikeseg.training.devices import (amp_dtype, distributed_backend, init_distributed, params_digest, resolve_device,
                                       seed_everything)
 from spikeseg.training.losses import bce_dice_loss, distillation_loss
@@ -128,6 +129,8 @@ class ViewTrainer:
         #: minutes spent when the last epoch ended, read once per epoch so the schedule and the
         #: stop agree on where the budget stands
         self.minutes = 0.0
+        #: the share of the budget the last epoch took (one epoch's share until one has run)
+        self.epoch_share = 1.0 / cfg.epochs
         self.sched = self.scheduler()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.best_score = -math.inf
@@ -248,7 +251,9 @@ class ViewTrainer:
         batches = self._batches(rng)
         bar = tqdm(batches, desc=f"{self.cfg.view} epoch {self.epoch + 1}/{self.cfg.epochs}", unit="batch",
                    leave=False, disable=not self.cfg.progress or self.rank != 0)
-        for batch in bar:
+        start = self.progress()
+        for i, batch in enumerate(bar):
+            self.ramp_qcfs(start + self.epoch_share * i / len(batches))
             seqs = [view_sequence(*self.augmenter(*c.load(), seed=int(rng.integers(2**31))), self.cfg.view)
                     for c in batch]
             x = torch.from_numpy(np.stack([s[0] for s in seqs])).to(self.device)
@@ -361,15 +366,50 @@ class ViewTrainer:
                                   both_ways=self.cfg.val_both_ways)
         return validation_scores(zip(probs, (regions for _, regions in loaded)))
 
+    def qcfs_pending(self) -> bool:
+        """Whether the model has QCFS activations not yet switched on, or still mixed with the ReLU."""
+        return any(not m.complete for m in qcfs_layers(self.model).values())
+
+    def ramp_qcfs(self, done: float) -> None:
+        """Bring a QCFS twin's step in over the first half of its phase: ``done`` is the share of
+        the budget spent at this update (past the budget: the step alone)."""
+        layers = qcfs_layers(self.model)
+        if not layers or not all(m.active for m in layers.values()):
+            return
+        start = 1.0 - self.cfg.qcfs_share
+        mix = 1.0 if done >= 1.0 else (done - start) / (self.cfg.qcfs_share / 2)
+        for m in layers.values():
+            m.set_mix(mix)
+
+    def start_qcfs_phase(self) -> None:
+        """Switch a QCFS twin's activations on once the coming epoch would end inside the
+        budget's last ``--qcfs-share``: each level fitted to what its ReLU receives (then ramped
+        in by :meth:`ramp_qcfs`), and the best checkpoint kept from the step alone only, since
+        the conversion reads the step."""
+        if not any(not m.active for m in qcfs_layers(self.model).values()):
+            return
+        if self.progress() + self.epoch_share <= 1.0 - self.cfg.qcfs_share:
+            return
+        chosen = start_qcfs(self.model, [c.load() for c in self.train_cases[:CONVERSION_CASES]], self.cfg.view)
+        self.ramp_qcfs(self.progress())
+        self.best_score, self.best_epoch = -math.inf, self.epoch
+        if self.rank == 0 and self.cfg.progress:
+            levels = ", ".join(f"{v:.2f}" for v in chosen["levels"].values())
+            print(f"[{self.cfg.view}] epoch {self.epoch + 1}: QCFS phase begins (levels {levels}, steps at "
+                  f"{chosen['threshold_share']:.3g} x level)", flush=True)
+
     def fit(self) -> dict[str, Any]:
         self.started = time.time()
-        while self.epoch < self.cfg.epochs:
+        while self.epoch < self.cfg.epochs or self.qcfs_pending():  # a QCFS twin ends on its step alone
             t0 = time.time()
+            before = self.progress()
+            self.start_qcfs_phase()
             train_loss = self.train_epoch()
             train_seconds = time.time() - t0
             val = self.validate()
             self.epoch += 1
             self.minutes = self.elapsed_minutes()
+            self.epoch_share = max(self.progress() - before, 1.0 / self.cfg.epochs)
             self.step_schedule(val)
             taus = [m.tau for m in self.model.modules() if hasattr(m, "tau_min")]
             activity = self.activity.epoch_summary()
@@ -379,7 +419,8 @@ class ViewTrainer:
                    **{k: v for k, v in activity.items() if k not in per_layer}, "seconds": time.time() - t0,
                    "train_seconds": train_seconds, **self.device_memory()}
             self.history.append(row)
-            improved = val["val_dice_mean"] > self.best_score
+            # a QCFS twin's checkpoint counts once its step stands alone (what the conversion reads)
+            improved = val["val_dice_mean"] > self.best_score and not self.qcfs_pending()
             if improved:
                 self.best_score, self.best_epoch = val["val_dice_mean"], self.epoch
             if self.rank == 0:
@@ -398,6 +439,8 @@ class ViewTrainer:
                           f"Dice ET/TC/WT {val['val_dice_ET']:.3f}/{val['val_dice_TC']:.3f}/"
                           f"{val['val_dice_WT']:.3f} NLL {val['val_nll']:.4f} "
                           f"lr {row['lr']:.1e} {row['seconds']:.1f}s", flush=True)
+            if self.qcfs_pending():
+                continue  # a QCFS twin always ends in its QCFS phase, whatever stops it
             if self.cfg.early_stop and self.epoch - self.best_epoch >= self.cfg.early_stop:
                 if self.rank == 0 and self.cfg.progress:
                     print(f"[{self.cfg.view}] no better validation Dice for {self.cfg.early_stop} epochs: "
@@ -446,7 +489,7 @@ def build_view_model(cfg: TrainConfig, calibration: list[CachedCase], device: to
     if cfg.reset != "zero" and cfg.arch != "spiking-useg":
         raise InputError(None, f"--reset {cfg.reset} is how a spiking neuron resets; {cfg.arch} has none")
     model_cfg = ModelConfig.preset(cfg.arch, cfg.preset, tau_min=cfg.tau_min, init_tau=cfg.resolved_init_tau(),
-                                   norm_gain=cfg.norm_gain,
+                                   norm_gain=cfg.norm_gain, activation=cfg.resolved_twin_activation(),
                                    learn_threshold=cfg.learn_threshold, surrogate_width=cfg.surrogate_width,
                                    neuron=cfg.neuron, reset=cfg.reset, readout_input=cfg.readout_input)
     model = build_model(model_cfg)
@@ -482,7 +525,10 @@ def warm_start(model: SliceSegNet, run: Path) -> None:
     ICLR 2020; Yue et al., Front. Neurosci. 2023). Same topology, so every conv and norm maps
     one to one; only the neurons' own parameters (tau, threshold) start fresh."""
     ckpt = _twin_checkpoint(model, run)
-    result = model.load_state_dict(ckpt["model"], strict=False)
+    # a QCFS twin's levels are read by the conversion (training.conversion.balance), not copied
+    qcfs_keys = tuple(".act" + k for k in own_state_keys())
+    weights = {k: v for k, v in ckpt["model"].items() if not k.endswith(qcfs_keys)}
+    result = model.load_state_dict(weights, strict=False)
     neuron_keys = [k for k in result.missing_keys if k.endswith((".act.w", ".act.theta"))]
     if result.unexpected_keys or len(neuron_keys) != len(result.missing_keys):
         raise InputError(run, f"weights do not map one to one (missing {result.missing_keys}, "
@@ -508,7 +554,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     if volume and cfg.view != VOLUME:
         raise InputError(None, f"{cfg.arch} sees the whole volume and has no views: drop --view {cfg.view}")
     views = [VOLUME] if volume else parse_views(cfg.view)
-    for check in (cfg.resolved_trainer, cfg.resolved_lr_decay_to, cfg.resolved_init_tau, cfg.resolved_burn_in):
+    for check in (cfg.resolved_trainer, cfg.resolved_lr_decay_to, cfg.resolved_init_tau, cfg.resolved_burn_in,
+                  cfg.resolved_twin_activation):
         check()  # a contradictory configuration is refused before anything is written
     params = PreprocessParams(spacing_mm=(cfg.spacing_mm,) * 3, normalisation=cfg.normalisation)
     case_dirs = find_cases(cfg.data)

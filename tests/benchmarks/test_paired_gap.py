@@ -101,3 +101,37 @@ def test_the_report_says_how_many_region_case_pairs_the_means_left_out(phantom_r
     args = Namespace(train="train", test=str(phantom_root), preset="tiny", spacing="2", seed=0, one_way=False)
     text = report(rows, extras, {"twin": 60.0}, 1.3, args)
     assert "(left out of the means, the official rule): 4 region-case pairs over all rows." in text
+
+
+def test_the_levers_table_pools_seeds_and_adopts_a_lever_only_by_the_rule(tmp_path) -> None:
+    """Two seeds of four cases: a lever 5 ET points closer to the twin with TC and WT as the
+    recipe's is adopted; one closer on ET but 10 WT points further (beyond the recipe's interval)
+    is not; the pooled gap is the mean over all seed-case pairs."""
+    import json
+
+    from spikeseg.benchmarks.fidelity_levers import main
+
+    rng = np.random.default_rng(0)
+    outs = []
+    for seed in range(2):
+        twin = {f"dice_{r}": rng.uniform(0.5, 0.9, 4) for r in ("ET", "TC", "WT")}
+        recipe = {k: v - 0.08 + rng.normal(0, 0.005, 4) for k, v in twin.items()}
+        good = {k: v + (0.05 if k == "dice_ET" else 0.0) for k, v in recipe.items()}
+        bad = {k: v + (0.06 if k == "dice_ET" else -0.10 if k == "dice_WT" else 0.0) for k, v in recipe.items()}
+        extras = {name: {"ensemble_dice_per_case": {k: list(map(float, v)) for k, v in d.items()}}
+                  for name, d in (("twin", twin), ("snn-warm", recipe), ("snn-warm-subtract", good),
+                                  ("snn-warm-qcfs", bad))}
+        out = tmp_path / f"seed{seed}"
+        out.mkdir()
+        (out / "ops.json").write_text(json.dumps(extras))
+        outs.append((out, twin, recipe))
+    assert main([str(o) for o, _, _ in outs] + ["--out", str(tmp_path / "levers")]) == 0
+    text = (tmp_path / "levers" / "results.md").read_text()
+    pooled_et = np.mean(np.concatenate([t["dice_ET"] - r["dice_ET"] for _, t, r in outs]))
+    recipe_row = next(line for line in text.splitlines() if line.startswith("| snn-warm |"))
+    assert f"{100 * pooled_et:.1f} [" in recipe_row
+    assert "- `snn-warm-subtract` (--reset subtract): adopted" in text
+    assert "- `snn-warm-qcfs` (twin --twin-activation qcfs): not adopted" in text and "WT gap above" in text
+    assert "**The rule picks: `snn-warm-subtract` (--reset subtract)**" in text
+    with pytest.raises(SystemExit):  # an earlier table is not replaced without --overwrite
+        main([str(o) for o, _, _ in outs] + ["--out", str(tmp_path / "levers")])

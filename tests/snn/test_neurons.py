@@ -31,7 +31,7 @@ def test_plif_matches_spikingjelly_over_a_sequence(detach_reset: bool, init_tau:
     v = torch.zeros(shape)
     spikes, vs, spikes_ref, vs_ref = [], [], [], []
     for t in range(T):
-        s, v = ours(x[t], v)
+        s, v, _ = ours(x[t], v)
         spikes.append(s)
         vs.append(v)
         spikes_ref.append(ref(x_ref[t]))
@@ -59,8 +59,8 @@ def test_the_two_resets_follow_the_equation_and_differ_only_after_a_spike() -> N
     vz = vs = torch.zeros(50)
     for t in range(10):
         hz, hs = vz + (x[t] - vz) / 2.0, vs + (x[t] - vs) / 2.0  # tau 2
-        s_z, vz_new = zero(x[t], vz)
-        s_s, vs_new = sub(x[t], vs)
+        s_z, vz_new, _ = zero(x[t], vz)
+        s_s, vs_new, _ = sub(x[t], vs)
         torch.testing.assert_close(s_z, (hz >= 0.8).float())
         torch.testing.assert_close(vz_new, hz * (1 - s_z), atol=1e-6, rtol=0)
         torch.testing.assert_close(vs_new, hs - 0.8 * s_s, atol=1e-6, rtol=0)
@@ -107,7 +107,7 @@ def test_leaky_zero_matches_snntorch_step_by_step(reset: str) -> None:
     v, mem = torch.zeros(shape), torch.zeros(shape)
     spikes, vs, spikes_ref, vs_ref = [], [], [], []
     for t in range(T):
-        s, v = ours(x[t], v)
+        s, v, _ = ours(x[t], v)
         s_ref, mem = ref(x_ref[t], mem)
         spikes.append(s), vs.append(v), spikes_ref.append(s_ref), vs_ref.append(mem)
     s, s_ref = torch.stack(spikes), torch.stack(spikes_ref)
@@ -134,7 +134,7 @@ def test_plif_with_a_tau_floor_follows_the_equation_step_by_step(init_tau: float
     fired = 0
     for _ in range(10):
         x = torch.randn(4, 6) * 2 + 1.5
-        s, v = plif(x, v)
+        s, v, _ = plif(x, v)
         h = v_ref + (x - v_ref) / init_tau
         s_ref = (h >= 1.0).float()
         v_ref = h * (1 - s_ref)
@@ -188,3 +188,21 @@ def test_reset_is_for_spiking_models_only(tmp_path) -> None:
                                reset="subtract")
     with pytest.raises(InputError, match="--reset subtract"):
         build_view_model(cfg, [], torch.device("cpu"))
+
+
+@pytest.mark.parametrize("reset", ["zero", "subtract"])
+def test_a_step_returns_the_potential_before_its_reset_and_keeps_nothing(reset: str) -> None:
+    """charge -> fire -> reset: the potential is the charge (v + (x - v) / tau), the membrane
+    what the reset leaves of it; the module holds no state between calls."""
+    torch.manual_seed(1)
+    n = PLIF(init_tau=2.0, reset=reset)
+    x, v = torch.randn(200) * 2 + 1, torch.rand(200)
+    before = {k for k, val in vars(n).items() if isinstance(val, torch.Tensor)}
+    with torch.no_grad():
+        step = n(x, v)
+    torch.testing.assert_close(step.potential, v + (x - v) / 2.0)
+    torch.testing.assert_close(step.spikes, (step.potential >= 1.0).float())
+    left = step.potential * (1 - step.spikes) if reset == "zero" else step.potential - step.spikes
+    torch.testing.assert_close(step.membrane, left)
+    assert 0 < float(step.spikes.mean()) < 1
+    assert {k for k, val in vars(n).items() if isinstance(val, torch.Tensor)} == before

@@ -33,7 +33,7 @@ def test_learnable_threshold_gradient_matches_the_surrogate_formula() -> None:
     n = PLIF(init_tau=2.0, v_threshold=0.8, learn_threshold=True)
     x = torch.randn(64) * 2
     g = torch.randn(64)
-    s, _ = n(x, torch.zeros(64))
+    s, *_ = n(x, torch.zeros(64))
     (s * g).sum().backward()
     h = x / 2.0
     expected = -(g / (1 + (math.pi * (h - 0.8)) ** 2)).sum()
@@ -232,7 +232,7 @@ def test_folded_spike_scales_give_the_logits_of_scaled_spikes() -> None:
     scales = {k: 0.5 + 0.3 * i for i, k in enumerate(neurons)}
     scaled = copy.deepcopy(snn)
     for k, n in spiking_layers(scaled).items():
-        n.register_forward_hook(lambda mod, inp, out, s=scales[k]: (out[0] * s, out[1]))
+        n.register_forward_hook(lambda mod, inp, out, s=scales[k]: out._replace(spikes=out.spikes * s))
     fold_input_scales(snn, scales)
     x = torch.rand(1, 5, 4, 32, 24)
     with torch.no_grad():
