@@ -12,6 +12,7 @@ import argparse
 import importlib
 import importlib.util
 import sys
+from pathlib import Path
 
 from spikeseg import __version__
 from spikeseg.runtime.errors import InputError
@@ -79,8 +80,38 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def config_file_defaults(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """A command that reads ``--config FILE`` (its parser has ``config_defaults``) takes the file's
+    settings as its defaults before parsing, so the options given on the command line win; an
+    option the file sets is no longer required."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    command = sub.choices.get(argv[0]) if argv else None
+    loader = getattr(command, "config_defaults", None)
+    if loader is None:
+        return
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            path = argv[i + 1]
+        elif arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+        else:
+            continue
+        defaults = loader(Path(path))
+        command.set_defaults(**defaults)
+        for action in command._actions:
+            if action.dest in defaults:
+                action.required = False
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        config_file_defaults(parser, argv)
+    except InputError as exc:
+        print(f"spikeseg {argv[0]}: error: {exc}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     if args.missing:
         print(f"spikeseg {args.command}: error: needs {', '.join(args.missing)}, which this install lacks; "
               f"{args.extra}", file=sys.stderr)

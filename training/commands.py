@@ -9,7 +9,7 @@ from pathlib import Path
 
 from spikeseg.snn.architectures import ARCHITECTURES
 from spikeseg.snn.architectures import help_text as architectures_help
-from spikeseg.training.config import WINDOW_SAMPLING  # torch-free: --help stays light
+from spikeseg.training.config import WINDOW_SAMPLING, TrainConfig  # torch-free: --help stays light
 
 
 def _phantoms(args: argparse.Namespace) -> int:
@@ -21,30 +21,49 @@ def _phantoms(args: argparse.Namespace) -> int:
     return 0
 
 
+#: TrainConfig fields whose command-line option has another name, or says the opposite
+CLI_NAMES = {"spacing_mm": "spacing"}
+NEGATED = {"amp": "no_amp", "progress": "quiet"}
+#: what a config file never sets: where this run goes, and how it shows progress
+NOT_FROM_FILE = ("out", "progress", "version")
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The run's config from the parsed options (each TrainConfig field from the option of the same
+    name), with the architecture's own defaults where the options are silent."""
+    import dataclasses
+
+    given: dict[str, object] = {}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in NEGATED:
+            given[f.name] = not getattr(args, NEGATED[f.name])
+        elif hasattr(args, CLI_NAMES.get(f.name, f.name)) and f.name != "version":
+            value = getattr(args, CLI_NAMES.get(f.name, f.name))
+            given[f.name] = str(value) if isinstance(value, Path) else value
+    return TrainConfig.for_arch(**given)
+
+
+def config_defaults(path: Path) -> dict[str, object]:
+    """``--config FILE``: a run's ``config.json`` (or a file in its schema) as the train options'
+    defaults, so options given on the command line win; where the run goes is never taken from it."""
+    from spikeseg.training.run_folder import train_settings
+
+    values = train_settings(path)
+    out = {}
+    for name, value in values.items():
+        if name in NOT_FROM_FILE:
+            continue
+        if name in NEGATED:
+            out[NEGATED[name]] = not value
+        else:
+            out[CLI_NAMES.get(name, name)] = value
+    return out
+
+
 def _train(args: argparse.Namespace) -> int:
-    from spikeseg.training.config import TrainConfig
     from spikeseg.training.trainer import train
 
-    cfg = TrainConfig.for_arch(
-                      data=str(args.data), out=str(args.out), arch=args.arch, view=args.view,
-                      trainer=args.trainer, preset=args.preset, fold=args.fold, folds=args.folds,
-                      epochs=args.epochs, batch_size=args.batch_size, window=args.window, alpha=args.alpha,
-                      lr=args.lr, weight_decay=args.weight_decay, patch=args.patch,
-                      patches_per_case=args.patches_per_case, patch_tumour_share=args.patch_tumour_share,
-                      early_stop=args.early_stop, momentum=args.momentum, lr_decay=args.lr_decay,
-                      lr_decay_to=args.lr_decay_to,
-                      channel_out=args.channel_out, seed=args.seed, device=args.device, amp=not args.no_amp,
-                      spacing_mm=args.spacing, eval_average=args.eval_average, state_reset=args.state_reset,
-                      val_both_ways=args.val_both_ways,
-                      tau_min=args.tau_min, init_tau=args.init_tau, norm_gain=args.norm_gain,
-                      learn_threshold=args.learn_threshold,
-                      surrogate_width=args.surrogate_width, neuron=args.neuron, reset=args.reset,
-                      readout_lr_scale=args.readout_lr_scale, readout_input=args.readout_input,
-                      window_sampling=args.window_sampling, burn_in=args.burn_in, tumour_share=args.tumour_share,
-                      init_from=str(args.init_from) if args.init_from else None, convert=args.convert, distill=args.distill,
-                      empty_keep=args.empty_keep, augment=args.augment, max_minutes=args.max_minutes,
-                      cache=str(args.cache) if args.cache else None, progress=not args.quiet)
-    train(cfg, resume=args.resume, overwrite=args.overwrite)
+    train(train_config(args), resume=args.resume, overwrite=args.overwrite)
     return 0
 
 
@@ -80,6 +99,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                  "between windows, so memory does not grow with the slice count. "
                                  "Uses CUDA when present (mixed precision); run under torchrun for "
                                  "several GPUs (DistributedDataParallel).")
+    tr.add_argument("--config", type=Path, metavar="FILE",
+                    help="a run's config.json (or a JSON file in its schema): its settings are the defaults, "
+                         "options given here win; --out is never taken from it, and what a run recorded "
+                         "besides its settings (model_config, conversion) is ignored")
     tr.add_argument("--data", type=Path, required=True, help="folder of labelled case folders")
     tr.add_argument("--out", type=Path, required=True, help="run folder (RUN/<view>/ with --view all)")
     tr.add_argument("--arch", choices=list(ARCHITECTURES), default="spiking-useg",
@@ -161,6 +184,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="spiking-useg: after a spike the membrane goes to zero (default; spikingjelly's "
                          "PLIF) or the threshold is subtracted, keeping the residual (the paper's own "
                          "equation); spikes stay binary either way")
+    tr.add_argument("--twin-activation", choices=["relu", "qcfs"], default="relu",
+                    help="useg: ReLU (default), or ReLU then QCFS for the last --qcfs-share of the budget: the "
+                         "step lambda*[x >= lambda/2] a converted SNN computes at one time step per slice "
+                         "(Bu et al., ICLR 2022), so the SNN converted from this twin starts where it ends")
+    tr.add_argument("--qcfs-share", type=float, default=0.5,
+                    help="with --twin-activation qcfs: the share of the budget (epochs or --max-minutes) "
+                         "trained with QCFS, the step ramped in over its first half; the best checkpoint is "
+                         "kept from the step alone (default 0.5)")
     tr.add_argument("--norm-gain", type=float, default=1.0,
                     help="spiking-useg: initial GroupNorm scale before each PLIF layer; 2 = tdBN's "
                          "threshold-matched scale for tau 2 (default 1)")
@@ -205,3 +236,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--overwrite", action="store_true", help="start again in an existing run folder")
     tr.add_argument("--quiet", action="store_true", help="no progress bars")
     tr.set_defaults(handler=_train)
+    tr.config_defaults = config_defaults  # read by spikeseg.cli before parsing: the file's settings become defaults

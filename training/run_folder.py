@@ -119,6 +119,22 @@ class RunFolder:
             return list(csv.DictReader(f))
 
 
+def train_settings(path: Path) -> dict[str, Any]:
+    """The settings (:class:`TrainConfig` fields) of a run's ``config.json``, given the file or
+    the run folder: ``spikeseg train --config``. What the run recorded besides (its model config,
+    its conversion) is not a setting and is left out; another run version is refused."""
+    import dataclasses
+
+    file = RunFolder(path).config_path if path.is_dir() else path
+    if not file.is_file():
+        raise InputError(path, "no config file there (a run's config.json, or its run folder)")
+    info = _read_json(file)
+    if info.get("version") != RUN_VERSION:
+        raise InputError(file, f"config version {info.get('version')!r}; this spikeseg reads {RUN_VERSION}")
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return {k: v for k, v in info.items() if k in names}
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())

@@ -238,3 +238,38 @@ def test_runs_share_one_cache_per_data_set_and_grid(phantom_root: Path, tmp_path
     coarser = preprocess_dataset(phantom_root, tmp_path / "cache", PreprocessParams(spacing_mm=(8.0,) * 3),
                                  progress=False)
     assert len({c.image_path.parent for c in (first[0], theirs[0], coarser[0])}) == 3
+
+
+def test_a_runs_config_file_is_the_next_runs_defaults_and_the_command_line_wins(phantom5: Path,
+                                                                                tmp_path: Path) -> None:
+    """``train --config RUN/config.json``: every setting of that run comes back (the file written
+    by one run, read by the next), an option given on the command line wins even when it is the
+    option's default, --out is never taken from the file, and another version is refused."""
+    import dataclasses
+
+    from spikeseg.cli import build_parser, config_file_defaults
+    from spikeseg.training.commands import train_config
+
+    run = tmp_path / "a"
+    r = run_cli("train", "--data", phantom5, "--out", run, "--arch", "useg", "--preset", "tiny", "--spacing", "6",
+                "--batch-size", "2", "--epochs", "1", "--lr", "3e-3", "--augment", "none", "--seed", "7", "--quiet")
+    assert r.returncode == 0, r.stderr
+    written = json.loads((run / "config.json").read_text())
+
+    def parsed(*argv: str):
+        parser = build_parser()
+        config_file_defaults(parser, list(argv))
+        return train_config(parser.parse_args(list(argv)))
+
+    again = dataclasses.asdict(parsed("train", "--config", str(run / "config.json"), "--out", str(tmp_path / "b")))
+    mine = ("out", "progress")  # where the run goes and how it shows progress are this command's
+    assert {k: v for k, v in again.items() if k not in mine} == {k: written[k] for k in again if k not in mine}
+    assert again["out"] == str(tmp_path / "b")
+    changed = parsed("train", "--config", str(run), "--out", str(tmp_path / "c"), "--lr", "1e-3", "--spacing", "2")
+    assert (changed.lr, changed.spacing_mm, changed.seed, changed.arch) == (1e-3, 2.0, 7, "useg")
+    (tmp_path / "old.json").write_text(json.dumps({**written, "version": 99}))
+    r = run_cli("train", "--config", tmp_path / "old.json", "--out", tmp_path / "d")
+    assert r.returncode == 2 and "old.json" in r.stderr and "config version 99" in r.stderr
+    assert not (tmp_path / "d").exists()
+    r = run_cli("train", "--config", run / "config.json")
+    assert r.returncode == 2 and "--out" in r.stderr  # where the run goes is always said
