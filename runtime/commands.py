@@ -58,7 +58,7 @@ def _profile(args: argparse.Namespace) -> int:
     from spikeseg.runtime.profile import run_profile
 
     print(run_profile(args.bundle, args.case, args.twin, args.hardware, args.backend, args.precision, args.threads,
-                      args.profiles, args.json))
+                      args.profiles, args.json, args.iterations))
     return 0
 
 
@@ -133,10 +133,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     ev.set_defaults(handler=_evaluate)
 
-    pr = add_command(sub, "profile", help="operations, spike rates and energy per hardware profile",
+    pr = add_command(sub, "profile", help="operations, spike rates, latency and energy per hardware profile",
                      description="Per view and for the ensemble: dense MACs (from the exported graph), "
-                                 "effective MACs and ACs and spike rates (running --case), and energy per "
-                                 "hardware profile; with --twin, the SNN-vs-twin reduction (paper Table 3).")
+                                 "effective MACs and ACs and spike rates (running --case), the deployed "
+                                 "graph's latency per step on this machine, and energy per hardware profile; "
+                                 "with --twin, the SNN-vs-twin reduction (paper Table 3).")
     pr.add_argument("bundle", type=Path, help="a bundle folder written by spikeseg export")
     pr.add_argument("--case", type=Path, help="a case folder to measure spike rates on")
     pr.add_argument("--twin", type=Path, help="a bundle of the non-spiking twin, for the reduction")
@@ -150,6 +151,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="add hardware profiles from a JSON file in the built-in file's schema (runtime/"
                          "hardware_profiles.json: execution, energy_pj per precision, sources); checked, "
                          "never replacing a built-in name")
-    pr.add_argument("--json", action="store_true", help="print the counts, energies and ratios as JSON")
+    pr.add_argument("--json", action="store_true", help="print the counts, latencies, energies and ratios as JSON")
+    pr.add_argument("--iterations", type=int, default=20, metavar="N",
+                    help="steps timed per view after 2 warm-up steps, as OpenVINO's benchmark_app: median, "
+                         "min, max, steps per second and a case's seconds (default 20; 0: no latency)")
     add_threads_argument(pr, "inference threads")
     pr.set_defaults(handler=_profile)

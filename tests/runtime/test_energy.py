@@ -127,6 +127,9 @@ def test_profile_command_compares_snn_and_twin_without_torch(bundles, phantom_ro
     assert len(mem_rows) == 2 and float(mem_rows[0]) > 0 and float(mem_rows[1]) == 0  # SNN, then twin
     plain = run_inprocess(capsys, "profile", bundles["useg"])
     assert plain.returncode == 0 and "add --case CASE_FOLDER" in plain.stdout
+    assert "ms per step, median" in plain.stdout and "latency measured on" in plain.stdout
+    quick = run_inprocess(capsys, "profile", bundles["useg"], "--iterations", "0")
+    assert quick.returncode == 0 and "ms per step" not in quick.stdout and "latency measured" not in quick.stdout
     bad = run_cli("profile", bundles["useg"], "--hardware", "tpu-v9")
     assert bad.returncode == 2 and "tpu-v9" in bad.stderr
 
@@ -170,6 +173,11 @@ def test_profile_json_with_an_added_profile(bundles, tmp_path: Path, capsys) -> 
     energy = out["energy"]
     assert out["counted_on_a_case"] is False and "loihi" not in energy and "asic-45nm" not in energy
     assert energy["my-board"]["joules_per_case"] == pytest.approx(out["ensemble"]["dense_macs"] * 20e-12, rel=1e-9)
+    for view, counts in out["views"].items():  # benchmark_app's figures, each from the same timed steps
+        lat = counts["latency"]
+        assert lat["steps"] == 20 and 0 < lat["min_ms"] <= lat["median_ms"] <= lat["max_ms"]
+        assert lat["steps_per_second"] == pytest.approx(1e3 / lat["median_ms"])
+        assert lat["case_seconds"] == pytest.approx(lat["median_ms"] / 1e3 * counts["slices"])
 
 
 def test_the_int8_peak_probe_runs_an_integer_kernel() -> None:
