@@ -386,7 +386,7 @@ class ViewTrainer:
         budget's last ``--qcfs-share``: each level fitted to what its ReLU receives (then ramped
         in by :meth:`ramp_qcfs`), and the best checkpoint kept from the step alone only, since
         the conversion reads the step."""
-        if not any(not m.active for m in qcfs_layers(self.model).values()):
+        if all(m.active for m in qcfs_layers(self.model).values()):
             return
         if self.progress() + self.epoch_share <= 1.0 - self.cfg.qcfs_share:
             return
