@@ -111,7 +111,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="run the cohort's cases as tasks on a Dask cluster: 'local' (one worker per --threads "
                          "cores on this machine) or a scheduler address such as tcp://host:8786; needs "
                          "pip install 'spikeseg[cluster]'")
-    sg.add_argument("--quiet", action="store_true", help="no progress bar")
     sg.set_defaults(handler=_segment)
 
     ev = add_command(sub, "evaluate", help="Dice, HD95, sensitivity, specificity, lesion-wise Dice/HD95 per ET/TC/WT",

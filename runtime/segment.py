@@ -30,6 +30,7 @@ from spikeseg.runtime.bundle import Bundle, load_bundle
 from spikeseg.runtime.cohort import (SUMMARY, CohortCase, DiskFull, case_lock, check_output_apart, check_writable,
                                      discover, is_disk_full, parse_shard, record_outcome, report_qc, shard_of,
                                      summary_rows, write_summary)
+from spikeseg.runtime.console import log
 from spikeseg.runtime.errors import InputError
 from spikeseg.runtime.guide import fitted_refinement
 from spikeseg.runtime.options import SegmentOptions
@@ -67,6 +68,9 @@ def segment(bundle_path: Path, input_path: Path, out: Path, options: SegmentOpti
         print(f"{cases[0].case_id}: done earlier ({out / cases[0].case_id} exists; --overwrite to redo)")
         return EXIT_REVIEW if qc_strict and report_qc(out, cases[0].case_id) == "review" else 0
     mine = shard_of(cases, parse_shard(shard))
+    views = ",".join(options.views) if options.views else "as the bundle says"
+    log.debug(f"{bundle.root}: {options.backend} {options.precision}, {options.threads} threads, views {views}; "
+              f"{len(mine)} of {len(cases)} cases -> {out}")
     made_out = not out.exists()
     check_writable(out)
     try:

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from spikeseg import __version__
+from spikeseg.runtime.console import configure, verbosity
 from spikeseg.runtime.errors import InputError
 
 STAGES = ("spikeseg.prepare", "spikeseg.training", "spikeseg.export", "spikeseg.runtime", "spikeseg.benchmarks")
@@ -32,6 +33,11 @@ def add_command(sub: argparse._SubParsersAction, name: str, needs: tuple[str, ..
         kwargs["help"] = f"{kwargs.get('help', '')} [not installed here: {extra}]"
     parser = sub.add_parser(name, **kwargs)
     parser.set_defaults(missing=missing, extra=extra)
+    talk = parser.add_mutually_exclusive_group()
+    talk.add_argument("-q", "--quiet", action="store_true",
+                      help="errors, warnings and results only: no progress bars or step lines")
+    talk.add_argument("-v", "--verbose", action="count", default=0,
+                      help="also say the settings each step resolved (device, precision, threads, files)")
     return parser
 
 
@@ -112,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"spikeseg {argv[0]}: error: {exc}", file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
+    configure(verbosity(args.quiet, args.verbose))
     if args.missing:
         print(f"spikeseg {args.command}: error: needs {', '.join(args.missing)}, which this install lacks; "
               f"{args.extra}", file=sys.stderr)

@@ -90,7 +90,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "heldout: contrasts, bias, noise, slice thickness (4-6 mm) and scale outside wide's "
                          "ranges, for measuring transfer to data never trained on")
     ph.add_argument("--overwrite", action="store_true", help="replace existing case folders")
-    ph.add_argument("--quiet", action="store_true", help="no progress bar")
     ph.set_defaults(handler=_phantoms)
 
     tr = add_command(sub, "train", needs=("torch",), help="train a view model (Spiking U-Seg-Net or a twin)",
@@ -234,6 +233,5 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "RUN/preprocessed)")
     tr.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.pt")
     tr.add_argument("--overwrite", action="store_true", help="start again in an existing run folder")
-    tr.add_argument("--quiet", action="store_true", help="no progress bars")
     tr.set_defaults(handler=_train)
     tr.config_defaults = config_defaults  # read by spikeseg.cli before parsing: the file's settings become defaults
