@@ -8,42 +8,17 @@ from dataclasses import dataclass
 
 from spikeseg.runtime.errors import InputError
 from spikeseg.snn.architectures import CASCADE_ARCHS, DEFAULT_TRAINER, VOLUME_ARCHS  # noqa: F401 (read from here too)
+from spikeseg.training.recipes import CONVERTED, SPIKING, recipes
 
 TRAINERS = ("fptt", "tbptt", "bptt", "standard", "patches")
-#: Per architecture, the settings its paper states, used where the command line is silent. The
-#: lite 3D U-Net (Cecchin et al.): AdamW 5e-4 with weight decay 5e-4, ReduceLROnPlateau (0.5,
-#: patience 2, floor 1e-6), early stopping, gradient clipping, z-score over brain voxels. The
-#: paper gives no patience for early stopping nor a clipping norm: 10 epochs and 1.0 here.
-ARCH_DEFAULTS: dict[str, dict[str, object]] = {
-    "unet3d-lite": {"lr": 5e-4, "weight_decay": 5e-4, "plateau_patience": 2, "min_lr": 1e-6, "early_stop": 10,
-                    "clip": 1.0, "normalisation": "zscore", "batch_size": 2, "view": "volume"},
-    # The cascaded multi-encoder U-Net and its ablations (Aliyev & Gardashova 2025): SGD at 0.1
-    # decaying 1 % per epoch, batches of 4, mean Dice loss, channel-out 0.1 per modality, brain
-    # z-score clipped to +-5 and shifted to [0, 10]. The paper's "weight decay of 0.9" is read as
-    # SGD momentum (a decay of 0.9 would zero the weights); it gives no clipping norm: 1.0 here.
-    **{arch: {"lr": 0.1, "momentum": 0.9, "lr_decay": 0.01, "batch_size": 4, "channel_out": 0.1, "clip": 1.0,
-              "normalisation": "zscore-clip", "view": "volume"} for arch in CASCADE_ARCHS},
-}
 RUN_VERSION = 1
-#: The SNN recipe's readout learns at 10x the learning rate: at 1x the SNN's validation Dice
-#: stayed at 0 for its first epochs (docs/results/fidelity-lab-record.md).
-RECIPE_READOUT_LR_SCALE = 10.0
-#: After converting a twin (``--init-from``) the learning rate decays exponentially to this share
-#: of ``--lr`` over the run's budget (``--lr-decay-to``): at a constant rate the fine-tuned SNN's
-#: validation Dice swung between epochs (docs/results/fidelity-lab-record.md).
-RECIPE_LR_DECAY_TO = 0.075
-#: PLIF's starting time constant after converting a twin, as a multiple of ``--tau-min``: the
-#: membrane keeps 20 % of its charge from slice to slice (tau 2: 50 %), closer to the stateless
-#: twin it came from; tau stays learnable (docs/results/fidelity-lab-record.md).
-RECIPE_CONVERTED_INIT_TAU = 1.25
 #: How the stateful trainers (fptt, tbptt) draw slices, per architecture. ``shuffled`` (the SNN
 #: recipe): each update takes batch x window slices at random (case, slice) positions, each with
 #: its membranes warmed up by a few slices run as at inference, as varied as the twin's updates;
 #: ``sequential`` (the paper's, and the ConvLSTM twin's): windows front to back through each
 #: volume with the state carried; ``random``: one window per update at a tumour-biased position.
-#: Shuffled learned ET best at the same epochs (docs/results/fidelity-lab-record.md).
+#: The recipes (:mod:`spikeseg.training.recipes`) choose shuffled for the SNN.
 WINDOW_SAMPLING = ("sequential", "random", "shuffled")
-DEFAULT_WINDOW_SAMPLING = {"spiking-useg": "shuffled"}
 #: Burn-in slices (run as at inference before a sampled window) for random windows, as before
 RANDOM_WINDOW_BURN_IN = 8
 #: Shuffled slices: enough burn-in slices that the zero start's share of the membrane falls to
@@ -80,8 +55,8 @@ class TrainConfig:
     state_reset: bool = False
     val_both_ways: bool = False
     tau_min: float = 1.0
-    #: PLIF's initial time constant; None: the recipe's (RECIPE_CONVERTED_INIT_TAU x tau_min after
-    #: a conversion, else DEFAULT_INIT_TAU)
+    #: PLIF's initial time constant; None: the converted-snn recipe's multiple of tau_min after a
+    #: conversion, else DEFAULT_INIT_TAU
     init_tau: float | None = None
     norm_gain: float = 1.0
     learn_threshold: bool = False
@@ -93,7 +68,7 @@ class TrainConfig:
     #: step its converted SNN computes, ramped in over the first half of that share: :mod:`spikeseg.snn.qcfs`)
     twin_activation: str = "relu"
     qcfs_share: float = 0.5
-    readout_lr_scale: float | None = None  # None: the arch's recipe (RECIPE_READOUT_LR_SCALE)
+    readout_lr_scale: float | None = None  # None: the recipe's (1 outside the Spiking U-Seg-Net)
     readout_input: str = "spikes"
     #: None: the arch's default (:meth:`resolved_window_sampling`)
     window_sampling: str | None = None
@@ -124,7 +99,7 @@ class TrainConfig:
     #: exponential learning-rate decay per epoch instead of halving on a plateau; 0 = off
     lr_decay: float = 0.0
     #: exponential decay from lr to lr * lr_decay_to over the budget (epochs or max_minutes,
-    #: whichever ends first); None: the recipe's (RECIPE_LR_DECAY_TO after a conversion), 1 = off
+    #: whichever ends first); None: the converted-snn recipe's after a conversion, 1 = off
     lr_decay_to: float | None = None
     #: volume models: probability, per modality and patch, of replacing it by noise (channel-out)
     channel_out: float = 0.0
@@ -133,16 +108,16 @@ class TrainConfig:
 
     @classmethod
     def for_arch(cls, **given: object) -> "TrainConfig":
-        """A config with the architecture's own defaults (:data:`ARCH_DEFAULTS`) where ``given``
-        is None (the command line was silent)."""
+        """A config with the architecture's paper settings (``recipes.json``) where ``given`` is
+        None (the command line was silent)."""
         arch = str(given.get("arch") or cls.arch)
         chosen = {k: v for k, v in given.items() if v is not None}
-        return cls(**{**ARCH_DEFAULTS.get(arch, {}), **chosen})  # type: ignore[arg-type]
+        return cls(**{**recipes().arch_defaults(arch), **chosen})  # type: ignore[arg-type]
 
     def resolved_readout_lr_scale(self) -> float:
         if self.readout_lr_scale is not None:
             return self.readout_lr_scale
-        return RECIPE_READOUT_LR_SCALE if self.arch == "spiking-useg" else 1.0
+        return float(recipes().setting(SPIKING, "readout_lr_scale", 1.0)) if self.arch == SPIKING else 1.0
 
     @property
     def converts_twin(self) -> bool:
@@ -157,7 +132,9 @@ class TrainConfig:
             if self.lr_decay and self.lr_decay_to < 1:
                 raise InputError(None, "--lr-decay and --lr-decay-to are two schedules: choose one")
             return self.lr_decay_to
-        return RECIPE_LR_DECAY_TO if self.converts_twin and not self.lr_decay else 1.0
+        if self.converts_twin and not self.lr_decay:
+            return float(recipes().setting(CONVERTED, "lr_decay_to", 1.0))
+        return 1.0
 
     def resolved_init_tau(self) -> float:
         """PLIF's time constant at the start of training (the snnTorch neuron keeps beta 0.5)."""
@@ -166,7 +143,8 @@ class TrainConfig:
         if self.init_tau is not None:
             tau = self.init_tau
         elif self.converts_twin and self.neuron == "plif":
-            tau = RECIPE_CONVERTED_INIT_TAU * self.tau_min
+            factor = recipes().setting(CONVERTED, "init_tau_x_tau_min", None)
+            tau = DEFAULT_INIT_TAU if factor is None else float(factor) * self.tau_min
         else:
             tau = DEFAULT_INIT_TAU
         if self.arch == "spiking-useg" and self.neuron == "plif" and not tau > self.tau_min:
@@ -186,8 +164,9 @@ class TrainConfig:
         return self.twin_activation
 
     def resolved_window_sampling(self) -> str:
-        """How fptt/tbptt draw their windows (:data:`DEFAULT_WINDOW_SAMPLING`); other trainers ignore it."""
-        sampling = self.window_sampling or DEFAULT_WINDOW_SAMPLING.get(self.arch, "sequential")
+        """How fptt/tbptt draw their windows (the recipe's for the SNN); other trainers ignore it."""
+        recipe = recipes().setting(SPIKING, "window_sampling", "sequential") if self.arch == SPIKING else "sequential"
+        sampling = self.window_sampling or recipe
         if sampling not in WINDOW_SAMPLING:
             raise InputError(None, f"unknown --window-sampling {sampling!r}; choose from {WINDOW_SAMPLING}")
         return sampling

@@ -3,9 +3,8 @@
 Copying the twin's weights one to one (``trainer.warm_start``) leaves every PLIF at threshold 1:
 a GroupNorm output ``y`` then fires only when its charge ``y / tau`` reaches 1, so a few percent
 of the neurons fire where half the twin's ReLUs pass, and each spike carries 1 where the
-twin's next layer expects ``ReLU(y)`` of a few tenths to a few units. Measured on the demo's
-axial twin (hard phantoms, 2 mm): the copied SNN scores validation WT Dice 0.00 before any
-fine-tuning.
+twin's next layer expects ``ReLU(y)`` of a few tenths to a few units, and the copied SNN
+segments nothing before fine-tuning (docs/results/fidelity-lab-record.md).
 
 Conversion here is threshold balancing (Diehl et al., IJCNN 2015; Rueckauer et al., Front.
 Neurosci. 2017) for one time step per slice: each spiking layer is a 1-bit quantiser of the
@@ -14,8 +13,8 @@ activations over training slices (:func:`binary_quantiser`); ``s`` is folded int
 that read the layer (:func:`fold_input_scales`), so spikes stay 0/1 and the graph is
 unchanged; the threshold is ``c * t``, with one factor ``c`` for the network chosen by the
 calibration cases' NLL (factors up to 1: the membrane carries charge from slice to slice).
-Same slices, no fine-tuning: validation WT Dice 0.00 -> 0.67 (twin 0.83). The trainer starts
-the converted PLIFs at a short time constant (``training.config.RECIPE_CONVERTED_INIT_TAU``):
+Balanced, the SNN segments before any fine-tuning (docs/results/fidelity-lab-record.md). The
+trainer starts the converted PLIFs at a short time constant (the ``converted-snn`` recipe, ``training/recipes.json``):
 the twin has no memory, and the fine-tuning is too short for tau to move far on its own.
 """
 

@@ -74,7 +74,8 @@ def test_the_wheel_installs_one_import_package(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert {n.split("/")[0] for n in names} == {"spikeseg", f"{wheel.name.split('-py')[0]}.dist-info"}
     assert "spikeseg/runtime/hardware_profiles.json" in names and "spikeseg/cli.py" in names
-    assert {"spikeseg/prepare/template/t1.nii.gz", "spikeseg/prepare/template/NOTICE.txt"} <= set(names)
+    assert {"spikeseg/prepare/template/t1.nii.gz", "spikeseg/prepare/template/NOTICE.txt",
+            "spikeseg/training/recipes.json"} <= set(names)
     entry = zipfile.ZipFile(wheel).read(f"{wheel.name.split('-py')[0]}.dist-info/entry_points.txt").decode()
     assert "spikeseg = spikeseg.cli:main" in entry
     assert any(n.endswith(".dist-info/licenses/LICENSE") or n.endswith(".dist-info/LICENSE") for n in names)

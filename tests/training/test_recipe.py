@@ -14,7 +14,12 @@ import torch
 from spikeseg.snn.models import ModelConfig, build_model, tdbn_gain
 from spikeseg.snn.neurons import PLIF, ATanSpike
 from tests.conftest import TRAIN
-from tests.helpers import run_cli
+from tests.helpers import REPO, run_cli
+
+#: the shipped recipes read as plain JSON, apart from the typed reader under test
+RECIPES = json.loads((REPO / "training" / "recipes.json").read_text())
+SNN_RECIPE = RECIPES["recipes"]["spiking-useg"]["settings"]
+CONVERTED = RECIPES["recipes"]["converted-snn"]["settings"]
 
 
 def test_surrogate_width_is_the_derivative_of_a_wider_arctan() -> None:
@@ -146,9 +151,11 @@ def test_training_logs_firing_rates_inside_a_sane_band(phantom5: Path, tmp_path:
 
 
 def test_recipe_defaults_apply_to_the_snn_only(phantom5: Path, tmp_path: Path) -> None:
-    from spikeseg.training.config import RECIPE_READOUT_LR_SCALE, TrainConfig
+    from spikeseg.training.config import TrainConfig
     from spikeseg.training.trainer import param_groups
-    assert TrainConfig(data="", out="", arch="spiking-useg").resolved_readout_lr_scale() == RECIPE_READOUT_LR_SCALE
+    assert TrainConfig(data="", out="", arch="spiking-useg").resolved_readout_lr_scale() == SNN_RECIPE["readout_lr_scale"]
+    assert TrainConfig(data="", out="", arch="spiking-useg").resolved_window_sampling() == SNN_RECIPE["window_sampling"]
+    assert TrainConfig(data="", out="", arch="useg-clstm").resolved_window_sampling() == "sequential"
     assert TrainConfig(data="", out="", arch="useg").resolved_readout_lr_scale() == 1.0
     assert TrainConfig(data="", out="", arch="spiking-useg", readout_lr_scale=2).resolved_readout_lr_scale() == 2
     model = build_model(ModelConfig.preset("spiking-useg", "tiny"))
@@ -270,9 +277,9 @@ def test_conversion_scores_its_thresholds_the_way_the_model_will_run(reset: bool
 
 def test_warm_start_converts_by_default_and_copies_when_asked(phantom5: Path, tmp_path: Path) -> None:
     """Converting is the default, and so are the converted SNN's learning rate decaying to
-    RECIPE_LR_DECAY_TO x --lr over the budget and its PLIFs starting at tau
-    RECIPE_CONVERTED_INIT_TAU; copying keeps the plain schedule and the paper's tau 2."""
-    from spikeseg.training.config import DEFAULT_INIT_TAU, RECIPE_CONVERTED_INIT_TAU, RECIPE_LR_DECAY_TO
+    the recipe's share of --lr over the budget and its PLIFs starting at the recipe's tau;
+    copying keeps the plain schedule and the paper's tau 2."""
+    from spikeseg.training.config import DEFAULT_INIT_TAU
     from spikeseg.training.conversion import FACTORS
 
     twin_run = tmp_path / "twin"
@@ -288,11 +295,11 @@ def test_warm_start_converts_by_default_and_copies_when_asked(phantom5: Path, tm
         ckpt = torch.load(tmp_path / mode / "checkpoints" / "last.pt", weights_only=True)
         thetas[mode] = {k: float(v) for k, v in ckpt["model"].items() if k.endswith(".act.theta")}
         lrs = [row["lr"] for row in ckpt["history"]]
-        tau = RECIPE_CONVERTED_INIT_TAU if mode == "balance" else DEFAULT_INIT_TAU
+        tau = CONVERTED["init_tau_x_tau_min"] if mode == "balance" else DEFAULT_INIT_TAU
         assert ckpt["model_config"]["init_tau"] == tau
         decay = [torch.sigmoid(v) for k, v in ckpt["model"].items() if k.endswith(".act.w")]
         assert decay and all(abs(1 / float(d) - tau) < 0.05 * tau for d in decay)  # learnable, moved little
-        ratio = RECIPE_LR_DECAY_TO if mode == "balance" else 1.0
+        ratio = CONVERTED["lr_decay_to"] if mode == "balance" else 1.0
         assert lrs == pytest.approx([1e-3 * ratio ** 0.5, 1e-3 * ratio])
         if mode == "balance":
             conv = cfg["conversion"]
@@ -308,15 +315,15 @@ def test_initial_tau_follows_the_recipe_and_refuses_what_plif_cannot_start_at() 
     """--init-tau wins over the recipe; the converted default scales with --tau-min; a tau at or
     under the floor, or a tau for the snnTorch neuron (it has a beta), is a clear error."""
     from spikeseg.runtime.errors import InputError
-    from spikeseg.training.config import RECIPE_CONVERTED_INIT_TAU, TrainConfig
+    from spikeseg.training.config import TrainConfig
 
     def cfg(**kw: object) -> TrainConfig:
         return TrainConfig(data="d", out="o", arch="spiking-useg", **kw)  # type: ignore[arg-type]
 
     assert cfg().resolved_init_tau() == 2.0
-    assert cfg(init_from="twin").resolved_init_tau() == RECIPE_CONVERTED_INIT_TAU
+    assert cfg(init_from="twin").resolved_init_tau() == CONVERTED["init_tau_x_tau_min"]
     assert cfg(init_from="twin", convert="copy").resolved_init_tau() == 2.0
-    assert cfg(init_from="twin", tau_min=1.5).resolved_init_tau() == pytest.approx(1.5 * RECIPE_CONVERTED_INIT_TAU)
+    assert cfg(init_from="twin", tau_min=1.5).resolved_init_tau() == pytest.approx(1.5 * CONVERTED["init_tau_x_tau_min"])
     assert cfg(init_from="twin", init_tau=3.0).resolved_init_tau() == 3.0
     with pytest.raises(InputError, match="must exceed --tau-min"):
         cfg(init_tau=1.0).resolved_init_tau()
@@ -358,7 +365,7 @@ def test_val_both_ways_selects_by_the_runtimes_default_pass(phantom5: Path, tmp_
     from spikeseg.training.data import preprocess_dataset
     from spikeseg.training.predict import predict_views
     from spikeseg.training.run_folder import load_run
-    from spikeseg.training.trainer import validation_scores
+    from spikeseg.training.loop import validation_scores
 
     run = tmp_path / "snn"
     r = run_cli("train", "--data", phantom5, "--out", run, "--arch", "spiking-useg", *TRAIN[:6], "--epochs", "1",
