@@ -9,9 +9,9 @@ layer's spike scale, every other layer spiking); every layer analog, which is th
 check the table shows beside the twin's own score). A layer whose analog row gains most is
 where one spike per neuron per slice loses most.
 
-Why a benchmark: on the hard phantoms at 4x the demo's budget the converted-then-fine-tuned
-SNN trails its twin on ET by about 10 points and longer fine-tuning does not close it
-(docs/results/fidelity-lab-record.md); this shows where in the network the twin's ET is lost at the start.
+Why a benchmark: the converted-then-fine-tuned SNN trails its twin most on ET, and longer
+fine-tuning does not close it (docs/results/fidelity-lab-record.md); this shows where in the
+network the twin's ET is lost at the start.
 Writes ``results.md`` and ``results.csv`` to ``--out``; its preprocessed cache goes to
 ``OUT/preprocessed``; the twin run is only read.
 """
@@ -34,14 +34,15 @@ from spikeseg.training.conversion import analog_layers, spiking_layers
 from spikeseg.training.data import CachedCase, preprocess_dataset
 from spikeseg.training.predict import predict_views
 from spikeseg.training.run_folder import load_run, twin_run_for
-from spikeseg.training.trainer import CONVERSION_CASES, build_view_model, validation_scores
+from spikeseg.training.loop import validation_scores
+from spikeseg.training.trainer import CONVERSION_CASES, build_view_model
 from spikeseg.training.run_folder import RunFolder
 
 
 def twin_views(twin: Path) -> list[str]:
     """The views a twin run holds: its own, or those of a ``--view all`` folder."""
     if RunFolder(twin).is_run():
-        return [RunFolder(twin).config()["view"]]
+        return [RunFolder(twin).record().settings.view]
     views = [v for v in VIEWS if RunFolder(twin / v).is_run()]
     if not views:
         raise InputError(twin, "not a twin run: no config.json here nor in a view folder")
@@ -60,9 +61,9 @@ def view_rows(twin: Path, view: str, data: Path, cache: Path, readout_input: str
     """One row per analog layer set for one view: none, each layer alone, all; and the twin's own."""
     run = twin_run_for(twin, view)
     folder = RunFolder(run)
-    twin_cfg = folder.config()
-    if twin_cfg.get("arch") != "useg":
-        raise InputError(run, f"is a {twin_cfg.get('arch')} run; converting needs a useg twin")
+    twin_cfg = folder.record().settings
+    if twin_cfg.arch != "useg":
+        raise InputError(run, f"is a {twin_cfg.arch} run; converting needs a useg twin")
     splits = folder.splits()
     params = folder.preprocess()
     cached = {c.case_id: c for c in preprocess_dataset(data, cache / f"{params.spacing_mm[0]:g}mm", params,
@@ -71,7 +72,7 @@ def view_rows(twin: Path, view: str, data: Path, cache: Path, readout_input: str
     val = [c.load() for c in _cases(run, splits["validation"], cached, data)]
     images, regions = [np.asarray(im) for im, _ in val], [r for _, r in val]
     cfg = TrainConfig(data=str(data), out=str(cache), arch="spiking-useg", view=view,
-                      preset=twin_cfg["preset"], spacing_mm=twin_cfg["spacing_mm"], seed=twin_cfg["seed"],
+                      preset=twin_cfg.preset, spacing_mm=twin_cfg.spacing_mm, seed=twin_cfg.seed,
                       init_from=str(run), readout_input=readout_input, progress=False)
     built = build_view_model(cfg, calibration, device)
     model, scales = built.model.to(device), built.conversion["scales"]

@@ -14,7 +14,6 @@ shared machine's speed drifts by tens of percent within minutes.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from spikeseg.cli import add_threads_argument
 from spikeseg.export.build import build_bundle
 from spikeseg.runtime.atomic import write_json, write_text
 from spikeseg.runtime.case_io import find_cases
+from spikeseg.runtime.cohort import read_report
 from spikeseg.runtime.energy import measure_conv_peaks
 from spikeseg.runtime.errors import InputError
 from spikeseg.runtime.preprocess import VIEWS, PreprocessParams
@@ -68,7 +68,7 @@ def segment_once(bundle: Path, case: Path, out: Path, precision: str, threads: i
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"segment failed ({' '.join(cmd)}):\n{r.stderr}")
-    return json.loads((out / case.name / f"{case.name}_report.json").read_text())
+    return read_report(out, case.name)
 
 
 def summarise(name: str, precision: str, reports: list[dict[str, Any]], peaks: dict[str, Any]) -> dict[str, Any]:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ from pathlib import Path
 from spikeseg.benchmarks.refinement import main as refinement_main
 from spikeseg.runtime.atomic import write_text
 from spikeseg.runtime.bundle import load_bundle
+from spikeseg.runtime.cohort import native_name, prediction_name, report_qc
 from spikeseg.runtime.manifest import MANIFEST
 from spikeseg.cli import main as cli
 from spikeseg.runtime.errors import InputError
@@ -75,8 +75,8 @@ def run_dirs(folder: Path, arch: str) -> list[Path]:
 def trained_on(folder: Path, arch: str) -> set[tuple[float, str]]:
     """The (grid spacing, data folder) pairs a model's runs were trained on (a demo folder from an
     older spikeseg may hold runs on another grid or data: those are trained again, not reused)."""
-    configs = [RunFolder(d).config() for d in run_dirs(folder, arch) if RunFolder(d).is_run()]
-    return {(float(c["spacing_mm"]), str(c["data"])) for c in configs}
+    settings = [RunFolder(d).record().settings for d in run_dirs(folder, arch) if RunFolder(d).is_run()]
+    return {(float(c.spacing_mm), str(c.data)) for c in settings}
 
 
 def finished(folder: Path, arch: str, data: Path) -> bool:
@@ -140,8 +140,8 @@ def scanner_path(out: Path, bundles: dict[str, Path]) -> str:
     for name in ("twin", "snn", "unet3d"):
         seg = out / "segment" / f"prepared-{name}"
         run("segment", bundles[name], case, seg, "--png", "--quiet", "--overwrite")
-        pred = np.asarray(nib.load(seg / "P000" / "P000_pred.native.nii.gz").dataobj) > 0
-        verdict = json.loads((seg / "P000" / "P000_report.json").read_text())["qc"]["verdict"]
+        pred = np.asarray(nib.load(seg / "P000" / native_name(prediction_name("P000"))).dataobj) > 0
+        verdict = report_qc(seg, "P000")
         lines.append(f"{name:10s} {2 * (pred & ref).sum() / max(pred.sum() + ref.sum(), 1):8.3f}  {verdict}")
     return "\n".join(lines)
 

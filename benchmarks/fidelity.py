@@ -90,7 +90,8 @@ def train_model(name: str, train_dir: Path, runs: Path, minutes: float, common: 
         if name in TEACHERS:
             twin_run = runs / TEACHERS[name] / view
             if not RunFolder(twin_run).finished():
-                _train(train_dir, twin_run, "useg", view, minutes * warm_share, common + MODELS[TEACHERS[name]][1])
+                _train(train_dir, twin_run, MODELS[TEACHERS[name]][0], view, minutes * warm_share,
+                       common + MODELS[TEACHERS[name]][1])
             spent += _seconds(twin_run)
             budget, init = minutes * (1 - warm_share), ["--init-from", str(twin_run)]
         if not RunFolder(run).finished():
@@ -151,9 +152,9 @@ def evaluate(runs: Path, names: list[str], test_dir: Path, both_ways: bool = Tru
         probs: dict[str, list[np.ndarray]] = {v: [] for v in views}
         ops = None
         for view in views:
-            model, info, params = load_run(runs / name / view)
+            model, run, params = load_run(runs / name / view)
             model.to(device)
-            reset = bool(info.get("state_reset"))
+            reset = run.settings.state_reset
             for i, case in enumerate(cases):
                 prepared = model_space(case, params)
                 image, space = prepared.image, prepared.space
@@ -251,9 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default=",".join(MODELS), help=f"comma list from {','.join(MODELS)}")
     p.add_argument("--warm-share", type=float, default=0.5,
                    help="share of the warm-started models' budget spent training their twin (default 0.5; "
-                        "use 0.75 from about 4x the default --minutes: measured there, 0.5 lost 7 ET points, "
-                        "while at 1.3 min 0.75 leaves the SNN 3-4 epochs, too few at one seed of three; "
-                        "docs/results/fidelity-lab-record.md)")
+                        "0.75 from about 4x the default --minutes, where the twin needs the time; at the "
+                        "default budget 0.75 leaves the SNN too few epochs: docs/results/fidelity-lab-record.md)")
     p.add_argument("--one-way", action="store_true",
                    help="score stateful models front to back only (the paper's inference; `spikeseg export "
                         "--one-way`), not both ways averaged (the runtime's default)")

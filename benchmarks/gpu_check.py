@@ -206,10 +206,10 @@ def epoch_speed(run: Path) -> dict[str, Any]:
 
     folder = RunFolder(run)
     row = folder.metrics()[0]
-    cfg, splits, params = folder.config(), folder.splits(), folder.preprocess()
+    record, splits, params = folder.record(), folder.splits(), folder.preprocess()
     slices = len(splits["train"]) * round(params.crop_mm[2] / params.spacing_mm[2])  # axial sequences
     train_s = float(row.get("train_seconds") or row["seconds"])
-    return {"device": cfg["device"], "amp": cfg["amp_dtype"], "slices": slices, "train_s": round(train_s, 2),
+    return {"device": record.device, "amp": record.amp_dtype, "slices": slices, "train_s": round(train_s, 2),
             "slices_per_s": round(slices / train_s, 1) if train_s > 0 else None,
             "gpu_peak_mb": round(float(row["gpu_peak_mb"]), 1) if row.get("gpu_peak_mb") else None}
 

@@ -20,13 +20,13 @@ per case (guide + refiner). The refiner must hold fusions fitted for both guides
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from spikeseg.runtime.bundle import load_bundle
+from spikeseg.runtime.cohort import read_report, report_path
 from spikeseg.runtime.evaluate import evaluate_dirs, summarise
 from spikeseg.runtime.labels import REGIONS
 from spikeseg.runtime.options import SegmentOptions
@@ -49,7 +49,7 @@ def rows(a: argparse.Namespace) -> list[tuple[str, Path, dict]]:
 
 def case_figures(folder: Path) -> dict[str, float]:
     """Means over the cases' reports."""
-    reports = [json.loads(p.read_text()) for p in sorted(folder.glob("*/*_report.json"))]
+    reports = [read_report(folder, d.name) for d in sorted(folder.iterdir()) if report_path(folder, d.name).is_file()]
     secs = [sum(v for k, v in r["seconds"].items() if k.startswith(COMPUTE)) for r in reports]
     macs = [sum(o["dense_macs"] for o in r["operations"].values()) for r in reports]
     ref = [r.get("refinement") for r in reports]

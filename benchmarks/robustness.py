@@ -29,6 +29,7 @@ from scipy import ndimage
 
 from spikeseg.runtime.bundle import load_bundle
 from spikeseg.runtime.case_io import find_case, find_cases
+from spikeseg.runtime.cohort import prediction_name
 from spikeseg.runtime.evaluate import FAILURE_WT_DICE, Reference, evaluate_case
 from spikeseg.runtime.labels import REGIONS
 from spikeseg.runtime.options import SegmentOptions
@@ -139,7 +140,7 @@ def run(bundle_paths: list[Path], conds: dict[str, list[Path]], backend: str, th
                 out = work / "segment" / path.name / name.replace(" ", "-")
                 rep = seg.run(case_dir, out)
                 files = find_case(case_dir)
-                row = evaluate_case(out / rep["case"] / f"{rep['case']}_pred.nii.gz",
+                row = evaluate_case(out / rep["case"] / prediction_name(rep["case"]),
                                     Reference(rep["case"], files.seg, files.convention))
                 for r in REGIONS:
                     scores[r].append(float(row[f"{r}_dice"]))

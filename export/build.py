@@ -40,6 +40,7 @@ from spikeseg.export.fusion_fit import DEFAULT_PROJECTIONS, fit_refinement, pars
 from spikeseg.export.graphs import export_onnx, export_volume_onnx, onnx_to_openvino
 from spikeseg.export.qc_fit import fit_bundle_qc
 from spikeseg.training.config import VOLUME_ARCHS
+from spikeseg.training.run_folder import RunFolder, TrainedRun, load_run
 from spikeseg.export.quantize import calibration_feeds, quantize_onnxruntime, quantize_openvino
 
 #: the mirrored copies a volume model's bundle runs (test-time augmentation): as it is, and
@@ -55,13 +56,11 @@ def _load_model_space(case_dirs: list[Path], params: PreprocessParams) -> list[t
     return out
 
 
-def _holdout_dirs(info: dict[str, Any]) -> list[Path]:
-    from spikeseg.training.run_folder import RunFolder
-
-    data = Path(info["data"])
+def _holdout_dirs(run: TrainedRun) -> list[Path]:
+    data = Path(run.settings.data)
     if not data.is_dir():
         return []
-    ids = set(RunFolder(Path(info["run_dir"])).splits().get("validation", []))
+    ids = set(RunFolder(run.path).splits().get("validation", []))
     return [d for d in find_cases(data) if d.name in ids]
 
 
@@ -116,18 +115,18 @@ def _cases_in(folder: Path) -> list[Path]:
         return []
 
 
-def _fit_qc(info: dict[str, Any], params: PreprocessParams, specs: dict[str, ViewSpec], tmp: Path,
+def _fit_qc(run: TrainedRun, params: PreprocessParams, specs: dict[str, ViewSpec], tmp: Path,
             calib: Path | None, threads: int, log) -> QCReference | None:
     """The QC reference (:mod:`spikeseg.export.qc_fit`) from the runs' data and validation split,
     or the calibration cases when the data has moved; None (the runtime then says ``unchecked``)
     when neither is there."""
-    case_dirs, source = _cases_in(Path(info["data"])), f"the runs' data {info['data']}"
+    case_dirs, source = _cases_in(Path(run.settings.data)), f"the runs' data {run.settings.data}"
     if not case_dirs and calib is not None:
         case_dirs, source = _cases_in(Path(calib)), f"calibration cases {calib}"
     if not case_dirs:
         log("QC reference: no reference cases (the runs' data has moved and no --calib): segment will say unchecked")
         return None
-    validation = _holdout_dirs(info) or case_dirs[-2:]
+    validation = _holdout_dirs(run) or case_dirs[-2:]
     engines = {v: OrtEngine(ModelFile.local(tmp / f"{v}_fp32.onnx"), "fp32", threads) for v in specs}
     return fit_bundle_qc(case_dirs, validation, params, engines, specs, source, log)
 
@@ -144,8 +143,6 @@ def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | 
     the uncertainty-guided refinement's fusion for (:mod:`spikeseg.export.fusion_fit`), stored in
     the manifest's "refinement" list. ``both_ways``: a stateful model runs its slices back to front
     too, the two passes averaged (:func:`spikeseg.export.graphs.execution_for`)."""
-    from spikeseg.training.run_folder import load_run
-
     out = Path(out)
     check_apart(out, [Path(r) for r in runs] + ([Path(calib)] if calib is not None else [])
                 + [parse_guide(g)[0] for g in refine_guides or []])
@@ -153,14 +150,14 @@ def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | 
     if int8 and calib is None:
         raise InputError(None, "--int8 needs --calib CASES_DIR (real slices to calibrate on)")
     loaded = [load_run(r) for r in runs]
-    for _, info, _ in loaded:
-        if info.get("state_reset"):  # the step graph carries the state from slice to slice
-            raise InputError(Path(info["run_dir"]), "was trained with --state-reset (membrane zeroed every slice, "
+    for _, run, _ in loaded:
+        if run.settings.state_reset:  # the step graph carries the state from slice to slice
+            raise InputError(run.path, "was trained with --state-reset (membrane zeroed every slice, "
                                                     "an ablation); a bundle carries the state between slices, so "
                                                     "it would run differently than it was trained: not exported")
-    archs = {info["arch"] for _, info, _ in loaded}
+    archs = {run.settings.arch for _, run, _ in loaded}
     pres = {json.dumps(p.to_dict(), sort_keys=True) for _, _, p in loaded}
-    views = [info["view"] for _, info, _ in loaded]
+    views = [run.settings.view for _, run, _ in loaded]
     if len(archs) != 1:
         raise InputError(None, f"runs mix architectures {sorted(archs)}: one bundle holds one architecture")
     if len(pres) != 1:
@@ -169,7 +166,7 @@ def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | 
         raise InputError(None, f"two runs for the same view: {views}")
     params = loaded[0][2]
     guides = [parse_guide(g) for g in refine_guides or []]
-    if guides and (loaded[0][1]["arch"] not in VOLUME_ARCHS or len(loaded) != 1):
+    if guides and (loaded[0][1].settings.arch not in VOLUME_ARCHS or len(loaded) != 1):
         raise InputError(None, "--refine-guide fits a 3D refiner: export one volume model (e.g. unet3d-lite) with it")
     guides = [(load_bundle(path), mode) for path, mode in guides]  # read and verified once
     for guide, _ in guides:  # refused now, before anything is exported: not on this grid
@@ -180,17 +177,19 @@ def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | 
     holdout_cache: dict[tuple[Path, ...], list] = {}
     with atomic_dir(out) as tmp:
         specs: dict[str, ViewSpec] = {}
-        for model, info, _ in sorted(loaded, key=lambda m: list(VIEWS).index(m[1]["view"]) if m[1]["view"] in VIEWS
+        for model, run, _ in sorted(loaded, key=lambda m: list(VIEWS).index(m[1].settings.view)
+                                    if m[1].settings.view in VIEWS
                                      else len(VIEWS)):
-            view = info["view"]
-            if info["arch"] in VOLUME_ARCHS:
-                window = WindowSpec((info["patch"],) * 3, flips=TTA_FLIPS)
-                log(f"exporting the {view} model ({info['arch']}, {info['patch']}^3 patches by sliding window, "
+            cfg = run.settings
+            view = cfg.view
+            if cfg.arch in VOLUME_ARCHS:
+                window = WindowSpec((cfg.patch,) * 3, flips=TTA_FLIPS)
+                log(f"exporting the {view} model ({cfg.arch}, {cfg.patch}^3 patches by sliding window, "
                     f"{len(window.flips)} mirrored copies)")
                 spec = export_volume_onnx(model, window, params.model_shape, tmp / f"{view}_fp32.onnx")
             else:
                 h, w = params.slice_shape(view)
-                log(f"exporting {view} ({info['arch']}, {h}x{w} slices"
+                log(f"exporting {view} ({cfg.arch}, {h}x{w} slices"
                     f"{', both ways' if both_ways and model.stateful else ''})")
                 spec = export_onnx(model, h, w, tmp / f"{view}_fp32.onnx", params.model_shape[VIEWS[view]], both_ways)
             onnx_to_openvino(tmp / f"{view}_fp32.onnx", tmp / f"{view}_fp32.xml")
@@ -199,7 +198,7 @@ def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | 
             if int8:
                 holdout, holdout_dirs = None, []
                 if check_accuracy:
-                    holdout_dirs = _holdout_dirs(info)
+                    holdout_dirs = _holdout_dirs(run)
                     key = tuple(holdout_dirs)
                     if key not in holdout_cache:  # the views of one fold share their validation cases
                         loaded_cases = _load_model_space(holdout_dirs, params) if holdout_dirs else calib_images
@@ -225,16 +224,15 @@ def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | 
                 models, quantisation=quant,
                 static_ops={"macs_per_slice": static["macs_per_slice"], "conv_params": static["conv_params"],
                             "source": "OpenVINO graph of the FP32 ONNX model"},
-                training={"run": info["run_dir"], "trainer": info["trainer"], "fold": info["fold"],
-                          "folds": info["folds"], "epochs": info["epochs"], "best": info["best"], "seed": info["seed"],
-                          "data_fingerprint": info["data_fingerprint"], "preset": info["preset"]})
+                training={"run": str(run.path), "trainer": cfg.trainer, "fold": cfg.fold, "folds": cfg.folds,
+                          "epochs": cfg.epochs, "best": run.best, "seed": cfg.seed,
+                          "data_fingerprint": run.record.data_fingerprint, "preset": cfg.preset})
             specs[view] = spec
         # a speed benchmark's bundle of untrained weights has no data worth a reference
         qc = _fit_qc(loaded[0][1], params, specs, tmp, calib, threads, log) if check_accuracy else None
         refinement = []
         if guides:
-            info = loaded[0][1]
-            fit_dirs = [d for d in _holdout_dirs(info)]
+            fit_dirs = [d for d in _holdout_dirs(loaded[0][1])]
             source = "3D run's validation split"
             if len(fit_dirs) < 2:
                 fit_dirs, source = (find_cases(calib) if calib else []), "calibration cases"

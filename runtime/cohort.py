@@ -270,6 +270,14 @@ def report_qc(out: Path, case_id: str) -> str | None:
     return qc_verdict(report_path(out, case_id))
 
 
+def read_report(out: Path, case_id: str) -> dict[str, Any]:
+    """A case's report as ``segment`` wrote it into ``out`` (benchmarks and the demo read it back)."""
+    path = report_path(out, case_id)
+    if not path.is_file() or path.stat().st_size > MAX_REPORT_BYTES:
+        raise InputError(path, "no report here, or too big to be one")
+    return json.loads(path.read_text())
+
+
 def qc_verdict(report: Path) -> str | None:
     """The QC verdict a report file holds (None: no such file, too big for a report, or unreadable)."""
     try:

@@ -11,14 +11,13 @@ a spiking neuron of threshold ``lambda / 2`` whose spikes are read with weight `
 floor passes its gradient straight through (the paper's ``GradFloor``), so ``x`` and ``lambda``
 both learn. Until :attr:`QCFS.active` is set the module is a ReLU: the trainer switches it on
 for the last share of the twin's budget (``--twin-activation qcfs``), with each layer's level
-fitted to what its ReLU received (:func:`fit_level`). At lambda / 2 in every layer at once a
-trained twin's validation Dice falls to 0 (measured on the demo's axial twin), as a converted SNN's
-does at its fitted thresholds, and two epochs did not bring it back; so the switch also chooses
-one step position for the network, ``share x lambda``, by the calibration cases' NLL, as the
-conversion chooses its threshold factor (:func:`spikeseg.training.conversion.start_qcfs`), and
-even then the binary twin scored 0: so the step is brought in gradually, ``ReLU + m (step - ReLU)``
-with ``m`` ramped from 0 to 1 over the first half of the QCFS phase, update by update, and the
-best checkpoint is kept only from the updates at ``m = 1``.
+fitted to what its ReLU received (:func:`fit_level`). Switched on at once, a trained twin stops
+segmenting and does not recover (docs/results/2026-12-06-fidelity-levers.md); so the switch also
+chooses one step position for the network, ``share x lambda``, by the calibration cases' NLL, as
+the conversion chooses its threshold factor (:func:`spikeseg.training.conversion.start_qcfs`),
+and the step is brought in gradually, ``ReLU + m (step - ReLU)`` with ``m`` ramped from 0 to 1
+over the first half of the QCFS phase, update by update; the best checkpoint is kept only from
+the updates at ``m = 1``.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ activations, and most of a volume is healthy tissue: a share of the patches (by 
 forces onto foreground; Isensee et al. 2021) centred on tumour voxels show the network the rare
 classes often enough. Mirroring along each axis with probability 0.5 is
 the augmentation (the paper also rotates). Everything else, resume, AMP, DDP, time budget,
-metrics.csv, TensorBoard, comes from :class:`~spikeseg.training.trainer.ViewTrainer`.
+metrics.csv, TensorBoard, comes from the shared loop (:class:`~spikeseg.training.loop.Trainer`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from spikeseg.snn.unet3d import MULTIPLE, LiteUnet3d, Unet3dConfig
 from spikeseg.training.config import CASCADE_ARCHS
 from spikeseg.training.devices import seed_everything
 from spikeseg.training.losses import ce_dice_loss, deep_mean_dice_loss
-from spikeseg.training.trainer import ViewTrainer, validation_scores
+from spikeseg.training.loop import Trainer, validation_scores
 
 
 def regions_to_classes(regions: np.ndarray) -> np.ndarray:
@@ -85,9 +85,9 @@ def channel_out(image: np.ndarray, p: float, rng: np.random.Generator) -> np.nda
     return out
 
 
-class PatchTrainer(ViewTrainer):
-    """:class:`ViewTrainer` with a volume model, AdamW (or SGD with ``--momentum``), patch batches
-    and sliding-window validation."""
+class PatchTrainer(Trainer):
+    """``patches``: a volume model, AdamW (or SGD with ``--momentum``), patch batches and
+    sliding-window validation."""
 
     #: each patch is augmented on its own, keeping its volume's intensity scale
     WHOLE_VOLUMES = False

@@ -5,6 +5,7 @@ and warm starts need without the trainer."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,15 +76,12 @@ class RunFolder:
         """Trained to the end (its summary written last)."""
         return self.summary_path.is_file()
 
-    def config(self) -> dict[str, Any]:
+    def record(self) -> "RunRecord":
         """``config.json``: what was asked for and what it ran on; refused when missing or of
         another run version."""
         if not self.is_run():
             raise InputError(self.path, "not a training run (no config.json)")
-        info = _read_json(self.config_path)
-        if info.get("version") != RUN_VERSION:
-            raise InputError(self.config_path, f"run version {info.get('version')!r}; this spikeseg reads {RUN_VERSION}")
-        return info
+        return RunRecord.parse(_read_json(self.config_path), self.config_path)
 
     def splits(self) -> dict[str, Any]:
         """``splits.json``: the fold's training and validation case ids ({} before set-up)."""
@@ -97,8 +95,8 @@ class RunFolder:
     def preprocess(self) -> PreprocessParams:
         return PreprocessParams.load(self.preprocess_path)
 
-    def write_setup(self, info: dict[str, Any], params: PreprocessParams, splits: dict[str, Any]) -> None:
-        write_json(self.config_path, info)
+    def write_setup(self, record: "RunRecord", params: PreprocessParams, splits: dict[str, Any]) -> None:
+        write_json(self.config_path, record.to_dict())
         params.save(self.preprocess_path)
         write_json(self.splits_path, splits)
 
@@ -119,12 +117,52 @@ class RunFolder:
             return list(csv.DictReader(f))
 
 
+@dataclass(frozen=True)
+class RunRecord:
+    """A run's ``config.json``, typed: the settings it was asked for (a :class:`TrainConfig`, the
+    trainer resolved) and what it ran on. The file is flat, the settings' fields beside these, so
+    ``spikeseg train --config`` reads it as a settings file."""
+
+    settings: TrainConfig
+    #: the architecture's model config (``ModelConfig.to_dict()`` or a volume model's)
+    model_config: dict[str, Any]
+    #: what the twin-to-SNN conversion chose, for a converted SNN
+    conversion: dict[str, Any] | None
+    device: str
+    amp_dtype: str
+    world_size: int
+    dist_backend: str | None
+    data_fingerprint: str
+    torch: str
+
+    def to_dict(self) -> dict[str, Any]:
+        ran = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "settings"}
+        return {**dataclasses.asdict(self.settings), **ran}
+
+    @classmethod
+    def parse(cls, info: dict[str, Any], where: Path) -> "RunRecord":
+        if info.get("version") != RUN_VERSION:
+            raise InputError(where, f"run version {info.get('version')!r}; this spikeseg reads {RUN_VERSION}")
+        try:
+            ran = {f.name: info[f.name] for f in dataclasses.fields(cls) if f.name != "settings"}
+        except KeyError as exc:
+            raise InputError(where, f"malformed run config: no {exc.args[0]!r}") from None
+        return cls(settings_from(info, where), **ran)
+
+
+def settings_from(info: dict[str, Any], where: Path) -> TrainConfig:
+    """The :class:`TrainConfig` fields of a config file (what else it holds is not a setting)."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    try:
+        return TrainConfig(**{k: v for k, v in info.items() if k in names})
+    except TypeError as exc:  # a required field missing
+        raise InputError(where, f"malformed run config: {exc}") from None
+
+
 def train_settings(path: Path) -> dict[str, Any]:
     """The settings (:class:`TrainConfig` fields) of a run's ``config.json``, given the file or
     the run folder: ``spikeseg train --config``. What the run recorded besides (its model config,
     its conversion) is not a setting and is left out; another run version is refused."""
-    import dataclasses
-
     file = RunFolder(path).config_path if path.is_dir() else path
     if not file.is_file():
         raise InputError(path, "no config file there (a run's config.json, or its run folder)")
@@ -132,7 +170,7 @@ def train_settings(path: Path) -> dict[str, Any]:
     if info.get("version") != RUN_VERSION:
         raise InputError(file, f"config version {info.get('version')!r}; this spikeseg reads {RUN_VERSION}")
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    return {k: v for k, v in info.items() if k in names}
+    return {k: v for k, v in info.items() if k in names}  # a file may set only some (its schema is the run's)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -179,17 +217,31 @@ def build_any(model_config: dict[str, Any]) -> SliceSegNet | LiteUnet3d | Cascad
     return build_model(ModelConfig.from_dict(model_config))
 
 
-def load_run(run: str | Path) -> tuple[SliceSegNet | LiteUnet3d | CascadeUnet, dict[str, Any], PreprocessParams]:
-    """A trained view model from a run folder (best checkpoint), its config and preprocessing."""
+@dataclass(frozen=True)
+class TrainedRun:
+    """A finished run as export and the benchmarks read it: where it is, what it recorded, and
+    its best checkpoint's epoch and validation scores."""
+
+    path: Path
+    record: RunRecord
+    best: dict[str, Any]
+
+    @property
+    def settings(self) -> TrainConfig:
+        return self.record.settings
+
+
+def load_run(run: str | Path) -> tuple[SliceSegNet | LiteUnet3d | CascadeUnet, TrainedRun, PreprocessParams]:
+    """A trained view model from a run folder (best checkpoint), its record and preprocessing."""
     folder = RunFolder(Path(run))
-    info = folder.config()
+    record = folder.record()
     ckpt = load_checkpoint(folder.best)
     model = build_any(ckpt["model_config"])
     model.load_state_dict(ckpt["model"])
     model.eval()
-    info["best"] = {"epoch": ckpt["epoch"], **ckpt["val"]}
-    info["run_dir"] = str(folder.path.resolve())  # cfg "out" is the parent folder of a --view all run
-    return model, info, folder.preprocess()
+    # the folder itself, resolved: the settings' "out" is the parent of a --view all run
+    trained = TrainedRun(folder.path.resolve(), record, {"epoch": ckpt["epoch"], **ckpt["val"]})
+    return model, trained, folder.preprocess()
 
 
 def twin_run_for(source: Path, view: str) -> Path:
@@ -199,7 +251,7 @@ def twin_run_for(source: Path, view: str) -> Path:
     run = source / view if RunFolder(source / view).is_run() else source
     if not RunFolder(run).is_run():
         raise InputError(source, f"not a training run (no config.json here or in {view}/)")
-    twin_view = RunFolder(run).config().get("view")
+    twin_view = RunFolder(run).record().settings.view
     if twin_view != view:
         raise InputError(run, f"is a {twin_view} run; the {view} model needs a {view} twin")
     return run

@@ -1,62 +1,49 @@
-"""``spikeseg train``: one model per view, FPTT / (truncated) BPTT / per-slice training.
-
-A run folder (one per view; ``--view all`` makes ``RUN/<view>/`` for each and shares the
-preprocessed cache in ``RUN/preprocessed``, or in ``--cache`` / ``$SPIKESEG_CACHE`` shared across runs) holds:
-
-    config.json       what was asked for, the model config, the device and precision used
-    preprocess.json   the preprocessing record the runtime reads back
-    splits.json       training / validation case ids of this fold
-    metrics.csv       one row per epoch (rewritten from the checkpoint's history: never torn)
-    tb/               TensorBoard events
-    checkpoints/last.pt, best.pt   atomic writes; best by mean validation Dice
+"""``spikeseg train`` for the view models: one model per view, trained by a subclass of the
+shared loop (:class:`~spikeseg.training.loop.Trainer`) for each ``--trainer``; the volume models'
+patch trainer is :mod:`spikeseg.training.patches`, the run folder's layout
+:class:`~spikeseg.training.run_folder.RunFolder`.
 
 Trainers (paper section 3.2; docs/results/fidelity-lab-record.md for what each measured here):
-- ``fptt``: an update every ``--window`` K slices (K=1 is the paper's per-slice update), the
-  state detached between windows, FPTT's regulariser and running mean (``training.fptt``).
-  Memory stays flat in the sequence length.
-- ``tbptt``: the same windows without FPTT's terms; ``bptt``: one update per whole sequence.
-- ``standard``: the stateless twin, shuffled slices, as many updates as ``fptt`` makes.
-
-Resumes after a kill from ``last.pt`` with nothing lost beyond it: every epoch's randomness is
-seeded from (seed, epoch), so a resumed run continues exactly as an uninterrupted one.
-On CUDA: automatic mixed precision (bf16 where supported, else fp16 with loss scaling) and
-DistributedDataParallel under ``torchrun`` (NCCL; gloo on CPU, which the tests use).
+- ``fptt`` (:class:`FPTTTrainer`): an update every ``--window`` K slices (K=1 is the paper's
+  per-slice update), the state detached between windows, FPTT's regulariser and running mean
+  (``training.fptt``). Memory stays flat in the sequence length.
+- ``tbptt`` (:class:`TBPTTTrainer`): the same windows without FPTT's terms; ``bptt``
+  (:class:`BPTTTrainer`): one update per whole sequence.
+- ``standard`` (:class:`StandardTrainer`): the stateless twin, shuffled slices, as many updates
+  as ``fptt`` makes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterable, Iterator, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from spikeseg.runtime.case_io import find_cases
-from spikeseg.runtime.errors import InputError
-from spikeseg.runtime.labels import REGIONS
-from spikeseg.runtime.metrics import nll, region_dice
 from spikeseg.runtime.bundle_spec import VOLUME
+from spikeseg.runtime.case_io import find_cases
+from spikeseg.runtime.console import log
+from spikeseg.runtime.errors import InputError
 from spikeseg.runtime.preprocess import PreprocessParams, parse_views
 from spikeseg.snn.models import ModelConfig, SliceSegNet, build_model
 from spikeseg.snn.qcfs import own_state_keys, qcfs_layers
-from spikeseg.training.data import (CachedCase, cache_folder, data_fingerprint, kfold_split, preprocess_dataset,
-                                    view_sequence)
-from spikeseg.training.fptt import FPTT
-from spikeseg.training.activity import ActivityMonitor
-from spikeseg.training.augment import Augmenter
 from spikeseg.training.config import VOLUME_ARCHS, TrainConfig
 from spikeseg.training.conversion import balance, start_qcfs
-from spikeseg.training.devices import (amp_dtype, distributed_backend, init_distributed, params_digest, resolve_device,
-                                      seed_everything)
+from spikeseg.training.data import (CachedCase, cache_folder, data_fingerprint, kfold_split, preprocess_dataset,
+                                    view_sequence)
+from spikeseg.training.devices import distributed_backend, init_distributed, params_digest, seed_everything
+from spikeseg.training.fptt import FPTT
+from spikeseg.training.loop import Trainer, validation_scores
 from spikeseg.training.losses import bce_dice_loss, distillation_loss
+from spikeseg.training.patches import PatchTrainer
 from spikeseg.training.predict import predict_views
-from spikeseg.training.run_folder import RunFolder, load_checkpoint, prepare_run, save_checkpoint, twin_run_for
+from spikeseg.training.run_folder import RunFolder, RunRecord, load_checkpoint, prepare_run, twin_run_for
 
 #: training cases the twin-to-SNN conversion is fitted on (the first of the fold's training cases)
 CONVERSION_CASES = 3
@@ -73,76 +60,17 @@ def param_groups(model: SliceSegNet, lr: float, readout_scale: float) -> list[di
     return [{"params": rest, "lr": lr}, {"params": list(model.readout.parameters()), "lr": lr * readout_scale}]
 
 
-def validation_scores(cases: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
-    """Mean Dice per region, their mean, and mean NLL over (probabilities, region masks) pairs:
-    what every trainer logs and selects its best epoch by."""
-    scores: dict[str, list[float]] = {r: [] for r in REGIONS}
-    nlls = []
-    for prob, regions in cases:
-        target = np.asarray(regions).astype(bool)
-        for r, d in region_dice(prob, target).items():
-            scores[r].append(d)
-        nlls.append(nll(prob, target))
-    out = {f"val_dice_{r}": float(np.mean(v)) for r, v in scores.items()}
-    out["val_dice_mean"] = float(np.mean([out[f"val_dice_{r}"] for r in REGIONS]))
-    out["val_nll"] = float(np.mean(nlls))
-    return out
+# ---- the slice trainers -------------------------------------------------------------------
 
+class SliceTrainer(Trainer):
+    """A view model (the SNN or a twin) on slice sequences: the model, its optimiser with the
+    readout's own rate, one epoch of batches and per-view validation. Subclasses say how a
+    batch of sequences becomes updates (:meth:`train_batch`)."""
 
-# ---- the trainer --------------------------------------------------------------------------
-
-class ViewTrainer:
-    """Trains one view model; everything needed to resume is in :meth:`state`."""
-
-    #: the validation figure whose plateau halves the learning rate, and its better direction
-    PLATEAU = ("val_dice_mean", "max")
-    #: augmented as whole volumes (normalised again afterwards, as the runtime normalises a case)
-    WHOLE_VOLUMES = True
-
-    def __init__(self, cfg: TrainConfig, run: Path, cases: list[CachedCase], train_ids: list[str],
-                 val_ids: list[str], rank: int = 0, world: int = 1, local_rank: int = 0) -> None:
-        self.cfg, self.run, self.rank, self.world = cfg, run, rank, world
-        self.folder = RunFolder(run)
-        self.trainer = cfg.resolved_trainer()
+    def __init__(self, cfg: TrainConfig, *args: Any, **kwargs: Any) -> None:
         self.sampling = cfg.resolved_window_sampling()
         self.burn_in = cfg.resolved_burn_in()
-        self.device = resolve_device(cfg.device, local_rank)
-        self.amp = amp_dtype(self.device, cfg.amp)
-        self.augmenter = Augmenter(cfg.augment, (cfg.spacing_mm,) * 3, cfg.normalisation, self.WHOLE_VOLUMES)
-        by_id = {c.case_id: c for c in cases}
-        self.train_cases = [by_id[i] for i in train_ids]
-        self.val_cases = [by_id[i] for i in val_ids]
-        seed_everything(cfg.seed)
-        self.teacher: SliceSegNet | None = None
-        self.conversion: dict[str, Any] | None = None
-        self.model_cfg, self.model = self.build_model()
-        self.model.to(self.device)
-        self.activity = ActivityMonitor(self.model)
-        self.net = self.model
-        if dist.is_initialized():  # under torchrun, one process included
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        self.opt = self.optimiser()
-        self.fptt = FPTT(self.model.parameters(), self.opt, cfg.alpha) if self.trainer == "fptt" else None
-        self.epoch = 0
-        self.started = time.time()  # the budget's clock, reset by fit()
-        #: minutes spent when the last epoch ended, read once per epoch so the schedule and the
-        #: stop agree on where the budget stands
-        self.minutes = 0.0
-        #: the share of the budget the last epoch took (one epoch's share until one has run)
-        self.epoch_share = 1.0 / cfg.epochs
-        self.sched = self.scheduler()
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
-        self.best_score = -math.inf
-        self.best_epoch = -1
-        self.history: list[dict[str, Any]] = []
-        self.writer = None
-        if rank == 0:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-                self.writer = SummaryWriter(str(self.folder.tensorboard))
-            except Exception:  # TensorBoard is a convenience, never a reason to fail
-                self.writer = None
+        super().__init__(cfg, *args, **kwargs)
 
     def build_model(self) -> tuple[ModelConfig, SliceSegNet]:
         """(its config, the model), warm-started (and a distillation teacher) as asked."""
@@ -154,61 +82,6 @@ class ViewTrainer:
         cfg = self.cfg
         return torch.optim.Adam(param_groups(self.model, cfg.lr, cfg.resolved_readout_lr_scale()), lr=cfg.lr,
                                 weight_decay=cfg.weight_decay)
-
-    def scheduler(self) -> Any:
-        """Halving on a plateau of :attr:`PLATEAU`, ``--lr-decay``'s exponential decay per epoch,
-        or ``--lr-decay-to``'s exponential decay over the budget (the converted SNN's recipe)."""
-        ratio = self.cfg.resolved_lr_decay_to()
-        if ratio < 1:
-            return torch.optim.lr_scheduler.LambdaLR(self.opt, lambda _: ratio ** self.progress())
-        if self.cfg.lr_decay:
-            return torch.optim.lr_scheduler.ExponentialLR(self.opt, gamma=1.0 - self.cfg.lr_decay)
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(self.opt, mode=self.PLATEAU[1], factor=0.5,
-                                                          patience=self.cfg.plateau_patience, min_lr=self.cfg.min_lr)
-
-    def progress(self) -> float:
-        """Share of the budget spent: epochs run over ``--epochs`` or minutes over
-        ``--max-minutes``, whichever is further."""
-        done = self.epoch / self.cfg.epochs
-        if self.cfg.max_minutes:
-            done = max(done, self.minutes / self.cfg.max_minutes)
-        return min(1.0, done)
-
-    def elapsed_minutes(self) -> float:
-        """Minutes since :meth:`fit` began by rank 0's clock, on every rank: ranks that stopped
-        or decayed by their own clocks would fall out of step (DDP hangs at the next all-reduce)."""
-        t = torch.tensor([(time.time() - self.started) / 60.0], dtype=torch.float64, device=self.device)
-        if self.world > 1:
-            dist.broadcast(t, src=0)
-        return float(t)
-
-    def step_schedule(self, val: dict[str, float]) -> None:
-        if isinstance(self.sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            self.sched.step(val[self.PLATEAU[0]])
-        else:
-            self.sched.step()
-
-    # -- state ------------------------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-                "fptt": self.fptt.state_dict() if self.fptt else None,
-                "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
-                "epoch": self.epoch, "best_score": self.best_score, "best_epoch": self.best_epoch,
-                "history": self.history, "model_config": self.model_cfg.to_dict(),
-                "activity": self.activity.state_dict()}
-
-    def restore(self, ckpt: dict[str, Any]) -> None:
-        self.model.load_state_dict(ckpt["model"])
-        self.opt.load_state_dict(ckpt["optimizer"])
-        if self.fptt and ckpt.get("fptt"):
-            self.fptt.load_state_dict(ckpt["fptt"])
-        self.sched.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
-        self.epoch = int(ckpt["epoch"])
-        self.best_score, self.best_epoch = float(ckpt["best_score"]), int(ckpt["best_epoch"])
-        self.history = list(ckpt["history"])
-        if ckpt.get("activity"):
-            self.activity.load_state_dict(ckpt["activity"])
 
     # -- one optimiser update ---------------------------------------------------------------
     def _update(self, x: torch.Tensor, y: torch.Tensor, state: list[torch.Tensor] | None):
@@ -223,18 +96,6 @@ class ViewTrainer:
         self.descend(loss)
         self.activity.end_update(self.epoch + 1)
         return float(loss.detach()), state
-
-    def descend(self, loss: torch.Tensor) -> None:
-        """Backward, clip, one optimiser step (FPTT's, or the plain one), with AMP's scaler."""
-        self.opt.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        if self.fptt is not None:
-            self.fptt.step(self.cfg.clip, self.scaler)
-        else:
-            self.scaler.unscale_(self.opt)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
-            self.scaler.step(self.opt)
-            self.scaler.update()
 
     def _batches(self, rng: np.random.Generator) -> list[list[CachedCase]]:
         order = rng.permutation(len(self.train_cases))
@@ -258,27 +119,32 @@ class ViewTrainer:
                     for c in batch]
             x = torch.from_numpy(np.stack([s[0] for s in seqs])).to(self.device)
             y = torch.from_numpy(np.stack([s[1] for s in seqs])).to(self.device)
-            if self.trainer == "standard" or (self.trainer != "bptt" and self.sampling == "shuffled"):
-                losses += self._shuffled_slices(x, y, rng)
-            elif self.trainer != "bptt" and self.sampling == "random":
-                losses += self._random_windows(x, y, rng)
-            else:
-                t = x.shape[1]
-                window = t if self.trainer == "bptt" else self.cfg.window
-                state = None
-                for k in range(0, t, window):
-                    if state is not None:
-                        state = [s.detach() for s in state]
-                    xw, yw = x[:, k:k + window], y[:, k:k + window]
-                    if self.cfg.empty_keep < 1.0 and not bool(yw.any()) and rng.random() >= self.cfg.empty_keep:
-                        with torch.no_grad():  # no tumour here: advance the state, skip the update
-                            _, state = self.net(xw, state, reset_every_step=self.cfg.state_reset)
-                        continue
-                    loss, state = self._update(xw, yw, state)
-                    losses.append(loss)
+            losses += self.train_batch(x, y, rng)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
         self.activity.recording(False)
         return float(np.mean(losses)) if losses else math.nan
+
+    def train_batch(self, x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator) -> list[float]:
+        """The updates one batch of sequences (``x``: (B, T, C, H, W)) makes; their losses."""
+        raise NotImplementedError
+
+    def _sequential_windows(self, x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator,
+                            window: int) -> list[float]:
+        """Windows of ``window`` slices front to back through each volume, the state carried
+        (detached) from one to the next: the paper's FPTT, TBPTT, and BPTT with one window."""
+        state = None
+        losses = []
+        for k in range(0, x.shape[1], window):
+            if state is not None:
+                state = [s.detach() for s in state]
+            xw, yw = x[:, k:k + window], y[:, k:k + window]
+            if self.cfg.empty_keep < 1.0 and not bool(yw.any()) and rng.random() >= self.cfg.empty_keep:
+                with torch.no_grad():  # no tumour here: advance the state, skip the update
+                    _, state = self.net(xw, state, reset_every_step=self.cfg.state_reset)
+                continue
+            loss, state = self._update(xw, yw, state)
+            losses.append(loss)
+        return losses
 
     def _shuffled_slices(self, x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator) -> list[float]:
         """Updates on batch x window slices drawn without replacement from the batch's volumes
@@ -288,8 +154,8 @@ class ViewTrainer:
         state as at inference (fewer at the start of a volume, as there), so its membranes
         are warm and the update is per slice (FPTT's K = 1), with no state carried between
         updates. Why not windows front to back: consecutive updates then see near copies of one
-        slice position, and ET, under 0.1 % of the grid, sits in few of them; sampled this way
-        the converted SNN learned ET 6 points further in the same 34-36 epochs (docs/results/fidelity-lab-record.md)."""
+        slice position, and ET, under 0.1 % of the grid, sits in few of them
+        (docs/results/fidelity-lab-record.md)."""
         b, t = x.shape[:2]
         xs, ys = x.flatten(0, 1), y.flatten(0, 1)
         perm = torch.from_numpy(rng.permutation(b * t)).to(self.device)
@@ -366,7 +232,7 @@ class ViewTrainer:
                                   both_ways=self.cfg.val_both_ways)
         return validation_scores(zip(probs, (regions for _, regions in loaded)))
 
-    def qcfs_pending(self) -> bool:
+    def unfinished(self) -> bool:
         """Whether the model has QCFS activations not yet switched on, or still mixed with the ReLU."""
         return any(not m.complete for m in qcfs_layers(self.model).values())
 
@@ -381,7 +247,7 @@ class ViewTrainer:
         for m in layers.values():
             m.set_mix(mix)
 
-    def start_qcfs_phase(self) -> None:
+    def before_epoch(self) -> None:
         """Switch a QCFS twin's activations on once the coming epoch would end inside the
         budget's last ``--qcfs-share``: each level fitted to what its ReLU receives (then ramped
         in by :meth:`ramp_qcfs`), and the best checkpoint kept from the step alone only, since
@@ -393,84 +259,48 @@ class ViewTrainer:
         chosen = start_qcfs(self.model, [c.load() for c in self.train_cases[:CONVERSION_CASES]], self.cfg.view)
         self.ramp_qcfs(self.progress())
         self.best_score, self.best_epoch = -math.inf, self.epoch
-        if self.rank == 0 and self.cfg.progress:
+        if self.rank == 0:
             levels = ", ".join(f"{v:.2f}" for v in chosen["levels"].values())
-            print(f"[{self.cfg.view}] epoch {self.epoch + 1}: QCFS phase begins (levels {levels}, steps at "
-                  f"{chosen['threshold_share']:.3g} x level)", flush=True)
+            log.info(f"[{self.cfg.view}] epoch {self.epoch + 1}: QCFS phase begins (levels {levels}, steps at "
+                     f"{chosen['threshold_share']:.3g} x level)")
 
-    def fit(self) -> dict[str, Any]:
-        self.started = time.time()
-        while self.epoch < self.cfg.epochs or self.qcfs_pending():  # a QCFS twin ends on its step alone
-            t0 = time.time()
-            before = self.progress()
-            self.start_qcfs_phase()
-            train_loss = self.train_epoch()
-            train_seconds = time.time() - t0
-            val = self.validate()
-            self.epoch += 1
-            self.minutes = self.elapsed_minutes()
-            self.epoch_share = max(self.progress() - before, 1.0 / self.cfg.epochs)
-            self.step_schedule(val)
-            taus = [m.tau for m in self.model.modules() if hasattr(m, "tau_min")]
-            activity = self.activity.epoch_summary()
-            per_layer = {k: v for k, v in activity.items() if "/" in k}
-            row = {"epoch": self.epoch, "train_loss": train_loss, **val, "lr": self.opt.param_groups[0]["lr"],
-                   "tau_mean": float(np.mean(taus)) if taus else math.nan,
-                   **{k: v for k, v in activity.items() if k not in per_layer}, "seconds": time.time() - t0,
-                   "train_seconds": train_seconds, **self.device_memory()}
-            self.history.append(row)
-            # a QCFS twin's checkpoint counts once its step stands alone (what the conversion reads)
-            improved = val["val_dice_mean"] > self.best_score and not self.qcfs_pending()
-            if improved:
-                self.best_score, self.best_epoch = val["val_dice_mean"], self.epoch
-            if self.rank == 0:
-                save_checkpoint(self.folder.last, self.state())
-                if improved:
-                    self._save_best(val)
-                self.folder.write_metrics(self.history)
-                if self.activity.rows:
-                    self.folder.write_activity(self.activity.rows)
-                if self.writer:
-                    for k, v in {**row, **per_layer}.items():
-                        if k != "epoch":
-                            self.writer.add_scalar(k, v, self.epoch)
-                if self.cfg.progress:
-                    print(f"[{self.cfg.view}] epoch {self.epoch}/{self.cfg.epochs} loss {train_loss:.4f} "
-                          f"Dice ET/TC/WT {val['val_dice_ET']:.3f}/{val['val_dice_TC']:.3f}/"
-                          f"{val['val_dice_WT']:.3f} NLL {val['val_nll']:.4f} "
-                          f"lr {row['lr']:.1e} {row['seconds']:.1f}s", flush=True)
-            if self.qcfs_pending():
-                continue  # a QCFS twin always ends in its QCFS phase, whatever stops it
-            if self.cfg.early_stop and self.epoch - self.best_epoch >= self.cfg.early_stop:
-                if self.rank == 0 and self.cfg.progress:
-                    print(f"[{self.cfg.view}] no better validation Dice for {self.cfg.early_stop} epochs: "
-                          f"stopping early", flush=True)
-                break
-            if self.cfg.max_minutes and self.minutes > self.cfg.max_minutes:
-                if self.rank == 0 and self.cfg.progress:
-                    print(f"[{self.cfg.view}] time budget of {self.cfg.max_minutes} min reached", flush=True)
-                break
-        if self.writer:
-            self.writer.close()
-        return {"best_epoch": self.best_epoch, "best_val_dice_mean": self.best_score,
-                "epochs_run": self.epoch, "seconds": time.time() - self.started}
+class StandardTrainer(SliceTrainer):
+    """``standard``: the stateless twin on shuffled slices, as many updates as ``fptt`` makes."""
 
-    def device_memory(self) -> dict[str, float]:
-        """On CUDA, the epoch's peak GPU memory (allocated by tensors, MB), then the peak is
-        reset so each epoch has its own; nothing on the CPU (peak RSS says it there)."""
-        if self.device.type != "cuda":
-            return {}
-        peak = torch.cuda.max_memory_allocated(self.device) / 2**20
-        torch.cuda.reset_peak_memory_stats(self.device)
-        return {"gpu_peak_mb": peak}
+    def train_batch(self, x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator) -> list[float]:
+        return self._shuffled_slices(x, y, rng)
 
-    def _save_best(self, val: dict[str, float]) -> None:
-        ctx = self.fptt.averaged_weights() if (self.fptt and self.cfg.eval_average) else contextlib.nullcontext()
-        with ctx:
-            weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        save_checkpoint(self.folder.best,
-                        {"model": weights, "model_config": self.model_cfg.to_dict(), "epoch": self.epoch,
-                         "val": val})
+
+class TBPTTTrainer(SliceTrainer):
+    """``tbptt``: updates on ``--window`` slices at a time, drawn as ``--window-sampling`` says
+    (shuffled slices, random windows, or windows front to back with the state carried)."""
+
+    def train_batch(self, x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator) -> list[float]:
+        if self.sampling == "shuffled":
+            return self._shuffled_slices(x, y, rng)
+        if self.sampling == "random":
+            return self._random_windows(x, y, rng)
+        return self._sequential_windows(x, y, rng, self.cfg.window)
+
+
+class FPTTTrainer(TBPTTTrainer):
+    """``fptt``: TBPTT's updates with FPTT's regulariser and running mean (:mod:`spikeseg.training.fptt`);
+    memory stays flat in the sequence length."""
+
+    def fptt_optimiser(self) -> FPTT | None:
+        return FPTT(self.model.parameters(), self.opt, self.cfg.alpha)
+
+
+class BPTTTrainer(SliceTrainer):
+    """``bptt``: one update per whole sequence."""
+
+    def train_batch(self, x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator) -> list[float]:
+        return self._sequential_windows(x, y, rng, x.shape[1])
+
+
+#: ``--trainer`` -> its class; :meth:`TrainConfig.resolved_trainer` checks the name against the arch
+TRAINER_CLASSES: dict[str, type[Trainer]] = {"standard": StandardTrainer, "tbptt": TBPTTTrainer,
+                                             "fptt": FPTTTrainer, "bptt": BPTTTrainer, "patches": PatchTrainer}
 
 
 class ViewModel(NamedTuple):
@@ -548,8 +378,6 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     """Train every requested view; returns a summary per view."""
     rank, world, local_rank = init_distributed()
     out = Path(cfg.out)
-    from spikeseg.training.patches import PatchTrainer  # it builds on this module's ViewTrainer
-
     volume = cfg.arch in VOLUME_ARCHS
     if volume and cfg.view != VOLUME:
         raise InputError(None, f"{cfg.arch} sees the whole volume and has no views: drop --view {cfg.view}")
@@ -575,22 +403,23 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
             prepare_run(run, vcfg, resume, overwrite)
         if world > 1:
             dist.barrier()
-        trainer_cls = PatchTrainer if volume else ViewTrainer
-        trainer = trainer_cls(vcfg, run, cases, train_ids, val_ids, rank, world, local_rank)
+        trainer = TRAINER_CLASSES[vcfg.resolved_trainer()](vcfg, run, cases, train_ids, val_ids, rank, world,
+                                                           local_rank)
         last = RunFolder(run).last
         if resume and last.exists():
             trainer.restore(load_checkpoint(last))
-            if rank == 0 and cfg.progress:
-                print(f"[{view}] resuming after epoch {trainer.epoch}", flush=True)
+            if rank == 0:
+                log.info(f"[{view}] resuming after epoch {trainer.epoch}")
         if rank == 0:
-            info = {**asdict(vcfg), "trainer": trainer.trainer, "model_config": trainer.model_cfg.to_dict(),
-                    "conversion": trainer.conversion, "device": str(trainer.device),
-                    "amp_dtype": str(trainer.amp) if trainer.amp else "float32",
-                    "world_size": world, "dist_backend": distributed_backend(),
-                    "data_fingerprint": data_fingerprint(case_dirs),
-                    "torch": torch.__version__}
-            RunFolder(run).write_setup(info, params, {"fold": cfg.fold, "folds": cfg.folds, "train": train_ids,
-                                                      "validation": val_ids})
+            record = RunRecord(TrainConfig(**{**asdict(vcfg), "trainer": trainer.trainer}),
+                               trainer.model_cfg.to_dict(), trainer.conversion, str(trainer.device),
+                               str(trainer.amp) if trainer.amp else "float32", world, distributed_backend(),
+                               data_fingerprint(case_dirs), torch.__version__)
+            RunFolder(run).write_setup(record, params, {"fold": cfg.fold, "folds": cfg.folds, "train": train_ids,
+                                                        "validation": val_ids})
+            log.debug(f"[{view}] {run}: {trainer.trainer} trainer on {record.device} ({record.amp_dtype}, "
+                      f"{torch.get_num_threads()} threads, world {world}), {len(train_ids)} training and "
+                      f"{len(val_ids)} validation cases, {cfg.spacing_mm} mm, augment {cfg.augment}")
         result = trainer.fit()
         if world > 1:
             digests: list[str | None] = [None] * world

@@ -14,16 +14,17 @@ import torch
 
 from tests.helpers import REPO, run_cli
 
-FAST = ["--preset", "tiny", "--spacing", "6", "--batch-size", "2", "--window", "4", "--quiet"]
+FAST = ["--preset", "tiny", "--spacing", "6", "--batch-size", "2", "--window", "4"]
 
 
-def _train_args(data: Path, out: Path, *extra: str) -> list[str]:
-    return ["train", "--data", str(data), "--out", str(out), "--view", "axial", *FAST, *extra]
+def _train_args(data: Path, out: Path, *extra: str, talk: str = "--quiet") -> list[str]:
+    return ["train", "--data", str(data), "--out", str(out), "--view", "axial", *FAST, talk, *extra]
 
 
 def test_run_folder_has_everything_and_loss_falls(phantom5: Path, tmp_path: Path) -> None:
     r = run_cli(*_train_args(phantom5, tmp_path / "run", "--epochs", "3"))
     assert r.returncode == 0, r.stderr
+    assert "epoch 1/3" not in r.stderr and "preprocess" not in r.stderr  # -q: no step lines, no bars
     run = tmp_path / "run"
     for name in ("config.json", "preprocess.json", "splits.json", "metrics.csv", "summary.json",
                  "checkpoints/last.pt", "checkpoints/best.pt"):
@@ -59,8 +60,10 @@ def test_resume_after_kill_matches_an_uninterrupted_run(phantom5: Path, tmp_path
     proc.wait()
     epoch_at_kill = torch.load(last, weights_only=True)["epoch"]
     assert 1 <= epoch_at_kill < 3, "the kill should land mid-run"
-    res = run_cli(*_train_args(phantom5, tmp_path / "k", "--epochs", "3", "--resume"))
+    res = run_cli(*_train_args(phantom5, tmp_path / "k", "--epochs", "3", "--resume", talk="-v"))
     assert res.returncode == 0, res.stderr
+    assert f"[axial] resuming after epoch {epoch_at_kill}" in res.stderr and "[axial] epoch 3/3 loss" in res.stderr
+    assert "fptt trainer on cpu (float32" in res.stderr  # what -v adds: the settings the run resolved
     a = torch.load(tmp_path / "ref" / "checkpoints" / "last.pt", weights_only=True)
     b = torch.load(last, weights_only=True)
     assert b["epoch"] == 3

@@ -133,7 +133,7 @@ def test_shuffled_sampling_visits_every_slice_once_each_after_its_burn_in() -> N
     inference does, and leaves the model training."""
     from types import SimpleNamespace
 
-    from spikeseg.training.trainer import ViewTrainer
+    from spikeseg.training.trainer import SliceTrainer
 
     torch.manual_seed(0)
     model = build_model(ModelConfig.preset("spiking-useg", "tiny", dropout=0.5)).train()
@@ -142,10 +142,10 @@ def test_shuffled_sampling_visits_every_slice_once_each_after_its_burn_in() -> N
     seen: list[tuple[torch.Tensor, list[torch.Tensor]]] = []
     fake = SimpleNamespace(model=model, burn_in=burn_in, device=torch.device("cpu"),
                            cfg=SimpleNamespace(window=3, state_reset=False))
-    fake._warm_state = lambda *a: ViewTrainer._warm_state(fake, *a)
-    fake._as_at_inference = lambda: ViewTrainer._as_at_inference(fake)
+    fake._warm_state = lambda *a: SliceTrainer._warm_state(fake, *a)
+    fake._as_at_inference = lambda: SliceTrainer._as_at_inference(fake)
     fake._update = lambda xs, ys, state: (seen.append((xs, state)), (0.0, None))[1]
-    losses = ViewTrainer._shuffled_slices(fake, x, torch.zeros(b, t, 3, 16, 16), np.random.default_rng(1))
+    losses = SliceTrainer._shuffled_slices(fake, x, torch.zeros(b, t, 3, 16, 16), np.random.default_rng(1))
     assert len(losses) == math.ceil(b * t / (b * 3)) and [len(xs) for xs, _ in seen] == [6, 6, 2]
     assert model.training
     model.eval()
@@ -191,20 +191,32 @@ def test_window_sampling_and_burn_in_defaults() -> None:
 def test_a_run_folder_refuses_what_it_cannot_read(tmp_path: Path) -> None:
     """RunFolder is the one reader of a run's files: a missing config, another run version and a
     torn JSON file are refused by name, never read half-way."""
+    import dataclasses
+
     from spikeseg.training.config import RUN_VERSION
     from spikeseg.training.run_folder import RunFolder, twin_run_for
 
     run = RunFolder(tmp_path / "run")
     with pytest.raises(InputError, match="not a training run"):
-        run.config()
+        run.record()
     run.path.mkdir()
-    run.config_path.write_text(json.dumps({"version": RUN_VERSION + 1, "view": "axial"}))
+    ran = {"model_config": {}, "conversion": None, "device": "cpu", "amp_dtype": "float32", "world_size": 1,
+           "dist_backend": None, "data_fingerprint": "x", "torch": "2"}
+    setup = {"version": RUN_VERSION, "data": "d", "out": "o", "view": "axial", **ran}
+    run.config_path.write_text(json.dumps({**setup, "version": RUN_VERSION + 1}))
     with pytest.raises(InputError, match=f"run version {RUN_VERSION + 1}"):
-        run.config()
+        run.record()
     run.config_path.write_text('{"version": ')
     with pytest.raises(InputError, match="unreadable"):
-        run.config()
-    run.config_path.write_text(json.dumps({"version": RUN_VERSION, "view": "axial"}))
+        run.record()
+    run.config_path.write_text(json.dumps({k: v for k, v in setup.items() if k != "device"}))
+    with pytest.raises(InputError, match="malformed run config: no 'device'"):
+        run.record()
+    run.config_path.write_text(json.dumps(setup))
+    record = run.record()
+    assert record.settings.view == "axial" and record.device == "cpu"
+    assert json.loads(json.dumps(record.to_dict())) == {**json.loads(json.dumps(
+        dataclasses.asdict(record.settings))), **ran}  # written back flat, as the trainer writes it
     assert run.is_run() and not run.finished() and run.splits() == {}
     assert twin_run_for(tmp_path / "run", "axial") == run.path
     with pytest.raises(InputError, match="is a axial run; the coronal model needs a coronal twin"):
@@ -273,3 +285,16 @@ def test_a_runs_config_file_is_the_next_runs_defaults_and_the_command_line_wins(
     assert not (tmp_path / "d").exists()
     r = run_cli("train", "--config", run / "config.json")
     assert r.returncode == 2 and "--out" in r.stderr  # where the run goes is always said
+
+
+def test_every_trainer_name_has_one_class_on_the_shared_loop() -> None:
+    """``--trainer`` names (checked torch-free in the config) and the classes the loop runs are
+    one set; the slice trainers differ only in how a batch becomes updates."""
+    from spikeseg.training.config import TRAINERS
+    from spikeseg.training.loop import Trainer
+    from spikeseg.training.trainer import TRAINER_CLASSES, FPTTTrainer, SliceTrainer, TBPTTTrainer
+
+    assert set(TRAINER_CLASSES) == set(TRAINERS)
+    assert all(issubclass(c, Trainer) for c in TRAINER_CLASSES.values())
+    assert not issubclass(TRAINER_CLASSES["patches"], SliceTrainer)
+    assert issubclass(FPTTTrainer, TBPTTTrainer) and FPTTTrainer.train_batch is TBPTTTrainer.train_batch
