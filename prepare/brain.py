@@ -58,7 +58,13 @@ def extract(template_mask: np.ndarray, t1: np.ndarray, t2: np.ndarray, spacing_m
     if n > 1:  # the brain is one piece: keep the largest
         sizes = ndimage.sum_labels(brain, labels, index=np.arange(1, n + 1))
         brain = labels == (1 + int(np.argmax(sizes)))
-    brain = ndimage.binary_fill_holes(brain)
+    return checked(ndimage.binary_fill_holes(brain), mask0, spacing_mm)
+
+
+def checked(brain: np.ndarray, template_mask: np.ndarray, spacing_mm: float) -> BrainMask:
+    """A brain mask (the atlas's, or a tool's: :mod:`.strip`) measured against the registered
+    template's and refused by :func:`check` if it covers too little, too much, or elsewhere."""
+    brain, mask0 = brain.astype(bool), template_mask.astype(bool)
     voxel_ml = spacing_mm ** 3 / 1000.0
     volume = float(brain.sum()) * voxel_ml
     dice = 2.0 * float((brain & mask0).sum()) / max(float(brain.sum() + mask0.sum()), 1.0)

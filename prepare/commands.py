@@ -16,8 +16,8 @@ def _prepare(args: argparse.Namespace) -> int:
 
     explicit = read_map(args.map) if args.map else {}
     explicit.update({m: getattr(args, m) for m in MODALITIES if getattr(args, m) is not None})
-    result = prepare(args.input, args.out, PrepareOptions(explicit, args.n4, args.case_id, args.threads),
-                     overwrite=args.overwrite, log=(lambda _: None) if args.quiet else None)
+    result = prepare(args.input, args.out, PrepareOptions(explicit, args.n4, args.case_id, args.threads, args.brain),
+                     overwrite=args.overwrite)
     print(f"prepared {result.record.case_id} in {result.seconds['total']:.1f} s: {result.folder} "
           f"(check {result.folder / 'prepare' / 'quicklook.png'}); next: spikeseg segment BUNDLE {result.folder} OUT")
     return 0
@@ -31,7 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     description="One study in (a folder of DICOM series at any depth, or NIfTI files with any "
                                 "names), one BraTS case folder out: the four modalities co-registered to T1ce "
                                 "(rigid), mapped to the MNI152 template on the BraTS 240x240x155 1 mm grid "
-                                "(affine), skull-stripped (template mask refined by intensity; no download). "
+                                "(affine), skull-stripped (template mask refined by intensity, or HD-BET / "
+                                "SynthStrip where installed: --brain; nothing is downloaded). "
                                 "Beside them, OUT/prepare/: prepare.json (inputs with sha256, the series chosen "
                                 "and why, transforms, checks, timings), the brain mask, the transforms as ITK "
                                 ".tfm files, the native T1ce and quicklook.png. spikeseg segment then also "
@@ -48,7 +49,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help='a JSON file {"t1": PATH, "t1ce": PATH, "t2": PATH, "flair": PATH} (paths relative to it)')
     p.add_argument("--case-id", help="the case id in the output file names (default: OUT's folder name)")
     p.add_argument("--n4", action="store_true", help="correct each series' bias field with N4 first (slower)")
+    p.add_argument("--brain", choices=("atlas", "hd-bet", "synthstrip"), default="atlas",
+                   help="brain extraction: atlas (default: the template's mask refined by intensity; needs nothing), "
+                        "hd-bet (HD-BET 2.x with its weights installed; CPU, no test-time augmentation) or synthstrip "
+                        "(FreeSurfer's mri_synthstrip on PATH); spikeseg never downloads a tool or its weights")
     add_threads_argument(p, "registration threads")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if an earlier prepare made it")
-    p.add_argument("--quiet", action="store_true", help="no step-by-step lines")
     p.set_defaults(handler=_prepare)

@@ -7,7 +7,6 @@ hidden name and renamed into place: a failure at any step leaves nothing.
 from __future__ import annotations
 
 import hashlib
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from spikeseg.prepare import brain as brain_mod
+from spikeseg.prepare import strip
 from spikeseg.prepare.register import Registration, affine, ras, resample, rigid, transform_of
 from spikeseg.prepare.series import Choice, Series, choose, discover, not_a_volume
 from spikeseg.prepare.template import load_template
@@ -26,6 +26,7 @@ from spikeseg.prepare.volumes import check_size, from_array, n4, read_series, to
 from spikeseg.runtime import __version__
 from spikeseg.runtime.atomic import atomic_dir
 from spikeseg.runtime.case_io import MODALITIES, check_case_id
+from spikeseg.runtime.console import log as console
 from spikeseg.runtime.errors import InputError
 from spikeseg.runtime.outputs import check_apart, check_replaceable
 from spikeseg.runtime.bundle import sha256_file
@@ -49,6 +50,8 @@ class PrepareOptions:
     n4: bool = False
     case_id: str | None = None
     threads: int | None = None
+    #: "atlas" (needs nothing), or an installed tool: "hd-bet", "synthstrip" (:mod:`.strip`)
+    brain: str = "atlas"
 
 
 @dataclass
@@ -67,11 +70,12 @@ def prepare(source: str | Path, out: str | Path, options: PrepareOptions | None 
             log: Callable[[str], None] | None = None) -> Prepared:
     """Turn one study's scans (``source``) into a BraTS case folder ``out``; see the module docstring."""
     o = options or PrepareOptions()
-    say = log or (lambda text: print(text, file=sys.stderr))
+    say = log or console.info  # the spikeseg logger: -q silences it, a notebook redirects it
     source, out = Path(source), Path(out)
     case_id = check_case_id(o.case_id or out.name, out)
     check_apart(out, [source, *o.explicit.values()])
     check_replaceable(out, overwrite, is_prepared_case, "prepared case")
+    tool = strip.find(o.brain) if o.brain != strip.ATLAS else None  # a missing tool is refused before any work
     if o.threads:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(o.threads))
     clock = _Clock(say)
@@ -91,10 +95,14 @@ def prepare(source: str | Path, out: str | Path, options: PrepareOptions | None 
     maps = {m: (coreg[m].matrix @ to_case.matrix if m in coreg else to_case.matrix) for m in MODALITIES}
     arrays = {m: to_array(resample(images[m], template, maps[m]))[0] for m in MODALITIES}
     clock.lap("resample", "onto the template's 240x240x155 1 mm grid")
-    brain = brain_mod.extract(template_mask, arrays["t1"], arrays["t2"], 1.0)
-    clock.lap("brain", f"{brain.volume_ml:.0f} mL, Dice {brain.template_dice:.3f} with the template mask")
+    if tool is None:
+        brain = brain_mod.extract(template_mask, arrays["t1"], arrays["t2"], 1.0)
+    else:
+        brain = brain_mod.checked(strip.run(o.brain, arrays["t1"], t1_img.affine), template_mask, 1.0)
+    clock.lap("brain", f"{o.brain}: {brain.volume_ml:.0f} mL, Dice {brain.template_dice:.3f} with the template mask")
     record = PrepareRecord(case_id, ras(to_case.matrix), NATIVE_REFERENCE, "",
-                           _provenance(choices, found, coreg, to_case, brain, maps, o))
+                           _provenance(choices, found, coreg, to_case, brain, maps, o,
+                                       strip.version(*tool) if tool else None))
     folder = _write(out, case_id, arrays, brain.mask, t1_img.affine, native["t1ce"], maps, record, clock)
     return Prepared(folder, record, clock.seconds)
 
@@ -126,7 +134,8 @@ def _register(images: dict[str, sitk.Image], choices: list[Choice], template: si
 
 
 def _provenance(choices: list[Choice], found: list[Series], coreg: dict[str, Registration], to_case: Registration,
-                brain: brain_mod.BrainMask, maps: dict[str, np.ndarray], o: PrepareOptions) -> dict:
+                brain: brain_mod.BrainMask, maps: dict[str, np.ndarray], o: PrepareOptions,
+                brain_tool: str | None) -> dict:
     """What ``prepare.json`` says besides the way back: inputs, choices, methods, checks, transforms."""
     return {
         "spikeseg_version": __version__,
@@ -141,7 +150,9 @@ def _provenance(choices: list[Choice], found: list[Series], coreg: dict[str, Reg
                     "bias_field": "N4 (SimpleITK)" if o.n4 else "none (pass --n4)",
                     "co_registration": "rigid to t1ce, Mattes mutual information, 3 levels",
                     "template_registration": "similarity then affine, t1ce to template, Mattes mutual information",
-                    "brain_extraction": "template mask, refined by intensity at its edge (spikeseg.prepare.brain)",
+                    "brain_extraction": (f"{brain_tool}, on the registered T1 (spikeseg.prepare.strip)"
+                                         if brain_tool else
+                                         "template mask, refined by intensity at its edge (spikeseg.prepare.brain)"),
                     "interpolation": "cubic B-spline, clamped at 0"},
         "checks": {"co_registration_mi": {m: round(r.mutual_information, 4) for m, r in coreg.items()},
                    "template_mi": round(to_case.mutual_information, 4), "brain_volume_ml": round(brain.volume_ml, 1),

@@ -84,8 +84,9 @@ class Prediction:
         return image_like(self.uncertainty, self.case.geometry, np.uint16, slope=UNCERTAINTY_STEP)
 
     def native_images(self) -> dict[str, nib.spatialimages.SpatialImage]:
-        """The labels (nearest neighbour) and the uncertainty (linear) on the native T1ce grid of
-        a prepared case, keyed by file name; empty for any other case."""
+        """The labels (each label's indicator interpolated, the largest kept) and the uncertainty
+        (linear) on the native T1ce grid of a prepared case, keyed by file name; empty for any
+        other case."""
         if self.native is None:
             return {}
         g, cid = self.case.geometry, self.case_id

@@ -105,13 +105,27 @@ class NativeGrid:
 
     def resample(self, data: np.ndarray, source: Geometry, labels: bool) -> np.ndarray:
         """A RAS volume on ``source``'s grid (the prepared case) seen on the native grid, RAS:
-        nearest neighbour for labels, linear otherwise; zero outside the prepared grid."""
+        linear for intensities; for labels, each label's indicator linearly and the label with the
+        largest weight kept (ANTs' ``GenericLabel`` interpolation), so a boundary falls where the
+        two grids put it rather than snapping to the nearest voxel's label. Zero outside the
+        prepared grid."""
         native_to_source = (np.linalg.inv(source.canonical_affine) @ np.linalg.inv(self.record.template_to_native)
                             @ self.geometry.canonical_affine)
-        out = ndimage.affine_transform(np.asarray(data, dtype=np.float32 if not labels else data.dtype),
-                                       native_to_source[:3, :3], native_to_source[:3, 3],
-                                       output_shape=self.geometry.canonical_shape,
-                                       order=0 if labels else 1, mode="constant", cval=0)
+
+        def sample(volume: np.ndarray, outside: float) -> np.ndarray:
+            return ndimage.affine_transform(volume, native_to_source[:3, :3], native_to_source[:3, 3],
+                                            output_shape=self.geometry.canonical_shape, order=1, mode="constant",
+                                            cval=outside)
+
+        if not labels:
+            return sample(np.asarray(data, dtype=np.float32), 0.0)
+        data = np.asarray(data)
+        out = np.zeros(self.geometry.canonical_shape, data.dtype)
+        best = np.full(self.geometry.canonical_shape, -1.0, np.float32)
+        for value in np.unique(data):  # ascending: background wins a tie
+            weight = sample((data == value).astype(np.float32), 1.0 if value == 0 else 0.0)
+            wins = weight > best
+            out[wins], best[wins] = value, weight[wins]
         return out
 
     def image(self, data: np.ndarray, source: Geometry, dtype: type, labels: bool,

@@ -50,6 +50,13 @@ class ScannerCase:
     #: the phantom itself: image (4, X, Y, Z), labels, RAS affine
     phantom: tuple[np.ndarray, np.ndarray, np.ndarray] = field(repr=False, default=None)  # type: ignore[assignment]
 
+    def on_native_t1ce(self, labels: np.ndarray, affine: np.ndarray) -> np.ndarray:
+        """A label map on a phantom-world grid (``affine``) carried onto the native T1ce grid by the
+        known motion, nearest neighbour: how :attr:`labels_t1ce` was made, so a prediction made on
+        the phantom is scored there against the same reference, on the same grid, as one made on
+        the prepared case."""
+        return _sample(labels, affine, np.linalg.inv(self.motion["t1ce"]), self.t1ce_shape, self.t1ce_affine, 0)
+
 
 def rigid_motion(rng: np.random.Generator, degrees: float, mm: float) -> np.ndarray:
     m = np.eye(4)
