@@ -135,3 +135,17 @@ def test_the_levers_table_pools_seeds_and_adopts_a_lever_only_by_the_rule(tmp_pa
     assert "**The rule picks: `snn-warm-subtract` (--reset subtract)**" in text
     with pytest.raises(SystemExit):  # an earlier table is not replaced without --overwrite
         main([str(o) for o, _, _ in outs] + ["--out", str(tmp_path / "levers")])
+    # two budgets in one table: the default changes only where the rule picks the lever at both
+    seeds = [str(o) for o, _, _ in outs]
+    assert main(["--budget", "small", *seeds, "--budget", "large", *seeds, "--out", str(tmp_path / "both")]) == 0
+    both = (tmp_path / "both" / "results.md").read_text()
+    assert "| large | snn-warm-subtract |" in both and "(picked at every budget)**" in both
+    worse = tmp_path / "worse"
+    worse.mkdir()
+    extras = json.loads((outs[0][0] / "ops.json").read_text())
+    extras["snn-warm-subtract"]["ensemble_dice_per_case"]["dice_ET"] = [
+        v - 0.2 for v in extras["snn-warm"]["ensemble_dice_per_case"]["dice_ET"]]
+    (worse / "ops.json").write_text(json.dumps(extras))
+    assert main(["--budget", "small", *seeds, "--budget", "large", str(worse), "--out", str(tmp_path / "split")]) == 0
+    split = (tmp_path / "split" / "results.md").read_text()
+    assert "**The rule picks: none, the flags stay off; the budgets disagree (small: snn-warm-subtract, large: none)**" in split
