@@ -252,6 +252,30 @@ def test_runs_share_one_cache_per_data_set_and_grid(phantom_root: Path, tmp_path
     assert len({c.image_path.parent for c in (first[0], theirs[0], coarser[0])}) == 3
 
 
+def test_the_cache_stores_float16_and_hands_out_float32_within_its_precision(phantom_root: Path, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cached images take half the disk of float32 and come back as float32, each value within
+    float16's rounding of the runtime's own preprocessing; a cache of another storage type is
+    another folder, never read in place of this one."""
+    import spikeseg.training.data as data
+    from spikeseg.runtime.case_io import find_cases
+    from spikeseg.runtime.preprocess import PreprocessParams, load_model_space
+
+    params = PreprocessParams(spacing_mm=(6.0,) * 3)
+    half = data.preprocess_dataset(phantom_root, tmp_path / "cache", params, progress=False)
+    assert np.load(half[0].image_path, mmap_mode="r").dtype == np.float16
+    image, regions = half[0].load()
+    exact = load_model_space(find_cases(phantom_root)[0], params, label="required")
+    assert image.dtype == np.float32 and regions.dtype == np.uint8
+    np.testing.assert_allclose(image, exact.image, rtol=2 ** -11, atol=2 ** -24)
+    assert not np.array_equal(image, exact.image)  # it is float16 that was stored
+    monkeypatch.setattr(data, "CACHE_DTYPE", np.float32)
+    full = data.preprocess_dataset(phantom_root, tmp_path / "cache", params, progress=False)
+    assert full[0].image_path.parent != half[0].image_path.parent
+    np.testing.assert_array_equal(full[0].load()[0], exact.image)
+    assert half[0].image_path.stat().st_size < 0.55 * full[0].image_path.stat().st_size
+
+
 def test_a_runs_config_file_is_the_next_runs_defaults_and_the_command_line_wins(phantom5: Path,
                                                                                 tmp_path: Path) -> None:
     """``train --config RUN/config.json``: every setting of that run comes back (the file written
