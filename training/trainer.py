@@ -264,6 +264,7 @@ class SliceTrainer(Trainer):
             log.info(f"[{self.cfg.view}] epoch {self.epoch + 1}: QCFS phase begins (levels {levels}, steps at "
                      f"{chosen['threshold_share']:.3g} x level)")
 
+
 class StandardTrainer(SliceTrainer):
     """``standard``: the stateless twin on shuffled slices, as many updates as ``fptt`` makes."""
 
