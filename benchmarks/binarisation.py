@@ -71,9 +71,9 @@ def view_rows(twin: Path, view: str, data: Path, cache: Path, readout_input: str
     calibration = _cases(run, splits["train"], cached, data)[:CONVERSION_CASES]
     val = [c.load() for c in _cases(run, splits["validation"], cached, data)]
     images, regions = [np.asarray(im) for im, _ in val], [r for _, r in val]
-    cfg = TrainConfig(data=str(data), out=str(cache), arch="spiking-useg", view=view,
-                      preset=twin_cfg.preset, spacing_mm=twin_cfg.spacing_mm, seed=twin_cfg.seed,
-                      init_from=str(run), readout_input=readout_input, progress=False)
+    cfg = TrainConfig.of(data=str(data), out=str(cache), arch="spiking-useg", view=view,
+                         preset=twin_cfg.preset, spacing_mm=twin_cfg.spacing_mm, seed=twin_cfg.seed,
+                         init_from=str(run), readout_input=readout_input, progress=False)
     built = build_view_model(cfg, calibration, device)
     model, scales = built.model.to(device), built.conversion["scales"]
 

@@ -154,7 +154,7 @@ def evaluate(runs: Path, names: list[str], test_dir: Path, both_ways: bool = Tru
         for view in views:
             model, run, params = load_run(runs / name / view)
             model.to(device)
-            reset = run.settings.state_reset
+            reset = run.settings.slices.state_reset
             for i, case in enumerate(cases):
                 prepared = model_space(case, params)
                 image, space = prepared.image, prepared.space

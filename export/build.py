@@ -151,7 +151,7 @@ def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | 
         raise InputError(None, "--int8 needs --calib CASES_DIR (real slices to calibrate on)")
     loaded = [load_run(r) for r in runs]
     for _, run, _ in loaded:
-        if run.settings.state_reset:  # the step graph carries the state from slice to slice
+        if run.settings.slices.state_reset:  # the step graph carries the state from slice to slice
             raise InputError(run.path, "was trained with --state-reset (membrane zeroed every slice, "
                                                     "an ablation); a bundle carries the state between slices, so "
                                                     "it would run differently than it was trained: not exported")
@@ -183,8 +183,8 @@ def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | 
             cfg = run.settings
             view = cfg.view
             if cfg.arch in VOLUME_ARCHS:
-                window = WindowSpec((cfg.patch,) * 3, flips=TTA_FLIPS)
-                log(f"exporting the {view} model ({cfg.arch}, {cfg.patch}^3 patches by sliding window, "
+                window = WindowSpec((cfg.volume.patch,) * 3, flips=TTA_FLIPS)
+                log(f"exporting the {view} model ({cfg.arch}, {cfg.volume.patch}^3 patches by sliding window, "
                     f"{len(window.flips)} mirrored copies)")
                 spec = export_volume_onnx(model, window, params.model_shape, tmp / f"{view}_fp32.onnx")
             else:

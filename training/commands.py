@@ -31,15 +31,14 @@ NOT_FROM_FILE = ("out", "progress", "version")
 def train_config(args: argparse.Namespace) -> TrainConfig:
     """The run's config from the parsed options (each TrainConfig field from the option of the same
     name), with the architecture's own defaults where the options are silent."""
-    import dataclasses
 
     given: dict[str, object] = {}
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in NEGATED:
-            given[f.name] = not getattr(args, NEGATED[f.name])
-        elif hasattr(args, CLI_NAMES.get(f.name, f.name)) and f.name != "version":
-            value = getattr(args, CLI_NAMES.get(f.name, f.name))
-            given[f.name] = str(value) if isinstance(value, Path) else value
+    for name in TrainConfig.flat_names():
+        if name in NEGATED:
+            given[name] = not getattr(args, NEGATED[name])
+        elif hasattr(args, CLI_NAMES.get(name, name)) and name != "version":
+            value = getattr(args, CLI_NAMES.get(name, name))
+            given[name] = str(value) if isinstance(value, Path) else value
     return TrainConfig.for_arch(**given)
 
 

@@ -268,9 +268,12 @@ class Trainer:
         torch.cuda.reset_peak_memory_stats(self.device)
         return {"gpu_peak_mb": peak}
 
+    def evaluation_weights(self) -> contextlib.AbstractContextManager:
+        """The weights validation and the best checkpoint use (FPTT's running mean, if asked)."""
+        return contextlib.nullcontext()
+
     def _save_best(self, val: dict[str, float]) -> None:
-        ctx = self.fptt.averaged_weights() if (self.fptt and self.cfg.eval_average) else contextlib.nullcontext()
-        with ctx:
+        with self.evaluation_weights():
             weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         save_checkpoint(self.folder.best,
                         {"model": weights, "model_config": self.model_cfg.to_dict(), "epoch": self.epoch,

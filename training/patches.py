@@ -107,12 +107,12 @@ class PatchTrainer(Trainer):
     def targets(self, case_id: str, regions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """:func:`patch_targets` of a training case, kept (uint8: 0.6 MB a case at 2 mm)."""
         if case_id not in self._targets:
-            self._targets[case_id] = patch_targets(regions, self.cfg.patch)
+            self._targets[case_id] = patch_targets(regions, self.cfg.volume.patch)
         return self._targets[case_id]
 
     def build_model(self) -> tuple[Unet3dConfig | CascadeConfig, torch.nn.Module]:
         cfg = self.cfg
-        if cfg.init_from or cfg.distill:
+        if cfg.slices.init_from or cfg.slices.distill:
             raise InputError(None, "--init-from and --distill are for the slice models")
         model_cfg: Unet3dConfig | CascadeConfig
         if cfg.arch in CASCADE_ARCHS:
@@ -122,9 +122,9 @@ class PatchTrainer(Trainer):
         else:
             model_cfg, multiple, smallest = Unet3dConfig.preset(cfg.preset), MULTIPLE, MULTIPLE
             model = LiteUnet3d(model_cfg)
-        if cfg.patch % multiple or cfg.patch < smallest:
-            raise InputError(None, f"--patch {cfg.patch}: {cfg.arch} needs patch sides that are multiples of "
-                                   f"{multiple} (its pooling), at least {smallest}")
+        if cfg.volume.patch % multiple or cfg.volume.patch < smallest:
+            raise InputError(None, f"--patch {cfg.volume.patch}: {cfg.arch} needs patch sides that are "
+                                   f"multiples of {multiple} (its pooling), at least {smallest}")
         return model_cfg, model
 
     def optimiser(self) -> torch.optim.Optimizer:
@@ -145,13 +145,13 @@ class PatchTrainer(Trainer):
         """Validation's sliding window: the runtime's patches without overlap or mirrored copies
         (at 2 mm with 32^3 patches, 36 calls a case instead of 320): choosing the best epoch
         needs a ranking, and every second spent here is one not spent training."""
-        return WindowSpec((self.cfg.patch,) * 3, overlap=0.0)
+        return WindowSpec((self.cfg.volume.patch,) * 3, overlap=0.0)
 
     def train_epoch(self) -> float:
         cfg = self.cfg
         rng = seed_everything(cfg.seed * 100003 + self.epoch + 1)
         self.net.train()
-        draws = [c for c in self.train_cases for _ in range(cfg.patches_per_case)]
+        draws = [c for c in self.train_cases for _ in range(cfg.volume.patches_per_case)]
         order = [draws[i] for i in rng.permutation(len(draws))]
         steps = len(order) // (cfg.batch_size * self.world) or 1  # equal step counts on every rank
         losses = []
@@ -162,11 +162,12 @@ class PatchTrainer(Trainer):
             pairs = []
             for case in batch:
                 image, regions = case.load()
-                img, cls = sample_patch(image, *self.targets(case.case_id, regions), cfg.patch, rng,
-                                        cfg.patch_tumour_share)
+                img, cls = sample_patch(image, *self.targets(case.case_id, regions), cfg.volume.patch, rng,
+                                        cfg.volume.patch_tumour_share)
                 img, cls = self.augmenter(img, cls[None], seed=int(rng.integers(2**31)))
                 cls = cls[0]
-                pairs.append((channel_out(img, cfg.channel_out, rng) if cfg.channel_out else img, cls))
+                noise = cfg.volume.channel_out
+                pairs.append((channel_out(img, noise, rng) if noise else img, cls))
             x = torch.from_numpy(np.stack([p[0] for p in pairs])).to(self.device)
             y = torch.from_numpy(np.stack([p[1] for p in pairs]).astype(np.int64)).to(self.device)
             with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):

@@ -12,7 +12,6 @@ run, ``converted-snn`` for one converted from its twin with ``--init-from``).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from functools import lru_cache
@@ -71,7 +70,7 @@ def read_recipes(path: Path = RECIPES_FILE) -> Recipes:
     raw = json.loads(path.read_text())
     if raw.get("version") != RECIPES_VERSION:
         raise ValueError(f"{path}: recipes version {raw.get('version')!r}; this spikeseg reads {RECIPES_VERSION}")
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    fields = set(TrainConfig.flat_names())
     archs: dict[str, Recipe] = {}
     for name, entry in raw["architectures"].items():
         if name not in ARCHITECTURES:

@@ -137,7 +137,7 @@ class RunRecord:
 
     def to_dict(self) -> dict[str, Any]:
         ran = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "settings"}
-        return {**dataclasses.asdict(self.settings), **ran}
+        return {**self.settings.flat(), **ran}
 
     @classmethod
     def parse(cls, info: dict[str, Any], where: Path) -> "RunRecord":
@@ -152,9 +152,9 @@ class RunRecord:
 
 def settings_from(info: dict[str, Any], where: Path) -> TrainConfig:
     """The :class:`TrainConfig` fields of a config file (what else it holds is not a setting)."""
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    names = set(TrainConfig.flat_names())
     try:
-        return TrainConfig(**{k: v for k, v in info.items() if k in names})
+        return TrainConfig.of(**{k: v for k, v in info.items() if k in names})
     except TypeError as exc:  # a required field missing
         raise InputError(where, f"malformed run config: {exc}") from None
 
@@ -169,7 +169,7 @@ def train_settings(path: Path) -> dict[str, Any]:
     info = _read_json(file)
     if info.get("version") != RUN_VERSION:
         raise InputError(file, f"config version {info.get('version')!r}; this spikeseg reads {RUN_VERSION}")
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    names = set(TrainConfig.flat_names())
     return {k: v for k, v in info.items() if k in names}  # a file may set only some (its schema is the run's)
 
 

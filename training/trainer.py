@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
@@ -87,12 +87,12 @@ class SliceTrainer(Trainer):
     def _update(self, x: torch.Tensor, y: torch.Tensor, state: list[torch.Tensor] | None):
         self.activity.begin_update()
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-            logits, state = self.net(x, state, reset_every_step=self.cfg.state_reset)
+            logits, state = self.net(x, state, reset_every_step=self.cfg.slices.state_reset)
             loss = bce_dice_loss(logits, y)
             if self.teacher is not None:
                 with torch.no_grad():
                     teacher_logits, _ = self.teacher(x)
-                loss = loss + self.cfg.distill * distillation_loss(logits, teacher_logits)
+                loss = loss + self.cfg.slices.distill * distillation_loss(logits, teacher_logits)
         self.descend(loss)
         self.activity.end_update(self.epoch + 1)
         return float(loss.detach()), state
@@ -138,9 +138,10 @@ class SliceTrainer(Trainer):
             if state is not None:
                 state = [s.detach() for s in state]
             xw, yw = x[:, k:k + window], y[:, k:k + window]
-            if self.cfg.empty_keep < 1.0 and not bool(yw.any()) and rng.random() >= self.cfg.empty_keep:
+            keep = self.cfg.slices.empty_keep
+            if keep < 1.0 and not bool(yw.any()) and rng.random() >= keep:
                 with torch.no_grad():  # no tumour here: advance the state, skip the update
-                    _, state = self.net(xw, state, reset_every_step=self.cfg.state_reset)
+                    _, state = self.net(xw, state, reset_every_step=self.cfg.slices.state_reset)
                 continue
             loss, state = self._update(xw, yw, state)
             losses.append(loss)
@@ -159,7 +160,7 @@ class SliceTrainer(Trainer):
         b, t = x.shape[:2]
         xs, ys = x.flatten(0, 1), y.flatten(0, 1)
         perm = torch.from_numpy(rng.permutation(b * t)).to(self.device)
-        step = b * self.cfg.window
+        step = b * self.cfg.slices.window
         warm = self.burn_in > 0 and self.model.stateful
         losses = []
         for k in range(0, b * t, step):
@@ -205,11 +206,11 @@ class SliceTrainer(Trainer):
         update takes K slices at a random start (with probability ``tumour_share`` one that
         holds tumour), after ``burn_in`` slices run as at inference from the zero state, so the
         membranes are warm as they are at inference (a PLIF with tau 2 forgets in a few slices)."""
-        t, window = x.shape[1], min(self.cfg.window, x.shape[1])
+        t, window = x.shape[1], min(self.cfg.slices.window, x.shape[1])
         tumour = np.flatnonzero(y.flatten(2).any(2).any(0).cpu().numpy())
         losses = []
         for _ in range(math.ceil(t / window)):
-            if tumour.size and rng.random() < self.cfg.tumour_share:
+            if tumour.size and rng.random() < self.cfg.slices.tumour_share:
                 start = int(rng.choice(tumour)) - int(rng.integers(window))
             else:
                 start = int(rng.integers(t - window + 1))
@@ -218,18 +219,22 @@ class SliceTrainer(Trainer):
             state = None
             if lo < start:
                 with self._as_at_inference():
-                    _, state = self.net(x[:, lo:start], None, reset_every_step=self.cfg.state_reset)
+                    _, state = self.net(x[:, lo:start], None, reset_every_step=self.cfg.slices.state_reset)
             loss, _ = self._update(x[:, start:start + window], y[:, start:start + window], state)
             losses.append(loss)
         return losses
 
+    def evaluation_weights(self) -> contextlib.AbstractContextManager:
+        if self.fptt is not None and self.cfg.slices.eval_average:
+            return self.fptt.averaged_weights()
+        return contextlib.nullcontext()
+
     def validate(self) -> dict[str, float]:
-        ctx = self.fptt.averaged_weights() if (self.fptt and self.cfg.eval_average) else contextlib.nullcontext()
-        with ctx:
+        with self.evaluation_weights():
             loaded = [case.load() for case in self.val_cases]
             probs = predict_views(self.model, [np.asarray(image) for image, _ in loaded], self.cfg.view,
-                                  self.device, reset_every_step=self.cfg.state_reset,
-                                  both_ways=self.cfg.val_both_ways)
+                                  self.device, reset_every_step=self.cfg.slices.state_reset,
+                                  both_ways=self.cfg.slices.val_both_ways)
         return validation_scores(zip(probs, (regions for _, regions in loaded)))
 
     def unfinished(self) -> bool:
@@ -242,8 +247,8 @@ class SliceTrainer(Trainer):
         layers = qcfs_layers(self.model)
         if not layers or not all(m.active for m in layers.values()):
             return
-        start = 1.0 - self.cfg.qcfs_share
-        mix = 1.0 if done >= 1.0 else (done - start) / (self.cfg.qcfs_share / 2)
+        start = 1.0 - self.cfg.slices.qcfs_share
+        mix = 1.0 if done >= 1.0 else (done - start) / (self.cfg.slices.qcfs_share / 2)
         for m in layers.values():
             m.set_mix(mix)
 
@@ -254,7 +259,7 @@ class SliceTrainer(Trainer):
         the conversion reads the step."""
         if all(m.active for m in qcfs_layers(self.model).values()):
             return
-        if self.progress() + self.epoch_share <= 1.0 - self.cfg.qcfs_share:
+        if self.progress() + self.epoch_share <= 1.0 - self.cfg.slices.qcfs_share:
             return
         chosen = start_qcfs(self.model, [c.load() for c in self.train_cases[:CONVERSION_CASES]], self.cfg.view)
         self.ramp_qcfs(self.progress())
@@ -281,7 +286,7 @@ class TBPTTTrainer(SliceTrainer):
             return self._shuffled_slices(x, y, rng)
         if self.sampling == "random":
             return self._random_windows(x, y, rng)
-        return self._sequential_windows(x, y, rng, self.cfg.window)
+        return self._sequential_windows(x, y, rng, self.cfg.slices.window)
 
 
 class FPTTTrainer(TBPTTTrainer):
@@ -289,7 +294,7 @@ class FPTTTrainer(TBPTTTrainer):
     memory stays flat in the sequence length."""
 
     def fptt_optimiser(self) -> FPTT | None:
-        return FPTT(self.model.parameters(), self.opt, self.cfg.alpha)
+        return FPTT(self.model.parameters(), self.opt, self.cfg.slices.alpha)
 
 
 class BPTTTrainer(SliceTrainer):
@@ -317,26 +322,27 @@ def build_view_model(cfg: TrainConfig, calibration: list[CachedCase], device: to
     """The model ``cfg`` asks for, before any training: with ``--init-from``, started from the
     view's twin (converted on the ``calibration`` cases, or copied). One function, so the
     trainer and the benchmarks that study the start (``benchmarks.binarisation``) build it alike."""
-    if cfg.reset != "zero" and cfg.arch != "spiking-useg":
-        raise InputError(None, f"--reset {cfg.reset} is how a spiking neuron resets; {cfg.arch} has none")
-    model_cfg = ModelConfig.preset(cfg.arch, cfg.preset, tau_min=cfg.tau_min, init_tau=cfg.resolved_init_tau(),
-                                   norm_gain=cfg.norm_gain, activation=cfg.resolved_twin_activation(),
-                                   learn_threshold=cfg.learn_threshold, surrogate_width=cfg.surrogate_width,
-                                   neuron=cfg.neuron, reset=cfg.reset, readout_input=cfg.readout_input)
+    s = cfg.slices
+    if s.reset != "zero" and cfg.arch != "spiking-useg":
+        raise InputError(None, f"--reset {s.reset} is how a spiking neuron resets; {cfg.arch} has none")
+    model_cfg = ModelConfig.preset(cfg.arch, cfg.preset, tau_min=s.tau_min, init_tau=cfg.resolved_init_tau(),
+                                   norm_gain=s.norm_gain, activation=cfg.resolved_twin_activation(),
+                                   learn_threshold=s.learn_threshold, surrogate_width=s.surrogate_width,
+                                   neuron=s.neuron, reset=s.reset, readout_input=s.readout_input)
     model = build_model(model_cfg)
     conversion, teacher = None, None
-    if cfg.distill and not cfg.init_from:
+    if s.distill and not s.init_from:
         raise InputError(None, "--distill needs --init-from TWIN_RUN (the twin is the teacher)")
-    if cfg.init_from:
-        twin_run = twin_run_for(Path(cfg.init_from), cfg.view)
-        if cfg.convert not in ("balance", "copy"):
-            raise InputError(None, f"unknown --convert {cfg.convert!r}; choose balance or copy")
+    if s.init_from:
+        twin_run = twin_run_for(Path(s.init_from), cfg.view)
+        if s.convert not in ("balance", "copy"):
+            raise InputError(None, f"unknown --convert {s.convert!r}; choose balance or copy")
         warm_start(model, twin_run)
-        twin = frozen_teacher(model, twin_run, device) if cfg.convert == "balance" or cfg.distill else None
-        if twin is not None and cfg.convert == "balance":
+        twin = frozen_teacher(model, twin_run, device) if s.convert == "balance" or s.distill else None
+        if twin is not None and s.convert == "balance":
             conversion = balance(model.to(device), twin, [c.load() for c in calibration], cfg.view,
-                                 reset_every_step=cfg.state_reset)
-        if cfg.distill:
+                                 reset_every_step=s.state_reset)
+        if s.distill:
             teacher = twin
     return ViewModel(model_cfg, model, conversion, teacher)
 
@@ -398,7 +404,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     train_ids, val_ids = kfold_split([c.case_id for c in cases], cfg.folds, cfg.fold, cfg.seed)
     summary: dict[str, Any] = {}
     for view in views:
-        vcfg = TrainConfig(**{**asdict(cfg), "view": view})
+        vcfg = replace(cfg, view=view)
         run = out / view if not volume and (len(views) > 1 or cfg.view == "all") else out
         if rank == 0:
             prepare_run(run, vcfg, resume, overwrite)
@@ -412,7 +418,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
             if rank == 0:
                 log.info(f"[{view}] resuming after epoch {trainer.epoch}")
         if rank == 0:
-            record = RunRecord(TrainConfig(**{**asdict(vcfg), "trainer": trainer.trainer}),
+            record = RunRecord(replace(vcfg, trainer=trainer.trainer),
                                trainer.model_cfg.to_dict(), trainer.conversion, str(trainer.device),
                                str(trainer.amp) if trainer.amp else "float32", world, distributed_backend(),
                                data_fingerprint(case_dirs), torch.__version__)

@@ -101,9 +101,9 @@ def test_the_slice_trainer_augments_once_per_volume_not_per_window(phantom5, tmp
     from spikeseg.training.config import TrainConfig
     from spikeseg.training.trainer import train
 
-    cfg = TrainConfig(data=str(phantom5), out=str(tmp_path / "run"), arch="spiking-useg", view="axial",
-                      preset="tiny", spacing_mm=6.0, batch_size=2, epochs=2, window=2,
-                      window_sampling="sequential", augment="default", progress=False)
+    cfg = TrainConfig.of(data=str(phantom5), out=str(tmp_path / "run"), arch="spiking-useg", view="axial",
+                         preset="tiny", spacing_mm=6.0, batch_size=2, epochs=2, window=2,
+                         window_sampling="sequential", augment="default", progress=False)
     train(cfg)
     assert len(calls) == 2 * 4  # 2 epochs x the fold's 4 training volumes
     assert len(set(calls)) == len(calls)  # a fresh draw each time

@@ -157,7 +157,7 @@ def test_recipe_defaults_apply_to_the_snn_only(phantom5: Path, tmp_path: Path) -
     assert TrainConfig(data="", out="", arch="spiking-useg").resolved_window_sampling() == SNN_RECIPE["window_sampling"]
     assert TrainConfig(data="", out="", arch="useg-clstm").resolved_window_sampling() == "sequential"
     assert TrainConfig(data="", out="", arch="useg").resolved_readout_lr_scale() == 1.0
-    assert TrainConfig(data="", out="", arch="spiking-useg", readout_lr_scale=2).resolved_readout_lr_scale() == 2
+    assert TrainConfig.of(data="", out="", arch="spiking-useg", readout_lr_scale=2).resolved_readout_lr_scale() == 2
     model = build_model(ModelConfig.preset("spiking-useg", "tiny"))
     groups = param_groups(model, 1e-3, 10.0)
     assert groups[1]["lr"] == pytest.approx(1e-2) and len(groups[1]["params"]) == 2  # readout weight, bias
@@ -318,7 +318,7 @@ def test_initial_tau_follows_the_recipe_and_refuses_what_plif_cannot_start_at() 
     from spikeseg.training.config import TrainConfig
 
     def cfg(**kw: object) -> TrainConfig:
-        return TrainConfig(data="d", out="o", arch="spiking-useg", **kw)  # type: ignore[arg-type]
+        return TrainConfig.of(data="d", out="o", arch="spiking-useg", **kw)
 
     assert cfg().resolved_init_tau() == 2.0
     assert cfg(init_from="twin").resolved_init_tau() == CONVERTED["init_tau_x_tau_min"]

@@ -43,10 +43,10 @@ def test_an_edited_recipe_changes_the_resolved_config(tmp_path: Path, monkeypatc
     path = tmp_path / "recipes.json"
     path.write_text(json.dumps(edited))
     monkeypatch.setattr(config_mod, "recipes", lambda: read_recipes(path))
-    snn = TrainConfig(data="d", out="o", arch="spiking-useg", init_from="twin")
+    snn = TrainConfig.of(data="d", out="o", arch="spiking-useg", init_from="twin")
     assert (snn.resolved_lr_decay_to(), snn.resolved_init_tau()) == (0.5, 3.0)
     assert (snn.resolved_readout_lr_scale(), snn.resolved_window_sampling()) == (4.0, "random")
-    copied = TrainConfig(data="d", out="o", arch="spiking-useg", init_from="twin", convert="copy")
+    copied = TrainConfig.of(data="d", out="o", arch="spiking-useg", init_from="twin", convert="copy")
     assert (copied.resolved_lr_decay_to(), copied.resolved_init_tau()) == (1.0, 2.0)  # no conversion, no recipe
 
 

@@ -141,7 +141,7 @@ def test_shuffled_sampling_visits_every_slice_once_each_after_its_burn_in() -> N
     x = torch.rand(b, t, 4, 16, 16) * 3
     seen: list[tuple[torch.Tensor, list[torch.Tensor]]] = []
     fake = SimpleNamespace(model=model, burn_in=burn_in, device=torch.device("cpu"),
-                           cfg=SimpleNamespace(window=3, state_reset=False))
+                           cfg=SimpleNamespace(slices=SimpleNamespace(window=3, state_reset=False)))
     fake._warm_state = lambda *a: SliceTrainer._warm_state(fake, *a)
     fake._as_at_inference = lambda: SliceTrainer._as_at_inference(fake)
     fake._update = lambda xs, ys, state: (seen.append((xs, state)), (0.0, None))[1]
@@ -169,7 +169,7 @@ def test_window_sampling_and_burn_in_defaults() -> None:
     from spikeseg.training.config import BURN_IN_RESIDUE, TrainConfig
 
     def cfg(**kw):
-        return TrainConfig(data="", out="", **kw)
+        return TrainConfig.of(data="", out="", **kw)
 
     assert cfg(arch="spiking-useg").resolved_window_sampling() == "shuffled"
     assert cfg(arch="useg-clstm").resolved_window_sampling() == "sequential"
@@ -191,8 +191,6 @@ def test_window_sampling_and_burn_in_defaults() -> None:
 def test_a_run_folder_refuses_what_it_cannot_read(tmp_path: Path) -> None:
     """RunFolder is the one reader of a run's files: a missing config, another run version and a
     torn JSON file are refused by name, never read half-way."""
-    import dataclasses
-
     from spikeseg.training.config import RUN_VERSION
     from spikeseg.training.run_folder import RunFolder, twin_run_for
 
@@ -216,7 +214,7 @@ def test_a_run_folder_refuses_what_it_cannot_read(tmp_path: Path) -> None:
     record = run.record()
     assert record.settings.view == "axial" and record.device == "cpu"
     assert json.loads(json.dumps(record.to_dict())) == {**json.loads(json.dumps(
-        dataclasses.asdict(record.settings))), **ran}  # written back flat, as the trainer writes it
+        record.settings.flat())), **ran}  # written back flat, as the trainer writes it
     assert run.is_run() and not run.finished() and run.splits() == {}
     assert twin_run_for(tmp_path / "run", "axial") == run.path
     with pytest.raises(InputError, match="is a axial run; the coronal model needs a coronal twin"):
@@ -281,8 +279,6 @@ def test_a_runs_config_file_is_the_next_runs_defaults_and_the_command_line_wins(
     """``train --config RUN/config.json``: every setting of that run comes back (the file written
     by one run, read by the next), an option given on the command line wins even when it is the
     option's default, --out is never taken from the file, and another version is refused."""
-    import dataclasses
-
     from spikeseg.cli import build_parser, config_file_defaults
     from spikeseg.training.commands import train_config
 
@@ -297,7 +293,7 @@ def test_a_runs_config_file_is_the_next_runs_defaults_and_the_command_line_wins(
         config_file_defaults(parser, list(argv))
         return train_config(parser.parse_args(list(argv)))
 
-    again = dataclasses.asdict(parsed("train", "--config", str(run / "config.json"), "--out", str(tmp_path / "b")))
+    again = parsed("train", "--config", str(run / "config.json"), "--out", str(tmp_path / "b")).flat()
     mine = ("out", "progress")  # where the run goes and how it shows progress are this command's
     assert {k: v for k, v in again.items() if k not in mine} == {k: written[k] for k in again if k not in mine}
     assert again["out"] == str(tmp_path / "b")
