@@ -21,8 +21,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from spikeseg.benchmarks.bench import median_peaks, peak_shares
 from spikeseg.cli import add_threads_argument
 from spikeseg.export.build import build_bundle
@@ -31,11 +29,9 @@ from spikeseg.runtime.case_io import find_cases
 from spikeseg.runtime.cohort import read_report
 from spikeseg.runtime.energy import measure_conv_peaks
 from spikeseg.runtime.errors import InputError
-from spikeseg.runtime.preprocess import VIEWS, PreprocessParams
+from spikeseg.runtime.preprocess import VIEWS
 from spikeseg.runtime.tables import refuse_existing_results
-from spikeseg.snn.models import ModelConfig, build_model
-from spikeseg.training.config import DEFAULT_TRAINER, RUN_VERSION
-from spikeseg.training.run_folder import RunFolder, save_checkpoint
+from spikeseg.training.run_folder import write_untrained_run
 
 ARCHS = {"SNN": "spiking-useg", "twin": "useg"}
 PRECISIONS = ("int8", "fp32")
@@ -43,22 +39,8 @@ PRECISIONS = ("int8", "fp32")
 
 def fresh_runs(root: Path, arch: str, preset: str, spacing: float, seed: int = 0) -> list[Path]:
     """One run folder per view holding a seeded, untrained model: what ``spikeseg export`` reads."""
-    runs = []
-    params = PreprocessParams(spacing_mm=(spacing,) * 3)
-    for view in VIEWS:
-        torch.manual_seed(seed)
-        cfg = ModelConfig.preset(arch, preset)
-        model = build_model(cfg)
-        run = RunFolder(root / arch / view)
-        save_checkpoint(run.best, {"model": model.state_dict(), "model_config": cfg.to_dict(), "epoch": 0,
-                                   "val": {"note": "untrained: a speed benchmark"}})
-        run.write_setup({"version": RUN_VERSION, "arch": arch, "view": view, "preset": preset, "data": "",
-                         "out": str(run.path), "trainer": DEFAULT_TRAINER[arch], "fold": 0, "folds": 1, "epochs": 0,
-                         "seed": seed, "data_fingerprint": "none: untrained", "spacing_mm": spacing,
-                         "model_config": cfg.to_dict()}, params, {"fold": 0, "folds": 1, "train": [], "validation": []})
-        run = run.path
-        runs.append(run)
-    return runs
+    return [write_untrained_run(root / arch / view, arch, view, preset, spacing, seed,
+                                "untrained: a speed benchmark").path for view in VIEWS]
 
 
 def segment_once(bundle: Path, case: Path, out: Path, precision: str, threads: int) -> dict[str, Any]:

@@ -244,6 +244,6 @@ def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | 
                                                  threads, seed, log, refine_stop, refine_max_kernels,
                                                  projection_cap))
         first = loaded[0][1]
-        Manifest(architecture=first["arch"], views=specs, preprocess=params, model_config=first["model_config"],
+        Manifest(architecture=first.settings.arch, views=specs, preprocess=params, model_config=first.record.model_config,
                  qc=qc, refinement=tuple(refinement)).write(tmp)
     return out

@@ -69,7 +69,7 @@ def segment(bundle_path: Path, input_path: Path, out: Path, options: SegmentOpti
         return EXIT_REVIEW if qc_strict and report_qc(out, cases[0].case_id) == "review" else 0
     mine = shard_of(cases, parse_shard(shard))
     views = ",".join(options.views) if options.views else "as the bundle says"
-    log.debug(f"{bundle.root}: {options.backend} {options.precision}, {options.threads} threads, views {views}; "
+    log.debug(f"{bundle_path}: {options.backend} {options.precision}, {options.threads} threads, views {views}; "
               f"{len(mine)} of {len(cases)} cases -> {out}")
     made_out = not out.exists()
     check_writable(out)

@@ -73,6 +73,24 @@ def _build_bundles(root: Path) -> dict[str, Path]:
     return out
 
 
+@pytest.fixture(scope="session")
+def untrained_bundle(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A twin bundle (axial + coronal, FP32) of seeded, untrained weights, exported as ``spikeseg
+    export`` exports a trained one, and its two run folders: for the tests of a bundle's files,
+    paths and refusals, which need no trained model (seconds, and no wait for :func:`bundles`)."""
+    return shared(tmp_path_factory, "untrained", _build_untrained)
+
+
+def _build_untrained(root: Path) -> dict[str, Path]:
+    from spikeseg.export.build import build_bundle
+    from spikeseg.training.run_folder import write_untrained_run
+
+    runs = [write_untrained_run(root / "runs" / view, "useg", view, "tiny", 6.0,
+                                why="untrained: a test fixture").path for view in ("axial", "coronal")]
+    bundle = build_bundle(runs, root / "useg.bundle", check_accuracy=False, log=lambda _: None)
+    return {"useg": bundle, "runs": root / "runs"}
+
+
 def prebuild_bundles(root: str) -> None:
     """The bundles fixture's build, in a process of its own (see :func:`pytest_configure`)."""
     build_shared(Path(root), _build_bundles)

@@ -183,6 +183,28 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def write_untrained_run(path: Path, arch: str, view: str, preset: str, spacing_mm: float, seed: int = 0,
+                        why: str = "untrained") -> RunFolder:
+    """A run folder holding a seeded, untrained slice model, as export reads a trained one: for
+    what does not depend on the weights (latency, the bundle's files and the runtime's checks),
+    in seconds. The record and the checkpoint say it is untrained (``why``)."""
+    from spikeseg.training.config import DEFAULT_TRAINER
+
+    torch.manual_seed(seed)
+    model_cfg = ModelConfig.preset(arch, preset)
+    model = build_model(model_cfg)
+    run = RunFolder(path)
+    save_checkpoint(run.best, {"model": model.state_dict(), "model_config": model_cfg.to_dict(), "epoch": 0,
+                               "val": {"note": why}})
+    settings = TrainConfig.of(data="", out=str(path), arch=arch, view=view, preset=preset, spacing_mm=spacing_mm,
+                              trainer=DEFAULT_TRAINER[arch], folds=1, epochs=0, seed=seed)
+    record = RunRecord(settings, model_cfg.to_dict(), None, "cpu", "float32", 1, None, f"none: {why}",
+                       torch.__version__)
+    run.write_setup(record, PreprocessParams(spacing_mm=(spacing_mm,) * 3),
+                    {"fold": 0, "folds": 1, "train": [], "validation": []})
+    return run
+
+
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     with atomic_path(path, suffix=".pt") as tmp:
         torch.save(payload, tmp)

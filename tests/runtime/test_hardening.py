@@ -24,9 +24,10 @@ from tests.helpers import run_cli
 
 
 @pytest.fixture()
-def bundle_copy(bundles, tmp_path: Path) -> Path:
+def bundle_copy(untrained_bundle, tmp_path: Path) -> Path:
+    """A bundle's files as export writes them (untrained weights: these tests are about the files)."""
     dst = tmp_path / "bundle"
-    shutil.copytree(bundles["useg"], dst)
+    shutil.copytree(untrained_bundle["useg"], dst)
     return dst
 
 

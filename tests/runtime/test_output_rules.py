@@ -213,8 +213,8 @@ def test_evaluate_lists_every_case_with_its_status_and_counts_them(phantom_root:
 
 
 @pytest.mark.slow
-def test_export_never_replaces_a_folder_it_did_not_make(bundles, tmp_path: Path, capsys) -> None:
-    run = bundles["runs"] / "useg" / "axial"
+def test_export_never_replaces_a_folder_it_did_not_make(untrained_bundle, tmp_path: Path, capsys) -> None:
+    run = untrained_bundle["runs"] / "axial"
     user = tmp_path / "bundles"
     (user / "other").mkdir(parents=True)
     (user / "other" / "keep.txt").write_text("x")
