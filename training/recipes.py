@@ -26,6 +26,9 @@ SPIKING = "spiking-useg"
 CONVERTED = "converted-snn"
 #: settings that are not a TrainConfig field: derived from one when the config is resolved
 DERIVED = {"init_tau_x_tau_min": "init_tau"}
+#: the settings each recipe may hold: those TrainConfig's resolution reads from it (a setting it
+#: does not read would do nothing, so the file is refused rather than silently ignored)
+READ = {SPIKING: {"readout_lr_scale", "window_sampling"}, CONVERTED: {"lr_decay_to", "init_tau_x_tau_min"}}
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,11 @@ def read_recipes(path: Path = RECIPES_FILE) -> Recipes:
         source = raw["architectures"][entry["same_as"]] if "same_as" in entry else entry
         archs[name] = _recipe(name, source, fields, path)
     recipes = {name: _recipe(name, entry, fields, path) for name, entry in raw["recipes"].items()}
+    for name, recipe in recipes.items():
+        unread = set(recipe.settings) - READ.get(name, set())
+        if unread:
+            raise ValueError(f"{path}: the {name!r} recipe sets {', '.join(sorted(unread))}, which the training "
+                             f"config does not read from it (training.config's resolved_* methods)")
     missing = {SPIKING, CONVERTED} - set(recipes)
     if missing:
         raise ValueError(f"{path}: the recipes {', '.join(sorted(missing))} are missing")

@@ -56,6 +56,7 @@ def test_an_edited_recipe_changes_the_resolved_config(tmp_path: Path, monkeypatc
     (lambda r: r["recipes"]["spiking-useg"]["settings"].update(learning_rate=1), "unknown: learning_rate"),
     (lambda r: r["recipes"]["converted-snn"].pop("why"), "needs settings, why and source"),
     (lambda r: r["recipes"].pop("converted-snn"), "converted-snn are missing"),
+    (lambda r: r["recipes"]["converted-snn"]["settings"].update(reset="subtract"), "does not read from it"),
 ])
 def test_a_bad_recipes_file_is_refused_naming_it_and_the_problem(tmp_path: Path, edit, message: str) -> None:  # noqa: ANN001
     raw = json.loads(json.dumps(RAW))
