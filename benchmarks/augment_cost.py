@@ -19,16 +19,21 @@ from spikeseg.training.augment import LEVELS
 from spikeseg.training.run_folder import RunFolder
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_run_arguments(p: argparse.ArgumentParser, arch: str, epochs: int, epochs_help: str) -> None:
+    """What a benchmark that trains one view model a few epochs per variant asks."""
     p.add_argument("--data", type=Path, required=True, help="labelled training cases")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--arch", default="spiking-useg")
+    p.add_argument("--arch", default=arch)
     p.add_argument("--view", default="axial")
     p.add_argument("--preset", default="tiny")
     p.add_argument("--spacing", default="2")
-    p.add_argument("--epochs", type=int, default=2, help="epochs per level; the mean of all but the first is kept")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--epochs", type=int, default=epochs, help=epochs_help)
+    p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --out")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_run_arguments(p, "spiking-useg", 2, "epochs per level; the mean of all but the first is kept")
     a = p.parse_args(argv)
     refuse_existing_results(a.out / "results.md", a.overwrite)
     rows = []

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
 
+from spikeseg.benchmarks.augment_cost import add_run_arguments
 from spikeseg.cli import main as cli
 from spikeseg.runtime.system import cpu_model
 from spikeseg.runtime.tables import refuse_existing_results, write_results
@@ -43,14 +43,7 @@ def train_on(dtype: type, a: argparse.Namespace) -> tuple[RunFolder, list[cache.
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", type=Path, required=True, help="labelled training cases")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--arch", default="useg")
-    p.add_argument("--view", default="axial")
-    p.add_argument("--preset", default="tiny")
-    p.add_argument("--spacing", default="2")
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--overwrite", action="store_true")
+    add_run_arguments(p, "useg", 6, "epochs of each run (default 6)")
     a = p.parse_args(argv)
     refuse_existing_results(a.out / "results.md", a.overwrite)
     default = cache.CACHE_DTYPE
