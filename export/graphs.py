@@ -31,9 +31,8 @@ OPSET = 17
 def execution_for(model: SliceSegNet, both_ways: bool) -> str:
     """How the runtime runs this model: a stateful one over its slices in sequence, front to
     back and (``both_ways``) back to front too. Why both: a membrane carries context from the
-    slices before, so a one-way pass sees one side of every slice; averaged over the two passes
-    the spiking ensemble gained 1.1-1.5 WT Dice points and 16-17 % NLL on held-out hard phantoms
-    (docs/results/fidelity-lab-record.md), for twice the slice steps."""
+    slices before, so a one-way pass sees one side of every slice; the two passes averaged
+    scored better for twice the slice steps (docs/results/fidelity-lab-record.md)."""
     if not model.stateful:
         return "slice-batches"
     return "slice-sequence-both-ways" if both_ways else "slice-sequence"

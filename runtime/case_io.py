@@ -507,7 +507,7 @@ def _assemble(files: CaseFiles, paths: list[Path], images: list[nib.spatialimage
     for path, img in zip(paths[1:], images[1:]):
         _check_same_grid(first, geometry, path, img, img.shape)
     # Decompression dominates loading and zlib releases the GIL: the four files are read side by
-    # side (2 cores: 0.67 -> 0.3 s for a 240x240x155 case); checks and errors stay in file order.
+    # side (about half the time on 2 cores); checks and errors stay in file order.
     with ThreadPoolExecutor(max_workers=len(paths)) as pool:
         reads = [pool.submit(_data, path, img) for path, img in zip(paths, images)]
     channels = []

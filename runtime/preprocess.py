@@ -177,8 +177,8 @@ def resample(volume: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Resample the last three axes to ``shape`` by linear interpolation, voxel centres aligned.
 
     The same numbers as ``scipy.ndimage.zoom(order=1, mode="nearest", grid_mode=True)`` (tested
-    against it), computed one axis at a time as two gathers and a blend: 0.06 s instead of
-    0.65 s to bring three probability maps from a 4 mm grid to a 240x240x155 case. At an
+    against it), computed one axis at a time as two gathers and a blend, about ten times faster
+    than ``zoom`` on a whole case. At an
     integer factor 2 going down, the grid-mode points fall between voxel pairs, so the result is
     the mean of each 2x2x2 block and does not alias.
     """

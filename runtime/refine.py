@@ -38,8 +38,8 @@ OVERLAP_CAP = 0.4
 #: a cube is refined while its mean voxel entropy is at least this share of the largest possible
 #: (log2 of the member count), and at most MAX_KERNELS per region. The paper stops when the
 #: remaining cubes' uncertainty "approached a predefined minimum threshold" without giving it.
-#: Chosen on the fit (validation) cases of the demo: 0.1 and 4 kernels kept the fused Dice of
-#: 0.02 and 8 kernels (ET/TC/WT 30.9/82.9/89.4 vs 31.2/83.0/89.5) on 27 % instead of 41 % of the brain
+#: Chosen on the demo's fit (validation) cases: these kept the fused Dice of a lower stop and
+#: more kernels on less of the brain (docs/results/2026-12-06-model-zoo-lab-record.md).
 STOP_SHARE = 0.1
 MAX_KERNELS = 4
 GUIDE_MODES = ("views", "projections")

@@ -146,9 +146,9 @@ def _nonzero_map(x: torch.Tensor, binary: bool) -> torch.Tensor:
     """Nonzero count over channels, (B, C, H, W) -> (B, H, W).
 
     ``binary``: ``x`` holds only 0 and 1 (spikes), so its sum is its nonzero count: one pass
-    instead of compare, cast and sum. With each map computed once and shared between the layers
-    that read it, the counters add 15 % to a paper-scale SNN step instead of 31 % (ONNX Runtime,
-    2 threads, 160x192: 217 vs 189 ms without counters; 247 ms before)."""
+    instead of compare, cast and sum; each map is computed once and shared between the layers
+    that read it, which halves what counting adds to an SNN step (``benchmarks/latency.py``
+    measures it: the ``+ counters`` row)."""
     return x.sum(dim=1) if binary else (x != 0).to(x.dtype).sum(dim=1)
 
 

@@ -28,7 +28,7 @@ def predict_views(model: SliceSegNet, images: list[np.ndarray], view: str, devic
                   batch_slices: int = 32, reset_every_step: bool = False, both_ways: bool = False) -> list[np.ndarray]:
     """:func:`predict_view` over several images; a stateful model runs images of one shape as
     one batch of sequences. Why: stepped one image at a time, an SNN's validation made three times
-    as many small kernel calls (1.4 s an epoch at the demo's size, now 1.05 s; its twin's 0.8 s).
+    as many small kernel calls.
     ``both_ways``: a stateful model also runs each sequence back to front, and the two passes'
     probabilities are averaged (the runtime's ``slice-sequence-both-ways``)."""
     model.eval()
