@@ -39,7 +39,7 @@ OVERLAP_CAP = 0.4
 #: (log2 of the member count), and at most MAX_KERNELS per region. The paper stops when the
 #: remaining cubes' uncertainty "approached a predefined minimum threshold" without giving it.
 #: Chosen on the demo's fit (validation) cases: these kept the fused Dice of a lower stop and
-#: more kernels on less of the brain (docs/results/2026-12-06-model-zoo-lab-record.md).
+#: more kernels on less of the brain (docs/results/2026-12-06-lab-record.md).
 STOP_SHARE = 0.1
 MAX_KERNELS = 4
 GUIDE_MODES = ("views", "projections")
