@@ -127,13 +127,15 @@ class RunRecord:
     #: the architecture's model config (``ModelConfig.to_dict()`` or a volume model's)
     model_config: dict[str, Any]
     #: what the twin-to-SNN conversion chose, for a converted SNN
-    conversion: dict[str, Any] | None
-    device: str
-    amp_dtype: str
-    world_size: int
-    dist_backend: str | None
-    data_fingerprint: str
-    torch: str
+    conversion: dict[str, Any] | None = None
+    #: what the run ran on; the defaults stand where a run of an earlier spikeseg (same run
+    #: version) did not record them
+    device: str = "unknown"
+    amp_dtype: str = "float32"
+    world_size: int = 1
+    dist_backend: str | None = None
+    data_fingerprint: str = ""
+    torch: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         ran = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "settings"}
@@ -143,10 +145,9 @@ class RunRecord:
     def parse(cls, info: dict[str, Any], where: Path) -> "RunRecord":
         if info.get("version") != RUN_VERSION:
             raise InputError(where, f"run version {info.get('version')!r}; this spikeseg reads {RUN_VERSION}")
-        try:
-            ran = {f.name: info[f.name] for f in dataclasses.fields(cls) if f.name != "settings"}
-        except KeyError as exc:
-            raise InputError(where, f"malformed run config: no {exc.args[0]!r}") from None
+        if not isinstance(info.get("model_config"), dict):
+            raise InputError(where, "malformed run config: no 'model_config'")
+        ran = {f.name: info[f.name] for f in dataclasses.fields(cls) if f.name != "settings" and f.name in info}
         return cls(settings_from(info, where), **ran)
 
 

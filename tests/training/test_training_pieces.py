@@ -207,9 +207,12 @@ def test_a_run_folder_refuses_what_it_cannot_read(tmp_path: Path) -> None:
     run.config_path.write_text('{"version": ')
     with pytest.raises(InputError, match="unreadable"):
         run.record()
-    run.config_path.write_text(json.dumps({k: v for k, v in setup.items() if k != "device"}))
-    with pytest.raises(InputError, match="malformed run config: no 'device'"):
+    run.config_path.write_text(json.dumps({k: v for k, v in setup.items() if k != "model_config"}))
+    with pytest.raises(InputError, match="malformed run config: no 'model_config'"):
         run.record()
+    older = {k: v for k, v in setup.items() if k not in ("conversion", "dist_backend")}  # an earlier run's file
+    run.config_path.write_text(json.dumps(older))
+    assert (run.record().conversion, run.record().dist_backend) == (None, None)
     run.config_path.write_text(json.dumps(setup))
     record = run.record()
     assert record.settings.view == "axial" and record.device == "cpu"
