@@ -11,9 +11,10 @@ full``: 1 mm, the grid ``prepare`` writes), (b) with ``--size small`` only, that
 resampled onto the 1 mm BraTS grid with no motion (what the resolution alone costs), and (c)
 the prepared case, its native output scored on the native T1ce grid; and (d) the prediction of
 (a) carried onto the native T1ce grid by the known motion and scored against the same reference
-there. (c) against (d) is what ``prepare`` itself costs, on one grid and one reference; (c)
-against (a) adds what scoring on another grid costs (a label map resampled onto a 3 mm grid
-loses Dice even when it is perfect).
+there. (c) against (d) is what the scans and ``prepare`` cost together, on one grid and one
+reference (the scans hold less than the phantom: 3 mm T2 and FLAIR slices, each series
+resampled once by the simulated acquisition); (d) against (a) is what the scoring grid alone
+costs.
 """
 
 from __future__ import annotations
@@ -133,8 +134,9 @@ def markdown(rows: list[dict], bundles: list[str], a: argparse.Namespace) -> str
                       + ("the 2 mm phantom on the 1 mm BraTS grid, " if fine else "")
                       + "the same prediction carried onto the native T1ce grid by the known motion, and the "
                         "prepared case, its native output; both native columns scored against the phantom's "
-                        "labels on the native T1ce grid. `prepare`'s own cost is prepared - phantom on the "
-                        "native grid (one grid, one reference).", "",
+                        "labels on the native T1ce grid. Prepared - phantom on the native grid is what the scans "
+                        "(3 mm T2 and FLAIR, each series resampled once by the simulated acquisition) and "
+                        "`prepare` cost together, on one grid and one reference.", "",
                   "| bundle | phantom | " + ("phantom, 1 mm grid | " if fine else "") + "phantom, native grid | "
                   "prepared (native) | prepared - phantom, native grid | "
                   f"prepared - {'1 mm grid' if fine else 'phantom'} | QC review, phantom | QC review, prepared |",
