@@ -37,8 +37,13 @@ class CachedCase:
 
     def load(self) -> tuple[np.ndarray, np.ndarray]:
         """The image as float32 (whatever the cache stores) and the region masks (memory-mapped)."""
-        image = np.load(self.image_path, mmap_mode="r")
-        return np.asarray(image, dtype=np.float32), np.load(self.regions_path, mmap_mode="r")
+        image, regions = self.stored()
+        return np.asarray(image, dtype=np.float32), regions
+
+    def stored(self) -> tuple[np.ndarray, np.ndarray]:
+        """Both memory-mapped as stored: for a reader that takes a small part and casts only that
+        (a patch), rather than the whole volume on every draw."""
+        return np.load(self.image_path, mmap_mode="r"), np.load(self.regions_path, mmap_mode="r")
 
 
 def data_fingerprint(case_dirs: list[Path], with_times: bool = False) -> str:

@@ -161,7 +161,7 @@ class PatchTrainer(Trainer):
             batch = order[(k * self.world + self.rank) * cfg.batch_size:][:cfg.batch_size] or order[:cfg.batch_size]
             pairs = []
             for case in batch:
-                image, regions = case.load()
+                image, regions = case.stored()  # sample_patch casts the patch, not the case
                 img, cls = sample_patch(image, *self.targets(case.case_id, regions), cfg.volume.patch, rng,
                                         cfg.volume.patch_tumour_share)
                 img, cls = self.augmenter(img, cls[None], seed=int(rng.integers(2**31)))
