@@ -4,7 +4,8 @@ Steps 1-3 are skipped when their output is already there (a bundle made by an ol
 exported again), so a second run is quick; steps 4-6 always run, over the demo's own folders:
   1. phantoms, all on the hard setting: training cases from the wide family (per-case contrasts,
      tumour sizes, foci, bias, noise, slice thickness, storage), held-out test cases from the
-     standard family, and held-out cases from the heldout family (settings never trained on);
+     standard family, held-out cases from the heldout family (settings never trained on), and
+     labelled wide-family cases kept out of training that the bundles' QC limits are fitted on;
   2. train the tiny U-Seg-Net twin, then the Spiking U-Seg-Net converted from the twin (threshold
      balancing) and trained with FPTT (the recipe that measured best; docs/results/fidelity-lab-record.md),
      one model per view, on a 2 mm grid (80x96x76) with a time budget per model; then the lite
@@ -38,13 +39,17 @@ from spikeseg.runtime.manifest import MANIFEST
 from spikeseg.cli import main as cli
 from spikeseg.runtime.errors import InputError
 from spikeseg.runtime.preprocess import VIEWS
+from spikeseg.runtime.qc import QC_VERSION
 from spikeseg.snn.unet3d import ARCH as VOLUME_ARCH
 from spikeseg.training.run_folder import RunFolder
 
 TRAIN_CASES, TEST_CASES = 12, 4
+#: held out from training, the training data's kind: what a good result looks like to the QC verdict
+#: (the runs' own validation split is 3 cases)
+QC_CASES = 8
 #: (folder under data/, family, cases, seed): what the models train on, and the two test sets
 DATA = {"train": ("train-wide", "wide", TRAIN_CASES, 1), "test": ("test", "standard", TEST_CASES, 2),
-        "heldout": ("heldout", "heldout", TEST_CASES, 3)}
+        "heldout": ("heldout", "heldout", TEST_CASES, 3), "qc": ("qc-wide", "wide", QC_CASES, 4)}
 #: 2 mm: at the demo's budget both models scored higher than at 4 mm, and 4 mm is too coarse for
 #: enhancing rims a few mm thick (docs/results/2026-12-06-lab-record.md).
 SPACING_MM = "2"
@@ -163,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     data = {k: out / "data" / v[0] for k, v in DATA.items()}
     data_train, data_test = data["train"], data["test"]
     step("1/8 phantom cases (MNI152 anatomy, hard setting): training on the wide family, testing on the "
-         "standard family and on the heldout family")
+         "standard family and on the heldout family; QC's held-out cases from the wide family")
     for key, (_, family, n, seed) in DATA.items():
         if not data[key].exists():
             run("phantoms", data[key], "--cases", n, "--seed", seed, "--difficulty", "hard", "--family", family,
@@ -203,19 +208,21 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 bundle = load_bundle(bundles[name])
                 current = (bundle.preprocess.spacing_mm[0] == float(SPACING_MM) and name not in retrained
-                           and all(bundle.view(v).passes == 2 for v in bundle.views if bundle.view(v).stateful))
+                           and all(bundle.view(v).passes == 2 for v in bundle.views if bundle.view(v).stateful)
+                           and bundle.qc is not None and bundle.qc.version == QC_VERSION)
                 if current and fitted_for(bundle, guides.get(name, [])):
                     print(f"{bundles[name]}: already exported")
                     continue
                 print(f"{bundles[name]}: " + ("its refinement was not fitted for the current guide bundles"
-                                              if current else "made from other runs or runs one way")
+                                              if current else "made from other runs, runs one way, or an older QC")
                       + "; exporting again")
             except InputError as exc:  # e.g. made by an older spikeseg: export it again
                 print(f"{bundles[name]}: {exc.problem}; exporting again")
             stale = ["--overwrite"]
         refine = [a for g in guides.get(name, []) for a in ("--refine-guide", g)]
         run("export", *run_dirs(folder, arch), "--out", bundles[name], "--int8",
-            "--calib", data_train, "--calib-items", "200", "--allow-accuracy-drop", *refine, *stale)
+            "--calib", data_train, "--calib-items", "200", "--qc-cases", data["qc"], "--allow-accuracy-drop",
+            *refine, *stale)
 
     step("4/8 segment the test cases with the torch-free runtime (OpenVINO FP32 and INT8), and the "
          "heldout family's cases (FP32)")

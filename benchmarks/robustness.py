@@ -6,12 +6,13 @@ test cases, Dice per region per condition, and how well the QC verdict finds the
 Conditions: ``standard`` (the test cases as they are); ``heldout family`` (``spikeseg phantoms
 --family heldout``: contrasts, bias, noise, slice thickness and scale never trained on; or
 ``--heldout DIR``); and corrupted copies of the test cases: not skull-stripped (a skull ring and
-background noise), a strong bias field, strong noise, 6 mm slices, the FLAIR file holding the T1
-image, intensities x0.01 and x100. Each case is segmented as ``spikeseg segment`` would
+background noise), a strong bias field, strong noise, 6 mm slices, a mild blur (what a 1 mm scan's
+way to the 2 mm grid does), the FLAIR file holding the T1 image, intensities x0.01 and x100. Each case is segmented as ``spikeseg segment`` would
 (OpenVINO FP32 by default) and scored against its reference.
 
 QC: a failure is a case whose WT Dice is under 0.7; the table gives the share of failures
-flagged ``review`` and the share of standard cases flagged (false alarms). Writes
+flagged ``review``, the share of standard cases flagged, and the share of good cases (WT Dice
+0.7 or more, any condition) flagged: the false alarms. Writes
 ``results.md`` / ``results.csv`` and prints the table; the machine is named.
 """
 
@@ -82,6 +83,16 @@ def thick(volumes: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str,
     return dict(zip(keys, stack))
 
 
+def blur(volumes: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """A mild Gaussian blur (0.6 voxel) inside the brain: the smoothing a 1 mm scan gets on its way to a
+    2 mm grid, which a model trained on phantoms drawn at 2 mm never saw."""
+    out = {}
+    for k, v in volumes.items():
+        brain = v != 0
+        out[k] = np.where(brain, ndimage.gaussian_filter(v.astype(np.float32), 0.6), 0.0).astype(np.float32)
+    return out
+
+
 def flair_holds_t1(volumes: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
     return {**volumes, "flair": volumes["t1"].copy()}
 
@@ -94,7 +105,7 @@ def scaled(factor: float) -> Callable[[dict[str, np.ndarray], np.random.Generato
 
 CORRUPTIONS: dict[str, Callable[[dict[str, np.ndarray], np.random.Generator], dict[str, np.ndarray]]] = {
     "not skull-stripped": skull, "strong bias": bias, "strong noise": noise, "6 mm slices": thick,
-    "FLAIR holds T1": flair_holds_t1, "intensities x0.01": scaled(0.01), "intensities x100": scaled(100.0),
+    "mild blur": blur, "FLAIR holds T1": flair_holds_t1, "intensities x0.01": scaled(0.01), "intensities x100": scaled(100.0),
 }
 
 
@@ -157,10 +168,14 @@ def run(bundle_paths: list[Path], conds: dict[str, list[Path]], backend: str, th
 def qc_summary(per_case: list[dict]) -> dict[str, float]:
     failures = [c for c in per_case if c["wt_dice"] < FAILURE_WT_DICE]
     standard = [c for c in per_case if c["condition"] == "standard"]
-    return {"failures": len(failures),
-            "failures_flagged": sum(c["qc"] == "review" for c in failures) / len(failures) if failures else float("nan"),
-            "standard_cases": len(standard),
-            "standard_flagged": sum(c["qc"] == "review" for c in standard) / len(standard) if standard else float("nan")}
+    good = [c for c in per_case if c["wt_dice"] >= FAILURE_WT_DICE]
+
+    def flagged(cases: list[dict]) -> float:
+        return sum(c["qc"] == "review" for c in cases) / len(cases) if cases else float("nan")
+
+    return {"failures": len(failures), "failures_flagged": flagged(failures),
+            "standard_cases": len(standard), "standard_flagged": flagged(standard),
+            "good_cases": len(good), "good_flagged": flagged(good)}
 
 
 def markdown(rows: list[dict], qc: dict[str, float], args: argparse.Namespace) -> str:
@@ -172,7 +187,8 @@ def markdown(rows: list[dict], qc: dict[str, float], args: argparse.Namespace) -
               f"{100 * r['review_share']:.0f} % | {r['cases']} |" for r in rows]
     lines += ["", f"QC against failures (WT Dice < {FAILURE_WT_DICE}): {qc['failures']} failures, "
                   f"{100 * qc['failures_flagged']:.0f} % flagged review; standard cases flagged: "
-                  f"{100 * qc['standard_flagged']:.0f} % of {qc['standard_cases']}."]
+                  f"{100 * qc['standard_flagged']:.0f} % of {qc['standard_cases']}; good cases (WT Dice >= "
+                  f"{FAILURE_WT_DICE}, any condition) flagged: {100 * qc['good_flagged']:.0f} % of {qc['good_cases']}."]
     return "\n".join(lines) + "\n"
 
 

@@ -24,7 +24,7 @@ from spikeseg.runtime.atomic import atomic_dir
 from spikeseg.runtime.bundle import ModelFile, is_bundle, load_bundle
 from spikeseg.runtime.bundle_spec import ModelEntry, ViewSpec, WindowSpec
 from spikeseg.runtime.manifest import Manifest
-from spikeseg.runtime.case_io import find_cases
+from spikeseg.runtime.case_io import find_case, find_cases
 from spikeseg.runtime.errors import InputError
 from spikeseg.runtime.inference import OrtEngine, OvEngine, run_view
 from spikeseg.runtime.labels import REGIONS
@@ -116,17 +116,18 @@ def _cases_in(folder: Path) -> list[Path]:
 
 
 def _fit_qc(run: TrainedRun, params: PreprocessParams, specs: dict[str, ViewSpec], tmp: Path,
-            calib: Path | None, threads: int, log) -> QCReference | None:
-    """The QC reference (:mod:`spikeseg.export.qc_fit`) from the runs' data and validation split,
-    or the calibration cases when the data has moved; None (the runtime then says ``unchecked``)
-    when neither is there."""
+            calib: Path | None, qc_cases: Path | None, threads: int, log) -> QCReference | None:
+    """The QC reference (:mod:`spikeseg.export.qc_fit`) from the runs' data, or the calibration
+    cases when the data has moved; its output limits from ``qc_cases`` (labelled cases held out
+    from training) or else the runs' validation split. None (the runtime then says ``unchecked``)
+    when there are no reference cases."""
     case_dirs, source = _cases_in(Path(run.settings.data)), f"the runs' data {run.settings.data}"
     if not case_dirs and calib is not None:
         case_dirs, source = _cases_in(Path(calib)), f"calibration cases {calib}"
     if not case_dirs:
         log("QC reference: no reference cases (the runs' data has moved and no --calib): segment will say unchecked")
         return None
-    validation = _holdout_dirs(run) or case_dirs[-2:]
+    validation = (find_cases(qc_cases) if qc_cases is not None else []) or _holdout_dirs(run) or case_dirs[-2:]
     engines = {v: OrtEngine(ModelFile.local(tmp / f"{v}_fp32.onnx"), "fp32", threads) for v in specs}
     return fit_bundle_qc(case_dirs, validation, params, engines, specs, source, log)
 
@@ -136,15 +137,18 @@ def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | 
                  threads: int = 2, calib_items: int = 300, check_accuracy: bool = True, log=print,
                  refine_guides: list[str] | None = None, projections: int = DEFAULT_PROJECTIONS,
                  refine_stop: float = STOP_SHARE, refine_max_kernels: int = MAX_KERNELS,
-                 projection_cap: float = CAP_DEGREES, seed: int = 0, both_ways: bool = True) -> Path:
+                 projection_cap: float = CAP_DEGREES, seed: int = 0, both_ways: bool = True,
+                 qc_cases: Path | None = None) -> Path:
     """``check_accuracy=False`` (speed benchmarks on untrained weights only, not the CLI): INT8
     without the comparison against FP32; the manifest says it was not checked.
     ``refine_guides``: for a volume model, guide bundles (``BUNDLE[:views|:projections]``) to fit
     the uncertainty-guided refinement's fusion for (:mod:`spikeseg.export.fusion_fit`), stored in
     the manifest's "refinement" list. ``both_ways``: a stateful model runs its slices back to front
-    too, the two passes averaged (:func:`spikeseg.export.graphs.execution_for`)."""
+    too, the two passes averaged (:func:`spikeseg.export.graphs.execution_for`). ``qc_cases``:
+    labelled cases held out from training that the QC limits on the model's outputs are fitted on
+    (:mod:`spikeseg.export.qc_fit`; default the runs' validation split)."""
     out = Path(out)
-    check_apart(out, [Path(r) for r in runs] + ([Path(calib)] if calib is not None else [])
+    check_apart(out, [Path(r) for r in runs] + [Path(p) for p in (calib, qc_cases) if p is not None]
                 + [parse_guide(g)[0] for g in refine_guides or []])
     check_replaceable(out, overwrite, is_bundle, "bundle")
     if int8 and calib is None:
@@ -173,6 +177,11 @@ def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | 
         check_guide(guide, params, guide.root)
     if projections < 1:
         raise InputError(None, f"--projections {projections}: at least 1")
+    if qc_cases is not None:  # refused now, not after every view is exported
+        for d in find_cases(qc_cases):
+            if find_case(d).seg is None:
+                raise InputError(d, "--qc-cases needs labelled cases (<id>_seg): the QC limits are fitted on the "
+                                    "cases the model segments well")
     calib_images = _load_model_space(find_cases(calib), params) if int8 else []
     holdout_cache: dict[tuple[Path, ...], list] = {}
     with atomic_dir(out) as tmp:
@@ -229,7 +238,7 @@ def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | 
                           "data_fingerprint": run.record.data_fingerprint, "preset": cfg.preset})
             specs[view] = spec
         # a speed benchmark's bundle of untrained weights has no data worth a reference
-        qc = _fit_qc(loaded[0][1], params, specs, tmp, calib, threads, log) if check_accuracy else None
+        qc = _fit_qc(loaded[0][1], params, specs, tmp, calib, qc_cases, threads, log) if check_accuracy else None
         refinement = []
         if guides:
             fit_dirs = [d for d in _holdout_dirs(loaded[0][1])]

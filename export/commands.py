@@ -23,7 +23,7 @@ def _export(args: argparse.Namespace) -> int:
                        threads=args.threads, calib_items=args.calib_items, refine_guides=args.refine_guide,
                        projections=args.projections, refine_stop=args.refine_stop,
                        refine_max_kernels=args.refine_max_kernels, projection_cap=args.projection_cap,
-                       both_ways=not args.one_way)
+                       both_ways=not args.one_way, qc_cases=args.qc_cases)
     print(f"bundle written to {out}")
     return 0
 
@@ -50,6 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     ex.add_argument("--out", type=Path, required=True, help="bundle folder to write")
     ex.add_argument("--int8", action="store_true", help="also write INT8 models (needs --calib)")
     ex.add_argument("--calib", type=Path, help="cases whose real slices calibrate INT8")
+    ex.add_argument("--qc-cases", type=Path, metavar="DIR",
+                    help="labelled cases held out from training (the training data's kind) that the QC limits on "
+                         "the model's outputs are fitted on (default: the runs' validation split)")
     ex.add_argument("--calib-items", type=int, default=300, help="calibration steps kept (default 300)")
     ex.add_argument("--budget", type=_budget, default=1.0,
                     help="largest WT Dice drop of INT8 vs FP32 allowed, in points (default 1)")

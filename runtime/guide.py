@@ -21,6 +21,7 @@ from spikeseg.runtime.errors import InputError
 from spikeseg.runtime.inference import Engine, ViewResult, open_engine, run_view, steps_for
 from spikeseg.runtime.preprocess import PreprocessParams, SpaceMap, from_view, to_native_space, to_view
 from spikeseg.runtime.projections import CAP_DEGREES, projections_for
+from spikeseg.runtime.qc import member_agreement
 from spikeseg.runtime.refine import Cubes, RefinementSpec, binned_entropy, choose_cubes, fuse_refined, to_bins
 from spikeseg.runtime.sliding import cube_predictions, cube_steps, steps_per_case
 
@@ -43,6 +44,13 @@ class GuideResult:
         native_prob = to_native_space(self.prob if prob is None else prob, space)
         unc = to_native_space(self.spread.max(axis=0)[None], space)[0] if self.spread is not None else None
         return native_prob, unc
+
+    def agreement(self) -> float | None:
+        """The view members' agreement on the whole tumour (:func:`~spikeseg.runtime.qc.member_agreement`);
+        None where the members are not kept apart (one view, mirrored copies, projections)."""
+        if self.kind != "views" or self.members < 2:
+            return None
+        return member_agreement([r.prob for r in self.results.values()])
 
 
 def guide_steps(bundle: Bundle, views: list[str], image: np.ndarray, projections: int = 0) -> int:

@@ -232,7 +232,7 @@ class Predictor:
             labels, relabelled = relabel_small_et(labels, conv, self.options.et_min_voxels)
         times["fuse"] = time.perf_counter() - t
         report = self._report(case, times, operations, labels, unc, relabelled, guide)
-        qc = self.check(case, image, prob, unc)
+        qc = self.check(case, image, prob, unc, guide.agreement())
         report["qc"] = qc.to_dict()
         if refined is not None:
             report["refinement"] = self._refinement_report(refined, image)
@@ -250,11 +250,12 @@ class Predictor:
         result.save(out_root, self.options.png, self.options.save_prob)
         return result.report
 
-    def check(self, case: Case, image: np.ndarray, prob: np.ndarray, unc: np.ndarray | None) -> QCResult:
+    def check(self, case: Case, image: np.ndarray, prob: np.ndarray, unc: np.ndarray | None,
+              agreement: float | None = None) -> QCResult:
         """The case's QC verdict against the bundle's reference (:mod:`spikeseg.runtime.qc`)."""
         if self.qc_reference is None:
             return unchecked("the bundle carries no QC reference (exported before spikeseg 0.3): re-export it")
-        return self.qc_reference.verdict(measure_case(case.image, case.spacing, image, prob, unc))
+        return self.qc_reference.verdict(measure_case(case.image, case.spacing, image, prob, unc, agreement))
 
     def _refine(self, case: Case, guide: GuideResult, image: np.ndarray, times: dict[str, float], bar) -> Refined:
         """The 3D model on the guide's most uncertain cubes; the case is normalised the 3D

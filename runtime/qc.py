@@ -10,7 +10,8 @@ manifest's ``"qc"``): per modality the normalised intensities inside the brain (
 brain volume, the share of the volume's outer shell that is not background, the correlation of
 every pair of modalities inside the brain (a file holding another modality's image), the reference
 tumour volumes, and on the runs' validation cases the ensemble's uncertainty inside the predicted
-whole tumour and the share of enhancing tumour predicted outside the tumour core. The limits
+whole tumour, the share of enhancing tumour predicted outside the tumour core, and how well the
+ensemble's members agree on the whole tumour. The limits
 are set from those cases (with the margins in :mod:`spikeseg.export.qc_fit`), never hard-coded
 here. At run time :func:`measure_case` measures the same on the case and
 :meth:`QCReference.verdict` names every measure outside its limit.
@@ -18,8 +19,9 @@ here. At run time :func:`measure_case` measures the same on the case and
 Min-max normalisation makes intensities scaled by x0.01 or x100 identical to the model, so
 they pass; a FLAIR file holding a T1 image does not.
 
-Version 2 added the modality correlations; a version-1 record (no correlations) is still read,
-and that check is then skipped.
+Version 2 added the modality correlations, version 3 the members' agreement (Roy et al.,
+NeuroImage 2019, "Bayesian QuickNAT": the Dice overlap among an ensemble's samples tracks the
+segmentation's true Dice); older records are still read and the checks they lack are skipped.
 """
 
 from __future__ import annotations
@@ -35,9 +37,9 @@ import numpy as np
 from spikeseg.runtime.case_io import MODALITIES
 from spikeseg.runtime.errors import InputError
 
-QC_VERSION = 2
-#: the versions this spikeseg reads (version 1 has no modality correlations)
-QC_READS = (1, 2)
+QC_VERSION = 3
+#: the versions this spikeseg reads (version 1 has no modality correlations, 1-2 no member agreement)
+QC_READS = (1, 2, 3)
 #: the quantiles of the normalised brain intensities compared per modality
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 #: two files of one case correlating above this inside the brain hold the same image
@@ -61,6 +63,7 @@ class CaseMeasures:
     wt_ml: float | None = None
     mean_uncertainty_in_wt: float | None = None
     et_outside_tc: float | None = None
+    member_agreement: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """As JSON takes it: NaN (no value) becomes null."""
@@ -115,11 +118,27 @@ def modality_correlation(model_image: np.ndarray, mask: np.ndarray | None = None
     return out
 
 
+def member_agreement(member_probs: list[np.ndarray]) -> float | None:
+    """Mean Dice between every two members' whole tumours (WT probability >= 0.5), each a
+    (3, X, Y, Z) ET/TC/WT map on one grid; two members that both find no tumour agree (1.0).
+    None with fewer than two members."""
+    masks = [p[2] >= 0.5 for p in member_probs]
+    if len(masks) < 2:
+        return None
+    scores = []
+    for a, b in itertools.combinations(masks, 2):
+        total = int(a.sum()) + int(b.sum())
+        scores.append(2.0 * int(np.logical_and(a, b).sum()) / total if total else 1.0)
+    return float(np.mean(scores))
+
+
 def measure_case(image: np.ndarray, spacing: tuple[float, ...], model_image: np.ndarray,
-                 prob: np.ndarray | None = None, uncertainty: np.ndarray | None = None) -> CaseMeasures:
+                 prob: np.ndarray | None = None, uncertainty: np.ndarray | None = None,
+                 agreement: float | None = None) -> CaseMeasures:
     """``image``: the native (4, X, Y, Z) RAS image; ``model_image``: the same case on the model
     grid, normalised; ``prob``: the fused (3, X, Y, Z) ET/TC/WT probabilities on the native grid;
-    ``uncertainty``: the native uncertainty map (None with one ensemble member)."""
+    ``uncertainty``: the native uncertainty map (None with one ensemble member); ``agreement``:
+    :func:`member_agreement` of the ensemble's members (None where the members are not kept)."""
     voxel_ml = float(np.prod(spacing)) / 1000.0
     brain = brain_mask(image)
     edge = shell(brain.shape, spacing)
@@ -134,6 +153,7 @@ def measure_case(image: np.ndarray, spacing: tuple[float, ...], model_image: np.
         measures["et_outside_tc"] = float((et & ~tc).sum() / et.sum()) if et.any() else 0.0
         if uncertainty is not None and wt.any():
             measures["mean_uncertainty_in_wt"] = float(uncertainty[wt].mean())
+        measures["member_agreement"] = agreement
     return CaseMeasures(**measures)
 
 
@@ -199,6 +219,8 @@ class QCReference:
     et_outside_tc: Limit
     #: per pair of modalities; empty for a version-1 record (the check is skipped)
     modality_correlation: dict[str, Limit] = field(default_factory=dict)
+    #: open (the check skipped) for a record older than version 3
+    member_agreement: Limit = Limit()
     version: int = QC_VERSION
 
     def verdict(self, m: CaseMeasures) -> QCResult:
@@ -230,8 +252,11 @@ class QCReference:
         if m.wt_ml is not None and self.wt_ml.outside(m.wt_ml):
             reasons.append(f"whole tumour {m.wt_ml:.1f} mL outside {self.wt_ml.text(' mL')} (the reference cases' range)")
         if m.mean_uncertainty_in_wt is not None and self.mean_uncertainty_in_wt.outside(m.mean_uncertainty_in_wt):
-            reasons.append(f"uncertainty inside the tumour {m.mean_uncertainty_in_wt:.3f} above the validation "
-                           f"cases' {self.mean_uncertainty_in_wt.text()}: the models disagree")
+            reasons.append(f"uncertainty inside the tumour {m.mean_uncertainty_in_wt:.3f} above the well-segmented "
+                           f"held-out cases' {self.mean_uncertainty_in_wt.text()}: the models disagree")
+        if m.member_agreement is not None and self.member_agreement.outside(m.member_agreement):
+            reasons.append(f"the ensemble's members agree on the whole tumour at Dice {m.member_agreement:.2f} "
+                           f"(accepted {self.member_agreement.text()}): the models disagree")
         if m.et_outside_tc is not None and self.et_outside_tc.outside(m.et_outside_tc):
             reasons.append(f"{100 * m.et_outside_tc:.0f} % of the enhancing tumour lies outside the tumour core "
                            f"(accepted up to {100 * (self.et_outside_tc.high or 0):.0f} %)")
@@ -246,7 +271,7 @@ class QCReference:
                        "intensity_reference": js.mapping(js.array(js.number(nullable=True)), keys=MODALITIES),
                        "intensity_distance": js.mapping(limit, keys=MODALITIES), "brain_ml": limit,
                        "shell_share": limit, "wt_ml": limit, "mean_uncertainty_in_wt": limit, "et_outside_tc": limit,
-                       "modality_correlation": js.mapping(limit, keys=PAIRS),
+                       "modality_correlation": js.mapping(limit, keys=PAIRS), "member_agreement": limit,
                        "version": js.integer(1), "quantiles": js.array(js.number())},
                       required=("intensity_reference", "intensity_distance", "brain_ml", "shell_share", "wt_ml",
                                 "mean_uncertainty_in_wt", "et_outside_tc"))
@@ -254,7 +279,9 @@ class QCReference:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["intensity_reference"] = {k: list(v) for k, v in self.intensity_reference.items()}
-        if self.version == 1:  # a migrated record is written back as it was read
+        if self.version < 3:  # a migrated record is written back as it was read
+            d.pop("member_agreement")
+        if self.version == 1:
             d.pop("modality_correlation")
         d["quantiles"] = list(QUANTILES)
         return d
@@ -299,6 +326,7 @@ class QCReference:
             if not isinstance(corr, dict) or set(corr) != set(PAIRS):
                 raise bad(f"needs modality_correlation for {list(PAIRS)}")
             correlation = {p: limit(corr[p], f"modality_correlation.{p}") for p in PAIRS}
+        agreement = limit(d.get("member_agreement"), "member_agreement") if version >= 3 else Limit()
         cases = d.get("cases")
         if isinstance(cases, bool) or not isinstance(cases, int) or cases < 1:
             raise bad(f"needs a count of reference cases, not {cases!r}")
@@ -306,4 +334,4 @@ class QCReference:
                    {m: limit(dist[m], f"intensity_distance.{m}") for m in MODALITIES},
                    *(limit(d.get(k), k) for k in ("brain_ml", "shell_share", "wt_ml", "mean_uncertainty_in_wt",
                                                   "et_outside_tc")),
-                   modality_correlation=correlation, version=version)
+                   modality_correlation=correlation, member_agreement=agreement, version=version)

@@ -37,7 +37,7 @@ def test_corrupted_copies_are_what_their_names_say_and_the_inputs_stay_untouched
     np.testing.assert_allclose(copy("FLAIR holds T1")[3], original.image[0])
     np.testing.assert_allclose(copy("intensities x100"), original.image * 100, rtol=1e-5)
     np.testing.assert_allclose(copy("intensities x0.01"), original.image * 0.01, rtol=1e-5)
-    for condition in ("strong bias", "strong noise", "6 mm slices"):
+    for condition in ("strong bias", "strong noise", "6 mm slices", "mild blur"):
         changed = copy(condition)
         assert not np.allclose(changed, original.image) and not changed[:, ~brain].any()  # background stays 0
 
@@ -49,4 +49,5 @@ def test_the_qc_summary_counts_failures_flagged_and_false_alarms() -> None:
              {"condition": "noise", "wt_dice": 0.6, "qc": "ok"},
              {"condition": "skull", "wt_dice": 0.1, "qc": "review"}]
     qc = qc_summary(cases)
-    assert qc == {"failures": 3, "failures_flagged": 2 / 3, "standard_cases": 2, "standard_flagged": 0.5}
+    assert qc == {"failures": 3, "failures_flagged": 2 / 3, "standard_cases": 2, "standard_flagged": 0.5,
+                  "good_cases": 2, "good_flagged": 0.5}

@@ -517,8 +517,12 @@ def test_same_case_and_bundle_give_identical_outputs(bundles, phantom_root: Path
         assert a == b, name
 
 
-def test_bad_export_inputs_are_refused_by_name_and_write_nothing(bundles, tmp_path: Path) -> None:
+def test_bad_export_inputs_are_refused_by_name_and_write_nothing(bundles, phantom_root: Path, tmp_path: Path) -> None:
     runs = bundles["runs"]
+    unlabelled = tmp_path / "unlabelled"
+    first = sorted(phantom_root.iterdir())[0]
+    shutil.copytree(first, unlabelled / first.name)
+    (unlabelled / first.name / f"{first.name}_seg.nii.gz").unlink()
     broken = tmp_path / "broken"
     shutil.copytree(runs / "useg" / "axial", broken)
     best = broken / "checkpoints" / "best.pt"
@@ -537,7 +541,8 @@ def test_bad_export_inputs_are_refused_by_name_and_write_nothing(bundles, tmp_pa
              ([broken], f"{best}: cannot read checkpoint"),
              ([old], "run version 99"),
              ([ablation], "trained with --state-reset"),
-             ([runs / "useg" / "axial", "--int8"], "--int8 needs --calib")]
+             ([runs / "useg" / "axial", "--int8"], "--int8 needs --calib"),
+             ([runs / "useg" / "axial", "--qc-cases", unlabelled], "--qc-cases needs labelled cases")]
     for args, problem in cases:
         out = tmp_path / "bundle"
         r = run_cli("export", *args, "--out", out)
@@ -634,8 +639,10 @@ def test_three_view_ensemble_end_to_end(bundles, phantom5: Path, phantom_root: P
     r = run_cli("train", "--data", phantom5, "--out", sag, "--arch", "useg", "--view", "sagittal", *TRAIN)
     assert r.returncode == 0, r.stderr
     bundle = tmp_path / "b3"
-    r = run_cli("export", runs / "axial", runs / "coronal", sag, "--out", bundle)
+    r = run_cli("export", runs / "axial", runs / "coronal", sag, "--out", bundle, "--qc-cases", phantom_root)
     assert r.returncode == 0, r.stderr
+    held_out = len(list(phantom_root.iterdir()))
+    assert f"of {held_out} held-out cases" in r.stdout + r.stderr  # the QC limits came from --qc-cases
     case = sorted(phantom_root.iterdir())[2]
 
     def outputs(views: str) -> tuple[np.ndarray, np.ndarray, Path]:
@@ -649,7 +656,10 @@ def test_three_view_ensemble_end_to_end(bundles, phantom5: Path, phantom_root: P
     prob, labels, d = outputs("all")
     single = [outputs(v)[0] for v in ("sagittal", "coronal", "axial")]
     np.testing.assert_allclose(prob, np.mean(single, axis=0), atol=1e-5)
-    assert set(json.loads((d / f"{case.name}_report.json").read_text())["views"]) == {"sagittal", "coronal", "axial"}
+    report = json.loads((d / f"{case.name}_report.json").read_text())
+    assert set(report["views"]) == {"sagittal", "coronal", "axial"}
+    agreement = report["qc"]["measures"]["member_agreement"]  # the three views' WT masks, pairwise
+    assert agreement is not None and 0.0 <= agreement <= 1.0
     np.testing.assert_array_equal(labels > 0, (prob >= 0.5).any(axis=-1))
     unc = np.asarray(nib.load(str(d / f"{case.name}_uncertainty.nii.gz")).dataobj)
     spread = np.std(single, axis=0).max(axis=-1)

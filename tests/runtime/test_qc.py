@@ -17,13 +17,14 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from spikeseg.export.qc_fit import fit_reference
+from spikeseg.export.qc_fit import AGREEMENT_MARGIN, UNCERTAINTY_MARGIN, fit_reference, good_predictions
 from spikeseg.runtime.bundle import MANIFEST, load_bundle
 from spikeseg.runtime.case_io import load_case
 from spikeseg.runtime.errors import InputError
 from spikeseg.runtime.labels import labels_to_regions
 from spikeseg.runtime.preprocess import PreprocessParams, to_model_space
-from spikeseg.runtime.qc import PAIRS, SAME_IMAGE_CORRELATION, Limit, QCReference, measure_case, modality_correlation
+from spikeseg.runtime.qc import (PAIRS, SAME_IMAGE_CORRELATION, Limit, QCReference, measure_case, member_agreement,
+                                 modality_correlation)
 from tests.helpers import run_cli
 
 PARAMS = PreprocessParams(spacing_mm=(4.0, 4.0, 4.0))
@@ -162,6 +163,7 @@ def test_a_version_1_record_is_read_without_the_correlation_check(reference) -> 
     cases, qc = reference
     old = json.loads(json.dumps(qc.to_dict()))
     old.pop("modality_correlation")
+    old.pop("member_agreement")
     old["version"] = 1
     parsed = QCReference.parse(old, "m.json")
     assert parsed.version == 1 and parsed.modality_correlation == {}
@@ -173,6 +175,66 @@ def test_a_version_1_record_is_read_without_the_correlation_check(reference) -> 
     v2.pop("modality_correlation")
     with pytest.raises(InputError, match="modality_correlation"):
         QCReference.parse(v2, "m.json")
+
+
+def test_member_agreement_is_the_mean_pairwise_whole_tumour_dice() -> None:
+    """Against scipy's Dice dissimilarity on the members' WT masks (probability >= 0.5)."""
+    from scipy.spatial.distance import dice as dissimilarity
+
+    rng = np.random.default_rng(3)
+    members = [rng.random((3, 6, 7, 5)).astype(np.float32) for _ in range(3)]
+    masks = [m[2].ravel() >= 0.5 for m in members]
+    expected = np.mean([1 - dissimilarity(a, b) for a, b in itertools.combinations(masks, 2)])
+    assert member_agreement(members) == pytest.approx(expected)
+    empty = np.zeros((3, 4, 4, 4), np.float32)
+    assert member_agreement([empty, empty]) == 1.0  # both find nothing: they agree
+    assert member_agreement([empty, empty + 1]) == 0.0
+    assert member_agreement(members[:1]) is None
+
+
+def _with_outputs(case, uncertainty: float, agreement: float | None):
+    base = _measure(case.image, case)
+    return dataclasses.replace(base, mean_uncertainty_in_wt=uncertainty, member_agreement=agreement)
+
+
+def test_output_limits_come_from_the_held_out_cases_segmented_well(reference) -> None:
+    """A held-out case the model fails on (WT Dice 0.3, high uncertainty, members apart) does not
+    widen the limits; a new case like it is then flagged, with both reasons."""
+    cases, _ = reference
+    images = [_measure(c.image, c) for c in cases]
+    wt = [m.wt_ml for m in images]
+    predicted = [_with_outputs(cases[0], 0.10, 0.90), _with_outputs(cases[1], 0.12, 0.85),
+                 _with_outputs(cases[2], 0.40, 0.30)]
+    good = good_predictions(predicted, [0.9, 0.8, 0.3])
+    assert good == predicted[:2]
+    qc = fit_reference(images, wt, good, "three phantoms")
+    assert qc.mean_uncertainty_in_wt.high == pytest.approx(UNCERTAINTY_MARGIN * 0.12)
+    assert qc.member_agreement.low == pytest.approx(0.85 - AGREEMENT_MARGIN)
+    result = qc.verdict(_with_outputs(cases[2], 0.40, 0.30))
+    text = " ".join(result.reasons)
+    assert result.verdict == "review" and "members agree on the whole tumour at Dice 0.30" in text
+    assert "uncertainty inside the tumour" in text
+    assert qc.verdict(_with_outputs(cases[0], 0.11, 0.88)).verdict == "ok"
+    # fitted on every held-out case, the failure's values would have passed
+    assert fit_reference(images, wt, predicted, "all").verdict(_with_outputs(cases[2], 0.40, 0.30)).verdict == "ok"
+    logged: list[str] = []
+    assert good_predictions(predicted, [0.1, 0.2, 0.3], logged.append) == predicted and "failures included" in logged[0]
+    assert good_predictions(predicted, [math.nan, 0.1, 0.1]) == predicted[:1]  # no label: taken as good
+
+
+def test_a_version_2_record_is_read_without_the_agreement_check(reference) -> None:
+    cases, qc = reference
+    old = json.loads(json.dumps(qc.to_dict()))
+    old.pop("member_agreement")
+    old["version"] = 2
+    parsed = QCReference.parse(old, "m.json")
+    assert parsed.version == 2 and parsed.member_agreement == Limit() and parsed.to_dict() == old
+    assert parsed.verdict(_with_outputs(cases[0], 0.0, 0.0)).reasons == qc.verdict(_measure(cases[0].image,
+                                                                                            cases[0])).reasons
+    v3 = json.loads(json.dumps(qc.to_dict()))
+    v3.pop("member_agreement")
+    with pytest.raises(InputError, match="member_agreement"):
+        QCReference.parse(v3, "m.json")
 
 
 # -- with exported bundles -----------------------------------------------------------------------
