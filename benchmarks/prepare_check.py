@@ -14,7 +14,10 @@ the prepared case, its native output scored on the native T1ce grid; and (d) the
 there. (c) against (d) is what the scans and ``prepare`` cost together, on one grid and one
 reference (the scans hold less than the phantom: 3 mm T2 and FLAIR slices, each series
 resampled once by the simulated acquisition); (d) against (a) is what the scoring grid alone
-costs.
+costs. (e) the oracle: the written series brought back onto the phantom's grid by the known
+motion and cut to the true brain (:meth:`~spikeseg.training.scanner.ScannerCase.oracle`), a
+perfect ``prepare``; (e) against (a) is what the scans alone cost, (c) against (e) what
+registration and brain extraction add.
 """
 
 from __future__ import annotations
@@ -102,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             row[f"{name}_wt_phantom"], row[f"{name}_qc_phantom"] = _wt(original.labels, labels), original.qc.verdict
             # the same prediction scored where the prepared case is scored: the grid's own cost left out
             row[f"{name}_wt_phantom_native"] = _wt(sc.on_native_t1ce(original.labels, affine), sc.labels_t1ce)
+            oracle = pr.predict(sc.oracle(), affine=affine)  # a perfect prepare of the same scans
+            row[f"{name}_wt_oracle"], row[f"{name}_qc_oracle"] = _wt(oracle.labels, labels), oracle.qc.verdict
             if fine is not None:
                 row[f"{name}_wt_1mm"] = _wt(pr.predict(fine[0], affine=fine[2]).labels, fine[1])
             prepared = pr.predict(folder)
@@ -136,14 +141,20 @@ def markdown(rows: list[dict], bundles: list[str], a: argparse.Namespace) -> str
                         "prepared case, its native output; both native columns scored against the phantom's "
                         "labels on the native T1ce grid. Prepared - phantom on the native grid is what the scans "
                         "(3 mm T2 and FLAIR, each series resampled once by the simulated acquisition) and "
-                        "`prepare` cost together, on one grid and one reference.", "",
+                        "`prepare` cost together, on one grid and one reference. The oracle is a perfect `prepare` "
+                        "of the same scans (the known motion, the true brain): oracle - phantom is what the scans "
+                        "alone cost, prepared - oracle what registration and brain extraction add.", "",
                   "| bundle | phantom | " + ("phantom, 1 mm grid | " if fine else "") + "phantom, native grid | "
-                  "prepared (native) | prepared - phantom, native grid | "
+                  "oracle (phantom grid) | prepared (native) | oracle - phantom | prepared - oracle | "
+                  "prepared - phantom, native grid | "
                   f"prepared - {'1 mm grid' if fine else 'phantom'} | QC review, phantom | QC review, prepared |",
-                  "|---|---|---|---|---|---|---|---|" + ("---|" if fine else "")]
+                  "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if fine else "")]
         for b in bundles:
             lines.append(f"| {b} | {mean(f'{b}_wt_phantom'):.3f} | " + (f"{mean(f'{b}_wt_1mm'):.3f} | " if fine else "")
-                         + f"{mean(f'{b}_wt_phantom_native'):.3f} | {mean(f'{b}_wt_prepared'):.3f} | "
+                         + f"{mean(f'{b}_wt_phantom_native'):.3f} | {mean(f'{b}_wt_oracle'):.3f} | "
+                         f"{mean(f'{b}_wt_prepared'):.3f} | "
+                         f"{mean(f'{b}_wt_oracle') - mean(f'{b}_wt_phantom'):+.3f} | "
+                         f"{mean(f'{b}_wt_prepared') - mean(f'{b}_wt_oracle'):+.3f} | "
                          f"{mean(f'{b}_wt_prepared') - mean(f'{b}_wt_phantom_native'):+.3f} | "
                          f"{mean(f'{b}_wt_prepared') - mean(b + base):+.3f} | "
                          f"{sum(r[f'{b}_qc_phantom'] == 'review' for r in rows)} of {len(rows)} | "

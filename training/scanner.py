@@ -49,6 +49,8 @@ class ScannerCase:
     labels_t1ce: np.ndarray
     #: the phantom itself: image (4, X, Y, Z), labels, RAS affine
     phantom: tuple[np.ndarray, np.ndarray, np.ndarray] = field(repr=False, default=None)  # type: ignore[assignment]
+    #: per modality: the series as written (stored values) and its grid's RAS affine
+    series: dict[str, tuple[np.ndarray, np.ndarray]] = field(repr=False, default_factory=dict)
 
     def on_native_t1ce(self, labels: np.ndarray, affine: np.ndarray) -> np.ndarray:
         """A label map on a phantom-world grid (``affine``) carried onto the native T1ce grid by the
@@ -56,6 +58,20 @@ class ScannerCase:
         the phantom is scored there against the same reference, on the same grid, as one made on
         the prepared case."""
         return _sample(labels, affine, np.linalg.inv(self.motion["t1ce"]), self.t1ce_shape, self.t1ce_affine, 0)
+
+    def oracle(self) -> np.ndarray:
+        """The written series brought back onto the phantom's grid by the known motion (linear) and
+        cut to the phantom's brain: what a perfect ``prepare`` (no registration error, the true
+        brain mask) could make of these scans. Against the phantom it is what the scans alone cost
+        (their resolution, noise, one resampling each way); against ``prepare``'s result, what
+        registration and brain extraction cost."""
+        image, _, affine = self.phantom
+        brain = image.any(axis=0)
+        out = np.zeros(image.shape, np.float32)
+        for c, m in enumerate(MODALITIES):
+            vol, grid = self.series[m]
+            out[c] = _sample(vol.astype(np.float32), grid, self.motion[m], brain.shape, affine, 1) * brain
+        return out
 
 
 def rigid_motion(rng: np.random.Generator, degrees: float, mm: float) -> np.ndarray:
@@ -114,6 +130,7 @@ def write_scanner_case(out: str | Path, seed: int = 0, size: str = "small", diff
     corners = np.c_[corners, np.ones(8)] @ head_affine.T
     study = _uid(rng)
     motion: dict[str, np.ndarray] = {}
+    series: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     t1ce_grid = None
     for number, modality in enumerate(MODALITIES, start=2):
         motion[modality] = m = rigid_motion(rng, 8.0, 8.0)
@@ -122,8 +139,8 @@ def write_scanner_case(out: str | Path, seed: int = 0, size: str = "small", diff
         vol = _sample(head[MODALITIES.index(modality)], head_affine, np.linalg.inv(m), shape, native, 1)
         noise = rng.standard_normal((2,) + vol.shape).astype(np.float32) * 0.01
         vol = np.sqrt((vol + noise[0]) ** 2 + noise[1] ** 2)
-        _write_series(out / f"{number:02d}_{desc.split()[0]}", vol * _SCALE, native, study, number, desc, tr, te, ti,
-                      agent, rng)
+        series[modality] = (_write_series(out / f"{number:02d}_{desc.split()[0]}", vol * _SCALE, native, study,
+                                          number, desc, tr, te, ti, agent, rng), native)
         if modality == "t1ce":
             t1ce_grid = (shape, native)
     _write_localiser(out / "01_localizer", head[0], head_affine, study, rng)
@@ -131,7 +148,7 @@ def write_scanner_case(out: str | Path, seed: int = 0, size: str = "small", diff
     to_phantom = np.linalg.inv(motion["t1ce"])
     return ScannerCase(out, motion, shape, native,
                        _sample(brain.astype(np.uint8), head_affine, to_phantom, shape, native, 0).astype(bool),
-                       _sample(labels, affine, to_phantom, shape, native, 0), (image, labels, affine))
+                       _sample(labels, affine, to_phantom, shape, native, 0), (image, labels, affine), series)
 
 
 def _uid(rng: np.random.Generator) -> str:
@@ -139,8 +156,9 @@ def _uid(rng: np.random.Generator) -> str:
 
 
 def _write_series(folder: Path, vol: np.ndarray, affine: np.ndarray, study: str, number: int, desc: str,
-                  tr: float, te: float, ti: float | None, agent: str, rng: np.random.Generator) -> None:
-    """One DICOM file per axial slice; ``affine`` is the grid's RAS affine (LPS-aligned axes)."""
+                  tr: float, te: float, ti: float | None, agent: str, rng: np.random.Generator) -> np.ndarray:
+    """One DICOM file per axial slice; ``affine`` is the grid's RAS affine (LPS-aligned axes).
+    Returns the values as stored."""
     folder.mkdir(parents=True, exist_ok=True)
     series = _uid(rng)
     spacing = np.abs(np.diag(affine)[:3])
@@ -159,6 +177,7 @@ def _write_series(folder: Path, vol: np.ndarray, affine: np.ndarray, study: str,
         ds.SliceThickness = ds.SpacingBetweenSlices = float(spacing[2])
         _pixels(ds, data[:, :, k].T)
         ds.save_as(folder / f"IM{k + 1:04d}.dcm", enforce_file_format=True)
+    return data
 
 
 def _write_localiser(folder: Path, t1: np.ndarray, affine: np.ndarray, study: str, rng: np.random.Generator) -> None:
