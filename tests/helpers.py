@@ -1,12 +1,16 @@
-"""Helpers for running the CLI the way a user does, in a subprocess."""
+"""Helpers for running the CLI the way a user does: in this process, or in a subprocess where
+the test is about what the process imports or needs one of its own."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import pickle
 import shutil
 import subprocess
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -42,14 +46,46 @@ sys.exit(rc)
 
 
 def run_cli(*args: str, block_torch: bool = False, allow: tuple[str, ...] = (),
-            timeout: float = 600) -> subprocess.CompletedProcess:
-    """``block_torch``: run as a runtime-only install would, without :data:`TRAINING_ONLY`
-    (less what ``allow`` names: the phantom generator needs nilearn, not torch)."""
+            timeout: float = 600, isolated: bool = False) -> subprocess.CompletedProcess:
+    """The CLI with ``args``: its exit status, stdout and stderr.
+
+    ``block_torch``: in a subprocess, as a runtime-only install would run, without
+    :data:`TRAINING_ONLY` (less what ``allow`` names: the phantom generator needs nilearn, not
+    torch). ``isolated``: in a fresh subprocess (a test about exactness across processes).
+    Otherwise in this process (:func:`_in_process`): a subprocess spends about 2 s of CPU importing
+    torch before it does anything, and the suite runs a hundred of them."""
+    if not (block_torch or isolated):
+        return _in_process([str(a) for a in args])
     blocked = tuple(b for b in TRAINING_ONLY if b not in allow)
     code = (_BLOCKING.format(blocked=blocked) if block_torch
             else "import sys; from spikeseg.cli import main; sys.exit(main(sys.argv[1:]))")
     return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, cwd=REPO)
+
+
+def _in_process(args: list[str]) -> subprocess.CompletedProcess:
+    """``spikeseg args`` in this process, as a subprocess would report it: output captured, an
+    uncaught exception printed as a traceback with exit status 1, and torch's process-wide settings
+    the CLI may change (threads, flushing subnormals) put back to a fresh process's."""
+    import torch  # once per worker: its thread count before the command is what is put back
+
+    from spikeseg.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    threads = torch.get_num_threads()
+    with contextlib.chdir(REPO), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main(args)
+        except SystemExit as exc:  # argparse refusals, sys.exit("message")
+            rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            if isinstance(exc.code, str):
+                print(exc.code, file=sys.stderr)
+        except Exception:  # noqa: BLE001 - reported as the interpreter would
+            traceback.print_exc()
+            rc = 1
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(False)
+    return subprocess.CompletedProcess(args, rc, out.getvalue(), err.getvalue())
 
 
 def exported_sliding_logits(model, window, image, tmp: Path):  # noqa: ANN001, ANN201 (torch types)

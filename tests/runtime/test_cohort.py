@@ -339,9 +339,11 @@ def test_a_dask_cluster_gives_the_single_process_outputs_and_summary(bundles, co
     before = tree_digest(cohort)
     single, clustered = tmp_path / "single", tmp_path / "dask"
     assert run_cli("segment", bundles["useg"], cohort, single, *FAST).returncode == 1
-    r = run_cli("segment", bundles["useg"], cohort, clustered, "--dask", "local", "--threads", "1", *FAST)
+    r = run_cli("segment", bundles["useg"], cohort, clustered, "--dask", "local", "--threads", "1", *FAST,
+                isolated=True)  # the cluster's worker processes belong to a process of their own
     assert r.returncode == 1, r.stderr
-    again = run_cli("segment", bundles["useg"], cohort, clustered, "--dask", "local", "--threads", "1", *FAST)
+    again = run_cli("segment", bundles["useg"], cohort, clustered, "--dask", "local", "--threads", "1", *FAST,
+                    isolated=True)
     assert again.returncode == 1, again.stderr  # run twice: the bad case fails again, nothing is redone
     rows = summary(clustered)
     assert _outcomes(rows) == _outcomes(summary(single))

@@ -137,7 +137,7 @@ def test_training_logs_firing_rates_inside_a_sane_band(phantom5: Path, tmp_path:
     """A few FPTT updates: activity.csv has per-layer rates and surrogate factors per update, and
     no layer is silent or saturated (0.2 % < rate < 60 %)."""
     run = tmp_path / "snn"
-    r = run_cli("train", "--data", phantom5, "--out", run, "--arch", "spiking-useg", *TRAIN, *options)
+    r = run_cli("train", "--data", phantom5, "--out", run, "--arch", "spiking-useg", *TRAIN, "--epochs", "1", *options)
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader((run / "activity.csv").open()))
     assert len(rows) >= 4 and [int(x["update"]) for x in rows[:3]] == [1, 2, 3]

@@ -45,7 +45,7 @@ def test_run_folder_has_everything_and_loss_falls(phantom5: Path, tmp_path: Path
 
 
 def test_resume_after_kill_matches_an_uninterrupted_run(phantom5: Path, tmp_path: Path) -> None:
-    ref = run_cli(*_train_args(phantom5, tmp_path / "ref", "--epochs", "3"))
+    ref = run_cli(*_train_args(phantom5, tmp_path / "ref", "--epochs", "3"), isolated=True)  # fresh, as the killed run
     assert ref.returncode == 0, ref.stderr
     code = "import sys; from spikeseg.cli import main; sys.exit(main(sys.argv[1:]))"
     proc = subprocess.Popen([sys.executable, "-c", code, *_train_args(phantom5, tmp_path / "k", "--epochs", "3")],
@@ -60,7 +60,7 @@ def test_resume_after_kill_matches_an_uninterrupted_run(phantom5: Path, tmp_path
     proc.wait()
     epoch_at_kill = torch.load(last, weights_only=True)["epoch"]
     assert 1 <= epoch_at_kill < 3, "the kill should land mid-run"
-    res = run_cli(*_train_args(phantom5, tmp_path / "k", "--epochs", "3", "--resume", talk="-v"))
+    res = run_cli(*_train_args(phantom5, tmp_path / "k", "--epochs", "3", "--resume", talk="-v"), isolated=True)
     assert res.returncode == 0, res.stderr
     assert f"[axial] resuming after epoch {epoch_at_kill}" in res.stderr and "[axial] epoch 3/3 loss" in res.stderr
     assert "fptt trainer on cpu (float32" in res.stderr  # what -v adds: the settings the run resolved
