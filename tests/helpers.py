@@ -104,20 +104,6 @@ def exported_sliding_logits(model, window, image, tmp: Path):  # noqa: ANN001, A
                                                               for e in engines}
 
 
-def run_inprocess(capsys, *args: object) -> subprocess.CompletedProcess:  # noqa: ANN001 - pytest's capsys
-    """The CLI in this process (seconds of imports saved per call), with the same exit status and
-    output a subprocess would give; for tests whose point is not which packages the CLI imports."""
-    from spikeseg.cli import main
-
-    capsys.readouterr()
-    try:
-        rc = main([str(a) for a in args])
-    except SystemExit as exc:  # argparse refusals
-        rc = exc.code if isinstance(exc.code, int) else 2
-    out = capsys.readouterr()
-    return subprocess.CompletedProcess(list(map(str, args)), rc, out.out, out.err)
-
-
 def shared(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], T]) -> T:
     """``build(folder)`` once per test session, whichever process asks first (a worker, or the
     controller's prebuild: :func:`build_shared`); the others wait on a file lock and read the

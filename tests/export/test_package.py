@@ -14,7 +14,7 @@ import pytest
 from spikeseg.export.package import TARGETS, check_wheels, checkout_pins, runtime_requirements, wheel_glibc
 from spikeseg.runtime.bundle import sha256_file
 from spikeseg.runtime.errors import InputError
-from tests.helpers import run_cli, run_inprocess
+from tests.helpers import run_cli
 
 AARCH64_WHEELS = ["numpy-2.2.6-cp311-cp311-manylinux_2_17_aarch64.manylinux2014_aarch64.whl",
                   "openvino-2026.4.1-20000-cp311-cp311-manylinux_2_35_aarch64.whl",
@@ -126,31 +126,31 @@ def _bundles_dir(bundles, tmp_path: Path) -> Path:
     return root
 
 
-def test_package_never_replaces_its_input_or_what_it_did_not_make(bundles, tmp_path: Path, capsys) -> None:
+def test_package_never_replaces_its_input_or_what_it_did_not_make(bundles, tmp_path: Path) -> None:
     """``--out bundles/ --overwrite`` for ``bundles/twin`` once deleted every sibling bundle, and
     ``--out`` inside the bundle copied the bundle into itself."""
     root = _bundles_dir(bundles, tmp_path)
     wheels = board_wheels(tmp_path / "w")
     for out, why in [(root, "holds the input"), (root / "twin", "is the input"), (root / "twin" / "pkg", "is inside"),
                      (wheels, "is the input")]:
-        r = run_inprocess(capsys, "package", root / "twin", "--out", out, "--wheels", wheels, "--overwrite")
+        r = run_cli("package", root / "twin", "--out", out, "--wheels", wheels, "--overwrite")
         assert r.returncode == 2 and why in r.stderr and "Traceback" not in r.stderr, (out, r.stderr)
     assert (root / "other" / "keep.txt").read_text() == "a sibling bundle" and not (root / "twin" / "pkg").exists()
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "package.json").write_text('{"name": "an npm project"}')
-    r = run_inprocess(capsys, "package", root / "twin", "--out", mine, "--wheels", wheels, "--overwrite")
+    r = run_cli("package", root / "twin", "--out", mine, "--wheels", wheels, "--overwrite")
     assert r.returncode == 2 and "not a package folder made by spikeseg" in r.stderr
     assert (mine / "package.json").read_text() == '{"name": "an npm project"}'
     pkg = tmp_path / "pkg"
-    assert run_inprocess(capsys, "package", root / "twin", "--out", pkg, "--wheels", wheels).returncode == 0
-    r = run_inprocess(capsys, "package", root / "twin", "--out", pkg, "--wheels", wheels)
+    assert run_cli("package", root / "twin", "--out", pkg, "--wheels", wheels).returncode == 0
+    r = run_cli("package", root / "twin", "--out", pkg, "--wheels", wheels)
     assert r.returncode == 2 and "--overwrite" in r.stderr
-    r = run_inprocess(capsys, "package", root / "twin", "--out", pkg, "--wheels", wheels, "--overwrite")
+    r = run_cli("package", root / "twin", "--out", pkg, "--wheels", wheels, "--overwrite")
     assert r.returncode == 0, r.stderr  # its own package: replaced
 
 
-def test_package_ships_only_listed_verified_files_and_no_links(bundles, tmp_path: Path, capsys) -> None:
+def test_package_ships_only_listed_verified_files_and_no_links(bundles, tmp_path: Path) -> None:
     """An unlisted ``notes.txt -> secret`` once shipped the secret; a link to /etc tried to copy /etc."""
     import os
     import shutil
@@ -162,7 +162,7 @@ def test_package_ships_only_listed_verified_files_and_no_links(bundles, tmp_path
     os.symlink("/etc", bundle / "etc")
     (bundle / "scratch.txt").write_text("unlisted")
     out = tmp_path / "pkg"
-    r = run_inprocess(capsys, "package", bundle, "--out", out, "--wheels", board_wheels(tmp_path / "w"))
+    r = run_cli("package", bundle, "--out", out, "--wheels", board_wheels(tmp_path / "w"))
     assert r.returncode == 0, r.stderr
     shipped = sorted(p.relative_to(out / "bundle").as_posix() for p in (out / "bundle").rglob("*"))
     manifest = json.loads((bundle / "manifest.json").read_text())
@@ -173,8 +173,8 @@ def test_package_ships_only_listed_verified_files_and_no_links(bundles, tmp_path
     assert sha256_file(out / "bundle" / "manifest.json") == sha256_file(bundle / "manifest.json")
 
 
-def test_package_refuses_a_python_version_that_is_not_one(bundles, tmp_path: Path, capsys) -> None:
-    r = run_inprocess(capsys, "package", bundles["useg"], "--out", tmp_path / "pkg", "--python", '3.11"; touch X; echo "',
+def test_package_refuses_a_python_version_that_is_not_one(bundles, tmp_path: Path) -> None:
+    r = run_cli("package", bundles["useg"], "--out", tmp_path / "pkg", "--python", '3.11"; touch X; echo "',
                 "--wheels", board_wheels(tmp_path / "w"))
     assert r.returncode == 2 and "--python" in r.stderr and not (tmp_path / "pkg").exists()
     from spikeseg.export.package import check_script_values
@@ -185,13 +185,13 @@ def test_package_refuses_a_python_version_that_is_not_one(bundles, tmp_path: Pat
     check_script_values("3.12", "openvino")
 
 
-def test_package_refuses_a_wheels_folder_missing_a_runtime_requirement(bundles, tmp_path: Path, capsys) -> None:
+def test_package_refuses_a_wheels_folder_missing_a_runtime_requirement(bundles, tmp_path: Path) -> None:
     """An empty or partial wheels folder made a package that failed only on the board."""
     empty = tmp_path / "empty"
     empty.mkdir()
-    r = run_inprocess(capsys, "package", bundles["useg"], "--out", tmp_path / "pkg", "--wheels", empty)
+    r = run_cli("package", bundles["useg"], "--out", tmp_path / "pkg", "--wheels", empty)
     assert r.returncode == 2 and "no target wheel for numpy==" in r.stderr and not (tmp_path / "pkg").exists()
     partial = board_wheels(tmp_path / "partial")
     next(partial.glob("scipy-*.whl")).unlink()
-    r = run_inprocess(capsys, "package", bundles["useg"], "--out", tmp_path / "pkg", "--wheels", partial)
+    r = run_cli("package", bundles["useg"], "--out", tmp_path / "pkg", "--wheels", partial)
     assert r.returncode == 2 and "scipy==" in r.stderr and "numpy" not in r.stderr.split("no target wheel for")[1]

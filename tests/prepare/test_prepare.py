@@ -20,7 +20,7 @@ from spikeseg.prepare.series import Series, choose, discover, guess  # noqa: E40
 from spikeseg.runtime.case_io import Geometry, MODALITIES  # noqa: E402
 from spikeseg.runtime.errors import InputError  # noqa: E402
 from spikeseg.runtime.prepared import FOLDER, RECORD, NativeGrid, read_record  # noqa: E402
-from tests.helpers import run_inprocess  # noqa: E402
+from tests.helpers import run_cli  # noqa: E402
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.astype(bool), b.astype(bool)
@@ -153,17 +153,17 @@ def test_the_case_reads_as_brats_and_the_record_is_checked(prepared, tmp_path: P
         NativeGrid.open(copy, read_record(copy))
 
 
-def test_an_existing_output_or_one_inside_the_input_is_refused(scanner, prepared, capsys) -> None:
+def test_an_existing_output_or_one_inside_the_input_is_refused(scanner, prepared) -> None:
     before = sorted(p.name for p in prepared[0].folder.rglob("*"))
-    r = run_inprocess(capsys, "prepare", scanner.folder, prepared[0].folder, "--quiet")
+    r = run_cli("prepare", scanner.folder, prepared[0].folder, "--quiet")
     assert r.returncode == 2 and "--overwrite" in r.stderr
-    r = run_inprocess(capsys, "prepare", scanner.folder, scanner.folder / "P002", "--quiet")
+    r = run_cli("prepare", scanner.folder, scanner.folder / "P002", "--quiet")
     assert r.returncode == 2 and not (scanner.folder / "P002").exists()
     assert sorted(p.name for p in prepared[0].folder.rglob("*")) == before
     theirs = prepared[0].folder.parent / "someone-elses"
     theirs.mkdir()
     (theirs / "notes.txt").write_text("keep")
-    r = run_inprocess(capsys, "prepare", scanner.folder, theirs, "--overwrite", "--quiet")
+    r = run_cli("prepare", scanner.folder, theirs, "--overwrite", "--quiet")
     assert r.returncode == 2 and (theirs / "notes.txt").read_text() == "keep"
 
 
@@ -172,9 +172,9 @@ def _copy_study(scanner, dest: Path, skip: tuple[str, ...] = ()) -> Path:
     return dest
 
 
-def test_a_missing_modality_lists_the_series_found_and_writes_nothing(scanner, tmp_path: Path, capsys) -> None:
+def test_a_missing_modality_lists_the_series_found_and_writes_nothing(scanner, tmp_path: Path) -> None:
     study = _copy_study(scanner, tmp_path / "study", skip=("05_",))
-    r = run_inprocess(capsys, "prepare", study, tmp_path / "out", "--quiet")
+    r = run_cli("prepare", study, tmp_path / "out", "--quiet")
     assert r.returncode == 2
     assert "no series for flair" in r.stderr and "t2_tse_tra" in r.stderr and "a localiser" in r.stderr
     assert not (tmp_path / "out").exists()
@@ -244,12 +244,12 @@ def test_a_series_with_a_missing_slice_is_refused(scanner, tmp_path: Path) -> No
         read_series(t2)
 
 
-def test_a_registration_that_does_not_converge_is_refused(scanner, tmp_path: Path, capsys) -> None:
+def test_a_registration_that_does_not_converge_is_refused(scanner, tmp_path: Path) -> None:
     """A 'T1' that is noise: the mutual-information floor stops it, exit 2, nothing written."""
     rng = np.random.default_rng(0)
     nib.save(nib.Nifti1Image(rng.random((96, 96, 64)).astype(np.float32) * 1000, np.diag([2.0, 2.0, 2.0, 1.0])),
              tmp_path / "noise.nii.gz")
-    r = run_inprocess(capsys, "prepare", scanner.folder, tmp_path / "out", "--t1", tmp_path / "noise.nii.gz", "--quiet")
+    r = run_cli("prepare", scanner.folder, tmp_path / "out", "--t1", tmp_path / "noise.nii.gz", "--quiet")
     assert r.returncode == 2 and "co-registration of t1 to t1ce did not converge" in r.stderr
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
 

@@ -19,7 +19,7 @@ pytest.importorskip("SimpleITK")
 from spikeseg.prepare import strip  # noqa: E402
 from spikeseg.runtime.errors import InputError  # noqa: E402
 from spikeseg.runtime.prepared import read_record  # noqa: E402
-from tests.helpers import run_inprocess  # noqa: E402
+from tests.helpers import run_cli  # noqa: E402
 
 #: a stand-in: records its arguments, then writes a mask (the file named by $FAKE_MASK_FROM, or
 #: the input above half its maximum) where the tool would
@@ -103,7 +103,7 @@ def test_a_missing_failing_or_misplaced_tool_is_a_clear_error(tools: Path, monke
         strip.find("bet")
 
 
-def test_prepare_uses_the_tools_mask_checks_it_and_names_the_tool(tools: Path, monkeypatch, capsys,
+def test_prepare_uses_the_tools_mask_checks_it_and_names_the_tool(tools: Path, monkeypatch,
                                                                    scanner, prepared) -> None:
     """End to end through the CLI: the tool's mask (here the atlas mask, one voxel thinner) is the
     case's brain mask, prepare.json names the tool; a tool without its weights is refused and
@@ -117,13 +117,13 @@ def test_prepare_uses_the_tools_mask_checks_it_and_names_the_tool(tools: Path, m
     nib.save(nib.Nifti1Image(thinner.astype(np.uint8), img.affine), source)
     monkeypatch.setenv("FAKE_MASK_FROM", str(source))
     out = tools.parent / "P001"
-    r = run_inprocess(capsys, "prepare", scanner.folder, out, "--brain", "synthstrip", "-q")
+    r = run_cli("prepare", scanner.folder, out, "--brain", "synthstrip", "-q")
     assert r.returncode == 0, r.stderr
     got = np.asarray(nib.load(out / "prepare" / "brain_mask.nii.gz").dataobj) > 0
     np.testing.assert_array_equal(got, thinner)
     record = read_record(out)
     assert record.provenance["methods"]["brain_extraction"].startswith("synthstrip")
-    r = run_inprocess(capsys, "prepare", scanner.folder, tools.parent / "P002", "--brain", "hd-bet")
+    r = run_cli("prepare", scanner.folder, tools.parent / "P002", "--brain", "hd-bet")
     assert r.returncode == 2 and "weights are not installed" in r.stderr
     assert not (tools.parent / "P002").exists()
 

@@ -19,7 +19,7 @@ import spikeseg
 from spikeseg.runtime.case_io import MODALITIES, find_case
 from spikeseg.runtime.errors import InputError
 from spikeseg.runtime.options import SegmentOptions
-from tests.helpers import REPO, run_inprocess
+from tests.helpers import REPO, run_cli
 
 OPTS = {"views": ("axial", "coronal"), "threads": 1}
 
@@ -39,10 +39,10 @@ def predictor(bundles):
     return spikeseg.Predictor(bundles["useg"], SegmentOptions(**OPTS))
 
 
-def test_the_one_liner_and_the_predictor_give_what_the_cli_gives(bundles, case: Path, predictor, tmp_path: Path,
-                                                                  capsys) -> None:
+def test_the_one_liner_and_the_predictor_give_what_the_cli_gives(bundles, case: Path, predictor,
+                                                                  tmp_path: Path) -> None:
     cli = tmp_path / "cli"
-    r = run_inprocess(capsys, "segment", bundles["useg"], case, cli, "--views", "axial,coronal", "--threads", "1",
+    r = run_cli("segment", bundles["useg"], case, cli, "--views", "axial,coronal", "--threads", "1",
                       "--quiet")
     assert r.returncode == 0, r.stderr
     cli_out = cli / case.name

@@ -13,7 +13,7 @@ import torch
 from spikeseg.runtime.bundle import load_bundle
 from spikeseg.runtime.energy import builtin_profiles, case_energy, roofline_seconds
 from spikeseg.runtime.opcount import static_counts
-from tests.helpers import run_cli, run_inprocess
+from tests.helpers import run_cli
 
 
 #: how far an INT8 graph's counts may sit from the FP32 torch model's (measured on the test
@@ -112,7 +112,7 @@ def test_energy_arithmetic_by_hand() -> None:
         assert prof["sources"], "every number needs a source"
 
 
-def test_profile_command_compares_snn_and_twin_without_torch(bundles, phantom_root: Path, capsys) -> None:
+def test_profile_command_compares_snn_and_twin_without_torch(bundles, phantom_root: Path) -> None:
     case = sorted(phantom_root.iterdir())[0]
     r = run_cli("profile", bundles["spiking-useg"], "--twin", bundles["useg"], "--case", case,
                 "--hardware", "asic-45nm,rpi4-cortex-a72", block_torch=True)
@@ -125,10 +125,10 @@ def test_profile_command_compares_snn_and_twin_without_torch(bundles, phantom_ro
     assert float(dense.group(1)) == pytest.approx(ens[0] / ens[1], rel=1e-2)  # the SNN's over the twin's, not inverted
     mem_rows = [l.split()[-1] for l in r.stdout.splitlines() if l.startswith("membrane updates (NeuroBench)")]
     assert len(mem_rows) == 2 and float(mem_rows[0]) > 0 and float(mem_rows[1]) == 0  # SNN, then twin
-    plain = run_inprocess(capsys, "profile", bundles["useg"])
+    plain = run_cli("profile", bundles["useg"])
     assert plain.returncode == 0 and "add --case CASE_FOLDER" in plain.stdout
     assert "ms per step, median" in plain.stdout and "latency measured on" in plain.stdout
-    quick = run_inprocess(capsys, "profile", bundles["useg"], "--iterations", "0")
+    quick = run_cli("profile", bundles["useg"], "--iterations", "0")
     assert quick.returncode == 0 and "ms per step" not in quick.stdout and "latency measured" not in quick.stdout
     bad = run_cli("profile", bundles["useg"], "--hardware", "tpu-v9")
     assert bad.returncode == 2 and "tpu-v9" in bad.stderr
@@ -163,10 +163,10 @@ def test_added_hardware_profiles_are_checked(tmp_path: Path) -> None:
         load_profiles_file(tmp_path / "x.json")
 
 
-def test_profile_json_with_an_added_profile(bundles, tmp_path: Path, capsys) -> None:
+def test_profile_json_with_an_added_profile(bundles, tmp_path: Path) -> None:
     """Without a case: the dense MACs from the graph and a dense profile's energy (MACs x E_MAC);
     event-driven profiles are left out, not zero."""
-    r = run_inprocess(capsys, "profile", bundles["useg"], "--profiles", _profile_file(tmp_path / "p.json"),
+    r = run_cli("profile", bundles["useg"], "--profiles", _profile_file(tmp_path / "p.json"),
                       "--json", "--precision", "int8")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)["bundles"]["model"]

@@ -22,7 +22,7 @@ from spikeseg.runtime.errors import InputError
 from spikeseg.runtime.preprocess import MAX_BOX_VOXELS, PreprocessParams, load_model_space
 from spikeseg.runtime.system import check_threads, logical_cores
 from spikeseg.runtime.tables import rows_to_csv
-from tests.helpers import run_inprocess
+from tests.helpers import run_cli
 
 MODS = ("t1", "t1ce", "t2", "flair")
 
@@ -131,11 +131,11 @@ def test_a_fine_grid_whose_box_would_need_gigabytes_is_refused_before_allocating
 
 
 @pytest.mark.parametrize("bad", ["0", "-1", "10000"])
-def test_threads_outside_one_to_the_logical_cores_are_refused(bad: str, capsys) -> None:
+def test_threads_outside_one_to_the_logical_cores_are_refused(bad: str) -> None:
     with pytest.raises(InputError, match="expected 1 to"):
         check_threads(int(bad))
     assert check_threads(logical_cores()) == logical_cores()
-    r = run_inprocess(capsys, "segment", "B", "C", "O", "--threads", bad)
+    r = run_cli("segment", "B", "C", "O", "--threads", bad)
     assert r.returncode == 2 and "--threads" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -167,7 +167,7 @@ def _manifest(folder: Path, text: str) -> Path:
     return folder
 
 
-def test_manifest_with_a_huge_integer_or_an_unknown_view_is_one_clear_error(tmp_path: Path, capsys) -> None:
+def test_manifest_with_a_huge_integer_or_an_unknown_view_is_one_clear_error(tmp_path: Path) -> None:
     huge = _manifest(tmp_path / "a", '{"schema_version": 3, "n": ' + "9" * 5000 + "}")
     with pytest.raises(InputError, match="unreadable manifest"):
         load_bundle(huge)
@@ -175,7 +175,7 @@ def test_manifest_with_a_huge_integer_or_an_unknown_view_is_one_clear_error(tmp_
                                                 "preprocess": PreprocessParams().to_dict()}))
     with pytest.raises(InputError, match="unknown view 'foo'"):
         load_bundle(foo)
-    r = run_inprocess(capsys, "segment", foo, tmp_path, tmp_path / "out")
+    r = run_cli("segment", foo, tmp_path, tmp_path / "out")
     assert r.returncode == 2 and "unknown view" in r.stderr and "Traceback" not in r.stderr
 
 

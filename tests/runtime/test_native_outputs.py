@@ -14,7 +14,7 @@ from nibabel.processing import resample_from_to
 from spikeseg.runtime.cohort import native_name, prediction_name, uncertainty_name
 from spikeseg.runtime.bundle import sha256_file
 from spikeseg.runtime.prepared import FOLDER, NATIVE_REFERENCE, PrepareRecord
-from tests.helpers import run_inprocess
+from tests.helpers import run_cli
 
 
 def _prepared_copy(phantom_root: Path, dest: Path) -> tuple[Path, np.ndarray]:
@@ -39,10 +39,10 @@ def _prepared_copy(phantom_root: Path, dest: Path) -> tuple[Path, np.ndarray]:
     return case, move
 
 
-def test_segment_writes_labels_and_uncertainty_on_the_native_grid(bundles, phantom_root: Path, tmp_path: Path,
-                                                                  capsys) -> None:
+def test_segment_writes_labels_and_uncertainty_on_the_native_grid(bundles, phantom_root: Path,
+                                                                  tmp_path: Path) -> None:
     case, move = _prepared_copy(phantom_root, tmp_path / "in")
-    r = run_inprocess(capsys, "segment", bundles["useg"], case, tmp_path / "out", "--threads", "1", "--quiet")
+    r = run_cli("segment", bundles["useg"], case, tmp_path / "out", "--threads", "1", "--quiet")
     assert r.returncode == 0, r.stderr
     out = tmp_path / "out" / case.name
     ref = nib.load(case / FOLDER / NATIVE_REFERENCE)
@@ -63,10 +63,10 @@ def test_segment_writes_labels_and_uncertainty_on_the_native_grid(bundles, phant
 
 
 def test_a_changed_native_reference_is_refused_before_anything_is_written(bundles, phantom_root: Path,
-                                                                          tmp_path: Path, capsys) -> None:
+                                                                          tmp_path: Path) -> None:
     case, _ = _prepared_copy(phantom_root, tmp_path / "in")
     with open(case / FOLDER / NATIVE_REFERENCE, "ab") as f:
         f.write(b"\0")
-    r = run_inprocess(capsys, "segment", bundles["useg"], case, tmp_path / "out", "--threads", "1", "--quiet")
+    r = run_cli("segment", bundles["useg"], case, tmp_path / "out", "--threads", "1", "--quiet")
     assert r.returncode != 0 and "sha256" in r.stderr
     assert not (tmp_path / "out" / case.name).exists()

@@ -22,7 +22,7 @@ import spikeseg.runtime.segment as segment_module
 from spikeseg.runtime.atomic import atomic_dir, write_json
 from spikeseg.runtime.cohort import FAILURES, SUMMARY, CohortCase, check_output_apart, discover, record_outcome
 from spikeseg.runtime.errors import InputError
-from tests.helpers import run_inprocess
+from tests.helpers import run_cli
 
 MODS = ("t1", "t1ce", "t2", "flair")
 
@@ -170,7 +170,7 @@ def _predictions(phantom_root: Path, dest: Path, skip: int | None = None) -> Pat
     return dest
 
 
-def test_evaluate_never_writes_over_an_input_or_a_file_it_did_not_make(phantom_root: Path, tmp_path: Path, capsys) -> None:
+def test_evaluate_never_writes_over_an_input_or_a_file_it_did_not_make(phantom_root: Path, tmp_path: Path) -> None:
     """``evaluate --out REF_seg.nii.gz --overwrite`` once replaced a reference with CSV text."""
     refs = tmp_path / "refs"
     shutil.copytree(phantom_root, refs)
@@ -179,20 +179,20 @@ def test_evaluate_never_writes_over_an_input_or_a_file_it_did_not_make(phantom_r
     label = target / f"{target.name}_seg.nii.gz"
     before = label.read_bytes()
     for out in (label, preds / "metrics.csv"):
-        r = run_inprocess(capsys, "evaluate", preds, refs, "--out", out, "--overwrite")
+        r = run_cli("evaluate", preds, refs, "--out", out, "--overwrite")
         assert r.returncode == 2 and "inside the input" in r.stderr, r.stderr
     assert label.read_bytes() == before and not (preds / "metrics.csv").exists()
     notes = tmp_path / "notes.txt"
     notes.write_text("my notes")
-    r = run_inprocess(capsys, "evaluate", preds, refs, "--out", notes, "--overwrite")
+    r = run_cli("evaluate", preds, refs, "--out", notes, "--overwrite")
     assert r.returncode == 2 and "not a metrics CSV made by spikeseg" in r.stderr and notes.read_text() == "my notes"
     out = tmp_path / "m.csv"
-    assert run_inprocess(capsys, "evaluate", preds, refs, "--out", out).returncode == 0
-    r = run_inprocess(capsys, "evaluate", preds, refs, "--out", out, "--overwrite")
+    assert run_cli("evaluate", preds, refs, "--out", out).returncode == 0
+    r = run_cli("evaluate", preds, refs, "--out", out, "--overwrite")
     assert r.returncode == 0, r.stderr
 
 
-def test_evaluate_lists_every_case_with_its_status_and_counts_them(phantom_root: Path, tmp_path: Path, capsys) -> None:
+def test_evaluate_lists_every_case_with_its_status_and_counts_them(phantom_root: Path, tmp_path: Path) -> None:
     """A reference with no prediction was FAILED on the console only, and a prediction with no
     reference silently ignored: the CSV now says both, and the summary rows count them."""
     refs = tmp_path / "refs"
@@ -201,7 +201,7 @@ def test_evaluate_lists_every_case_with_its_status_and_counts_them(phantom_root:
     (preds / "Extra_1").mkdir()
     shutil.copy(next(preds.rglob("*_pred.nii.gz")), preds / "Extra_1" / "Extra_1_pred.nii.gz")
     out = tmp_path / "m.csv"
-    r = run_inprocess(capsys, "evaluate", preds, refs, "--out", out)
+    r = run_cli("evaluate", preds, refs, "--out", out)
     assert r.returncode == 1 and "NO REFERENCE Extra_1" in r.stderr
     rows = {row["case"]: row for row in csv.DictReader(out.open())}
     missing = sorted(phantom_root.iterdir())[0].name
@@ -213,18 +213,18 @@ def test_evaluate_lists_every_case_with_its_status_and_counts_them(phantom_root:
 
 
 @pytest.mark.slow
-def test_export_never_replaces_a_folder_it_did_not_make(untrained_bundle, tmp_path: Path, capsys) -> None:
+def test_export_never_replaces_a_folder_it_did_not_make(untrained_bundle, tmp_path: Path) -> None:
     run = untrained_bundle["runs"] / "axial"
     user = tmp_path / "bundles"
     (user / "other").mkdir(parents=True)
     (user / "other" / "keep.txt").write_text("x")
     for out, why in [(user, "not a bundle made by spikeseg"), (run, "is the input"), (run.parent, "holds the input")]:
-        r = run_inprocess(capsys, "export", run, "--out", out, "--overwrite")
+        r = run_cli("export", run, "--out", out, "--overwrite")
         assert r.returncode == 2 and why in r.stderr, r.stderr
     assert (user / "other" / "keep.txt").read_text() == "x" and (run / "config.json").exists()
 
 
-def test_evaluate_shows_each_case_s_qc_verdict_against_its_score(phantom_root: Path, tmp_path: Path, capsys) -> None:
+def test_evaluate_shows_each_case_s_qc_verdict_against_its_score(phantom_root: Path, tmp_path: Path) -> None:
     """The verdict ``segment`` wrote in a case's report is a column of the table and the CSV, and
     one line counts the flagged cases and the failures (WT Dice < 0.7) among them."""
     preds = _predictions(phantom_root, tmp_path / "preds")
@@ -237,7 +237,7 @@ def test_evaluate_shows_each_case_s_qc_verdict_against_its_score(phantom_root: P
         (preds / cid / f"{cid}_report.json").write_text(
             json.dumps({"qc": {"verdict": "review" if cid == bad else "ok", "reasons": []}}))
     out = tmp_path / "m.csv"
-    r = run_inprocess(capsys, "evaluate", preds, phantom_root, "--out", out)
+    r = run_cli("evaluate", preds, phantom_root, "--out", out)
     assert r.returncode == 0, r.stderr
     rows = {row["case"]: row for row in csv.DictReader(out.open())}
     assert rows[bad]["qc"] == "review" and rows[cases[1]]["qc"] == "ok"
