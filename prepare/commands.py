@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from spikeseg.prepare import strip
 from spikeseg.runtime.case_io import MODALITIES
 
 PREPARE_EXTRA = "pip install 'spikeseg[prepare]'"
@@ -49,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help='a JSON file {"t1": PATH, "t1ce": PATH, "t2": PATH, "flair": PATH} (paths relative to it)')
     p.add_argument("--case-id", help="the case id in the output file names (default: OUT's folder name)")
     p.add_argument("--n4", action="store_true", help="correct each series' bias field with N4 first (slower)")
-    p.add_argument("--brain", choices=("atlas", "hd-bet", "synthstrip"), default="atlas",
+    p.add_argument("--brain", choices=strip.BACKENDS, default=strip.ATLAS,
                    help="brain extraction: atlas (default: the template's mask refined by intensity; needs nothing), "
                         "hd-bet (HD-BET 2.x with its weights installed; CPU, no test-time augmentation) or synthstrip "
                         "(FreeSurfer's mri_synthstrip on PATH); spikeseg never downloads a tool or its weights")
