@@ -166,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("demo"))
     p.add_argument("--minutes-per-model", type=float, default=MINUTES_PER_MODEL)
     p.add_argument("--phantom-size", choices=("full", "small"), default=PHANTOM_SIZE,
-                   help=f"the phantoms' grid: full (1 mm, BraTS's) or small (2 mm, the models'); default {PHANTOM_SIZE}")
+                   help=f"the phantoms' grid: full (1 mm, BraTS's) or small (2 mm, the models'); "
+                        f"default {PHANTOM_SIZE}")
     a = p.parse_args(argv)
     out = a.out
     started = time.time()

@@ -7,8 +7,9 @@ Conditions: ``standard`` (the test cases as they are); ``heldout family`` (``spi
 --family heldout``: contrasts, bias, noise, slice thickness and scale never trained on; or
 ``--heldout DIR``); and corrupted copies of the test cases: not skull-stripped (a skull ring and
 background noise), a strong bias field, strong noise, 6 mm slices, a mild blur (what a 1 mm scan's
-way to the 2 mm grid does), the FLAIR file holding the T1 image, intensities x0.01 and x100. Each case is segmented as ``spikeseg segment`` would
-(OpenVINO FP32 by default) and scored against its reference.
+way to the 2 mm grid does), the FLAIR file holding the T1 image, intensities x0.01 and x100. Each
+case is segmented as ``spikeseg segment`` would (OpenVINO FP32 by default) and scored against its
+reference.
 
 QC: a failure is a case whose WT Dice is under 0.7; the table gives the share of failures
 flagged ``review``, the share of standard cases flagged, and the share of good cases (WT Dice
@@ -105,7 +106,8 @@ def scaled(factor: float) -> Callable[[dict[str, np.ndarray], np.random.Generato
 
 CORRUPTIONS: dict[str, Callable[[dict[str, np.ndarray], np.random.Generator], dict[str, np.ndarray]]] = {
     "not skull-stripped": skull, "strong bias": bias, "strong noise": noise, "6 mm slices": thick,
-    "mild blur": blur, "FLAIR holds T1": flair_holds_t1, "intensities x0.01": scaled(0.01), "intensities x100": scaled(100.0),
+    "mild blur": blur, "FLAIR holds T1": flair_holds_t1, "intensities x0.01": scaled(0.01),
+    "intensities x100": scaled(100.0),
 }
 
 
