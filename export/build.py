@@ -116,9 +116,9 @@ def _cases_in(folder: Path) -> list[Path]:
 
 
 def _fit_qc(run: TrainedRun, params: PreprocessParams, specs: dict[str, ViewSpec], tmp: Path,
-            calib: Path | None, qc_cases: Path | None, threads: int, log) -> QCReference | None:
+            calib: Path | None, qc_dirs: list[Path], threads: int, log) -> QCReference | None:
     """The QC reference (:mod:`spikeseg.export.qc_fit`) from the runs' data, or the calibration
-    cases when the data has moved; its output limits from ``qc_cases`` (labelled cases held out
+    cases when the data has moved; its output limits from ``qc_dirs`` (labelled cases held out
     from training) or else the runs' validation split. None (the runtime then says ``unchecked``)
     when there are no reference cases."""
     case_dirs, source = _cases_in(Path(run.settings.data)), f"the runs' data {run.settings.data}"
@@ -127,7 +127,7 @@ def _fit_qc(run: TrainedRun, params: PreprocessParams, specs: dict[str, ViewSpec
     if not case_dirs:
         log("QC reference: no reference cases (the runs' data has moved and no --calib): segment will say unchecked")
         return None
-    validation = (find_cases(qc_cases) if qc_cases is not None else []) or _holdout_dirs(run) or case_dirs[-2:]
+    validation = qc_dirs or _holdout_dirs(run) or case_dirs[-2:]
     engines = {v: OrtEngine(ModelFile.local(tmp / f"{v}_fp32.onnx"), "fp32", threads) for v in specs}
     return fit_bundle_qc(case_dirs, validation, params, engines, specs, source, log)
 
@@ -177,11 +177,11 @@ def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | 
         check_guide(guide, params, guide.root)
     if projections < 1:
         raise InputError(None, f"--projections {projections}: at least 1")
-    if qc_cases is not None:  # refused now, not after every view is exported
-        for d in find_cases(qc_cases):
-            if find_case(d).seg is None:
-                raise InputError(d, "--qc-cases needs labelled cases (<id>_seg): the QC limits are fitted on the "
-                                    "cases the model segments well")
+    qc_dirs = find_cases(qc_cases) if qc_cases is not None else []
+    for d in qc_dirs:  # refused now, not after every view is exported
+        if find_case(d).seg is None:
+            raise InputError(d, "--qc-cases needs labelled cases (<id>_seg): the QC limits are fitted on the "
+                                "cases the model segments well")
     calib_images = _load_model_space(find_cases(calib), params) if int8 else []
     holdout_cache: dict[tuple[Path, ...], list] = {}
     with atomic_dir(out) as tmp:
@@ -238,7 +238,7 @@ def build_bundle(runs: list[Path], out: Path, int8: bool = False, calib: Path | 
                           "data_fingerprint": run.record.data_fingerprint, "preset": cfg.preset})
             specs[view] = spec
         # a speed benchmark's bundle of untrained weights has no data worth a reference
-        qc = _fit_qc(loaded[0][1], params, specs, tmp, calib, qc_cases, threads, log) if check_accuracy else None
+        qc = _fit_qc(loaded[0][1], params, specs, tmp, calib, qc_dirs, threads, log) if check_accuracy else None
         refinement = []
         if guides:
             fit_dirs = [d for d in _holdout_dirs(loaded[0][1])]
