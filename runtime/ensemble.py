@@ -15,6 +15,13 @@ A single view gives no spread; callers say so rather than writing zeros.
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import expit
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Logits to probabilities as float32; scipy's ``expit`` because ``1 / (1 + exp(-x))`` overflows
+    (and warns on the console) for the large negative logits of air and background."""
+    return expit(np.asarray(x, dtype=np.float32)).astype(np.float32, copy=False)
 
 
 def fuse(view_probs: list[np.ndarray]) -> np.ndarray:

@@ -26,7 +26,7 @@ import numpy as np
 from spikeseg.runtime.bundle import Bundle, ModelFile
 from spikeseg.runtime.bundle_spec import INPUT, LOGITS, ViewSpec, act_output, is_counter, mem_output, ops_output
 from spikeseg.runtime.errors import InputError
-from spikeseg.runtime.ensemble import fuse, spread
+from spikeseg.runtime.ensemble import fuse, sigmoid, spread
 from spikeseg.runtime.preprocess import VIEWS, from_view, to_view
 from spikeseg.runtime.sliding import mirrored_predictions, steps_per_case
 from spikeseg.runtime.system import check_threads
@@ -178,10 +178,6 @@ class ViewResult:
     skipped: int = 0                                      # slices of air not run (probability 0)
     #: (3, X, Y, Z) std of the region probabilities across a volume model's mirrored copies
     spread: np.ndarray | None = None
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
 
 
 def air_slices(seq: np.ndarray) -> np.ndarray:

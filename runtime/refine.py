@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from spikeseg.runtime.ensemble import sigmoid
 from spikeseg.runtime.errors import InputError
 from spikeseg.runtime.labels import REGIONS
 
@@ -115,10 +116,6 @@ def cubes_mask(shape: tuple[int, ...], starts: list[tuple[int, int, int]], size:
 def kernel_voxels(spacing_mm: tuple[float, ...], kernel_mm: float) -> tuple[int, int, int]:
     """A cube of ``kernel_mm`` on a grid of ``spacing_mm``, in voxels (at least 1)."""
     return tuple(max(int(round(kernel_mm / s)), 1) for s in spacing_mm)
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
 
 
 @dataclass(frozen=True)

@@ -155,3 +155,19 @@ def test_view_spread_is_numpys_std_across_views() -> None:
     np.testing.assert_allclose(spread(views), ref, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(spread(views, fuse(views)), ref, rtol=1e-5, atol=1e-6)
     assert spread(views).dtype == np.float32
+
+
+def test_sigmoid_is_torchs_and_quiet_on_extreme_logits() -> None:
+    """The runtime's logits-to-probabilities is torch's sigmoid (the trained models' own), float32,
+    and raises no overflow warning on the large negative logits of air (the console stays clean)."""
+    import warnings
+
+    import torch
+
+    from spikeseg.runtime.ensemble import sigmoid
+    x = np.array([-1e4, -120.0, -3.5, 0.0, 2.25, 90.0, 1e4], dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        p = sigmoid(x)
+    assert p.dtype == np.float32
+    np.testing.assert_allclose(p, torch.sigmoid(torch.from_numpy(x)).numpy(), rtol=1e-6, atol=0)
