@@ -161,6 +161,16 @@ def run(*args: str | Path) -> None:
         raise SystemExit(f"step failed: spikeseg {' '.join(map(str, args))} (exit {rc})")
 
 
+def phantoms(folder: Path, family: str, cases: int, seed: int, size: str = PHANTOM_SIZE) -> bool:
+    """``cases`` hard phantoms of ``family`` into ``folder`` unless it is there; True if made. The
+    same seed gives nested sets: the first n cases of a larger set are the n-case set."""
+    if folder.exists():
+        return False
+    run("phantoms", folder, "--cases", cases, "--seed", seed, "--difficulty", "hard", "--family", family,
+        "--size", size, "--quiet")
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("demo"))
@@ -176,10 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     step("1/8 phantom cases (MNI152 anatomy, hard setting): training on the wide family, testing on the "
          "standard family and on the heldout family; QC's held-out cases from the wide family")
     for key, (_, family, n, seed) in DATA.items():
-        if not data[key].exists():
-            run("phantoms", data[key], "--cases", n, "--seed", seed, "--difficulty", "hard", "--family", family,
-                "--size", a.phantom_size, "--quiet")
-        else:
+        if not phantoms(data[key], family, n, seed, a.phantom_size):
             print(f"{data[key]}: already there")
 
     step("2/8 training: U-Seg-Net twin, then the Spiking U-Seg-Net started from it (FPTT), three views each; "

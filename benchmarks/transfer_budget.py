@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spikeseg.benchmarks.demo import DATA, SPACING_MM, run as spikeseg
+from spikeseg.benchmarks.demo import DATA, SPACING_MM, phantoms, run as spikeseg
 from spikeseg.benchmarks.robustness import run as segment_and_score
 from spikeseg.runtime.case_io import find_cases
 from spikeseg.runtime.preprocess import VIEWS
@@ -44,14 +44,6 @@ def parse_grid(spec: str) -> list[tuple[int, float]]:
         except ValueError:
             raise SystemExit(f"--grid: {item!r} is not CASES:MINUTES (e.g. 12:1.3)")
     return points
-
-
-def phantoms(folder: Path, family: str, cases: int, seed: int) -> Path:
-    """``cases`` hard phantoms of ``family`` on the models' 2 mm grid, made once."""
-    if not folder.exists():
-        spikeseg("phantoms", folder, "--cases", cases, "--seed", seed, "--difficulty", "hard",
-                 "--family", family, "--size", "small", "--quiet")
-    return folder
 
 
 def best_val_wt(run: RunFolder) -> float:
@@ -94,13 +86,15 @@ def main(argv: list[str] | None = None) -> int:
     data = a.data or a.out / "data"
     _, _, test_cases, test_seed = DATA["test"]
     _, held_family, _, held_seed = DATA["heldout"]
-    conds = {"std": find_cases(phantoms(data / "test", "standard", test_cases, test_seed)),
-             "heldout": find_cases(phantoms(data / "heldout", held_family, a.heldout_cases, held_seed))}
+    phantoms(data / "test", "standard", test_cases, test_seed, "small")  # on the models' 2 mm grid
+    phantoms(data / "heldout", held_family, a.heldout_cases, held_seed, "small")
+    conds = {"std": find_cases(data / "test"), "heldout": find_cases(data / "heldout")}
     _, train_family, _, train_seed = DATA["train"]
     rows = []
     for cases, minutes in grid:
         started = time.time()
-        train = phantoms(data / f"train-{cases}", train_family, cases, train_seed)
+        train = data / f"train-{cases}"
+        phantoms(train, train_family, cases, train_seed, "small")
         name = f"c{cases}-m{minutes:g}"
         run = a.out / "runs" / name
         views = [run / v for v in VIEWS] if a.view == "all" else [run]
